@@ -1,0 +1,52 @@
+# The few commands a newcomer types. Each target creates .venv and installs what it needs first.
+#   make demo   install everything, then train the default model on Fashion-MNIST
+#   make test   install everything, then run the whole test suite (what CI runs)
+#   make docs   build the documentation site into _docs/
+#   make lab    start JupyterLab on the notebooks
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: install system-deps demo test check-sync nbtest pytest slow docs lab readme clean
+
+$(STAMP): settings.ini setup.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/nbdev_install_hooks >/dev/null 2>&1 || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the project uses (data set, browser for the docs tests); installed only where missing and allowed.
+system-deps:
+	sh scripts/system-deps.sh
+
+demo: install system-deps
+	$(BIN)/lepton data
+
+# The whole test suite, in the order CI runs it.
+test: install system-deps check-sync nbtest pytest
+
+check-sync: install
+	$(BIN)/python scripts/check_sync.py
+
+nbtest: install
+	$(BIN)/nbdev_test --timing
+
+pytest: install
+	$(BIN)/python -m pytest tests -q
+
+# The long lane: full training runs in the notebooks (minutes to an hour on 2 CPU cores).
+slow: install
+	$(BIN)/nbdev_test --flags slow --timing
+
+readme: install
+	$(BIN)/python scripts/make_readme.py
+
+lab: install
+	$(BIN)/jupyter lab --notebook-dir=nbs
+
+clean:
+	rm -rf _docs _proc build dist *.egg-info

@@ -1,0 +1,26 @@
+"Helpers shared by the tests: run the `lepton` command, build image folders."
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+def lepton(*args, env=None, timeout=600, cwd=None):
+    "Run the installed `lepton` command; return the CompletedProcess."
+    exe = shutil.which('lepton', path=str(BIN)) or 'lepton'
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+
+def last_json(stdout:str) -> dict:
+    "The JSON object on the last line of a command's output."
+    lines = [l for l in stdout.strip().splitlines() if l.strip()]
+    assert lines, "no output"
+    return json.loads(lines[-1])
+
+def assert_one_line_error(r, contains:str=''):
+    "A failed command: non-zero exit, one line on stderr, no traceback."
+    assert r.returncode != 0, r.stdout
+    err = r.stderr.strip()
+    assert 'Traceback' not in r.stderr, r.stderr
+    assert len(err.splitlines()) == 1, r.stderr
+    assert contains.lower() in err.lower(), err

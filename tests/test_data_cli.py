@@ -1,0 +1,138 @@
+"`lepton data` end to end, image folders with bad files, and the cache surviving a kill mid-write."
+import os, signal, subprocess, sys, time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import assert_one_line_error, last_json, lepton
+import lepton_nb.data as D
+from lepton_nb.cli import main
+from lepton_nb.core import LeptonError
+
+
+def test_fashion_mnist_summary(cache):
+    r = lepton('data', '--json')
+    assert r.returncode == 0, r.stderr
+    s = last_json(r.stdout)
+    assert (s['train_size'], s['valid_size'], len(s['classes'])) == (60000, 10000, 10)
+    assert s['classes'][0] == 'T-shirt/top' and s['skipped'] == []
+    assert abs(s['mean'][0] - 0.286) < 1e-3 and abs(s['std'][0] - 0.353) < 1e-3
+    assert '60000' in r.stdout and 'T-shirt/top' in r.stdout
+    assert (cache/'fashion-mnist.safetensors').is_file()
+
+
+def make_folder(root: Path):
+    "Two classes of real Fashion-MNIST images plus the four awkward files of the issue."
+    fm = D.load_fashion_mnist(cache=False)
+    for ci, name in ((0, 'tshirt'), (1, 'trouser')):
+        d = root/name; d.mkdir(parents=True)
+        for i, j in enumerate(torch.nonzero(fm.y_train == ci)[:10, 0].tolist()):
+            Image.fromarray(fm.x_train[j, 0].numpy()).save(d/f'{i}.png')
+    a = fm.x_train[0, 0].numpy()
+    Image.fromarray(np.dstack([a, a, a, np.full_like(a, 255)]), 'RGBA').save(root/'tshirt'/'rgba.png')
+    Image.fromarray(a.astype(np.uint16) * 257).save(root/'trouser'/'deep16.png')
+    Image.fromarray(a).convert('RGB').save(root/'_ok.jpg', quality=95)
+    raw = (root/'_ok.jpg').read_bytes(); (root/'_ok.jpg').unlink()
+    (root/'tshirt'/'corrupt.jpg').write_bytes(raw[:len(raw)//2])
+    (root/'trouser'/'text.png').write_text('not an image at all\n')
+    return fm
+
+
+def test_folder_with_bad_files(cache, tmp_path):
+    make_folder(tmp_path/'imgs')
+    r = lepton('data', '--data', tmp_path/'imgs', '--json')
+    assert r.returncode == 0, r.stderr
+    s = last_json(r.stdout)
+    assert sorted(Path(k['file']).name for k in s['skipped']) == ['corrupt.jpg', 'text.png']
+    assert s['train_size'] + s['valid_size'] == 22          # 20 images + the RGBA and the 16-bit PNG
+    assert s['classes'] == ['trouser', 'tshirt'] and s['channels'] == 1
+    assert 'corrupt.jpg' in r.stdout and 'text.png' in r.stdout
+
+
+def test_folder_with_separate_val(cache, tmp_path):
+    make_folder(tmp_path/'train'); make_folder(tmp_path/'val')
+    r = lepton('data', '--data', tmp_path/'train', '--val', tmp_path/'val', '--json')
+    assert r.returncode == 0, r.stderr
+    s = last_json(r.stdout)
+    assert (s['train_size'], s['valid_size']) == (22, 22)
+    assert len(s['skipped']) == 4
+    assert len(s['report']['duplicates_across_classes']) == 0 and len(s['report']['duplicate_groups']) > 0
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    a = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    Image.fromarray(a).save(tmp_path/'d.png')
+    t = D.load_image(tmp_path/'d.png', size=None, channels=1)
+    assert t.dtype == torch.uint8 and int(t.max()) == round(63000/65535*255)
+
+
+@pytest.mark.parametrize('args,msg', [
+    (['data', '--data', '/no/such/folder'], 'no such folder'),
+    (['data', '--size', '-1'], 'at least 4'),
+    (['data', '--val', '/tmp'], '--val is for image folders'),
+    (['data', '--channels', '2'], 'invalid choice'),
+])
+def test_bad_arguments_are_one_line(cache, args, msg):
+    assert_one_line_error(lepton(*args), msg)
+
+
+def test_no_data_anywhere_names_every_place(cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(D, 'DEBIAN_FASHION_DIR', tmp_path/'not-installed')
+    monkeypatch.setattr(D, '_download_fashion_mnist', lambda dest: None)   # as with no network
+    assert main(['data']) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    for part in ('user cache', 'not-installed', 'download', 'apt-get install dataset-fashion-mnist', 'LEPTON_DATA'):
+        assert part in err, part
+
+
+def test_empty_class_folder_is_an_error(cache, tmp_path):
+    (tmp_path/'a').mkdir(); (tmp_path/'b').mkdir()
+    Image.new('L', (8, 8)).save(tmp_path/'a'/'x.png')
+    assert_one_line_error(lepton('data', '--data', tmp_path), "class folder 'b' is empty")
+
+
+KILLER = r'''
+import sys, time, safetensors.torch as st
+real = st.save_file
+def slow_save(tensors, filename, metadata=None):
+    real(tensors, filename, metadata=metadata)          # the bytes are on disk under the temporary name...
+    data = open(filename, 'rb').read()
+    open(filename, 'wb').write(data[:len(data)//3])      # ...then only a third of them, as if cut off mid-write
+    print('writing', flush=True); time.sleep(60)
+st.save_file = slow_save
+import lepton_nb.data as D
+D.load_fashion_mnist()
+'''
+
+def test_cache_survives_kill_mid_write(cache):
+    p = subprocess.Popen([sys.executable, '-c', KILLER], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert p.stdout.readline().strip() == 'writing'
+        tmps = list(cache.glob('.fashion-mnist.safetensors.*.tmp'))
+        assert len(tmps) == 1                                  # the half-written file exists, under its temporary name
+    finally:
+        p.send_signal(signal.SIGKILL); p.wait()
+    assert not (cache/'fashion-mnist.safetensors').exists()  # never under the real name
+    fm = D.load_fashion_mnist()                                # the next run rebuilds and is right
+    assert fm.x_train.shape == (60000, 1, 28, 28) and int(fm.y_train.bincount().min()) == 6000
+    assert D.load_stored(cache/'fashion-mnist.safetensors', {'source_hash': fm.source_hash}) is not None
+
+
+def test_corrupt_cache_is_rebuilt(cache):
+    fm = D.load_fashion_mnist()
+    p = cache/'fashion-mnist.safetensors'
+    p.write_bytes(p.read_bytes()[:1000])                      # damaged behind our back
+    fm2 = D.load_fashion_mnist()
+    assert torch.equal(fm.x_valid, fm2.x_valid)
+    assert p.stat().st_size > 50_000_000
+
+
+def test_truncated_idx_is_a_clear_error(tmp_path):
+    src = D.find_fashion_mnist(download=False)['y_test']
+    raw = D.gzip.decompress(Path(src).read_bytes())
+    (tmp_path/'t10k-labels-idx1-ubyte').write_bytes(raw[:5000])
+    with pytest.raises(LeptonError, match='truncated'): D.read_idx(tmp_path/'t10k-labels-idx1-ubyte')
