@@ -373,7 +373,7 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
         items += [(f, ci) for f in files]
     return items, list(classes)
 
-# %% ../nbs/05_data.ipynb #32db51bf
+# %% ../nbs/05_data.ipynb #e24fda99
 def _decode_one(args):
     path, size, channels = args
     try: raw = path.read_bytes()
@@ -409,13 +409,14 @@ def decode_folder(items:list, # (file, class index) pairs from `scan_image_folde
                   channels:int|None=None, # 1 or 3; None picks by majority of the files
                   progress:bool=True, # Show a progress bar
                   workers:int|None=None, # Decoding threads (default: CPU count)
+                  require_all:bool=True, # Every class must have a readable image (training); False for evaluation sets
                  ) -> tuple[torch.Tensor, torch.Tensor, list, dict]:
     "Decode every file once: (uint8 images, labels, skipped (file, reason) list, checker report)."
     if channels is None: channels = _pick_channels(items)
     results = [None] * len(items)
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as ex:
         it = ex.map(_decode_one, [(p, size, channels) for p, _ in items], chunksize=16)
-        for i, r in enumerate(tqdm(it, total=len(items), desc='decoding images', disable=not progress, leave=False)):
+        for i, r in enumerate(tqdm(it, total=len(items), desc='decoding images', disable=not progress, leave=False, delay=2)):
             results[i] = r
     xs, ys, skipped, by_hash, modes, sizes = [], [], [], {}, Counter(), Counter()
     for (p, ci), (_, t, err, digest, info) in zip(items, results):
@@ -424,14 +425,15 @@ def decode_folder(items:list, # (file, class index) pairs from `scan_image_folde
         xs.append(t); ys.append(ci)
         by_hash.setdefault(digest, []).append((p, ci))
     counts = Counter(ys)
+    if not xs: raise LeptonError(f"no readable images among {len(items)} files")
     for ci, c in enumerate(classes):
-        if counts[ci] == 0: raise LeptonError(f"class '{c}' has no readable images ({sum(1 for _, k in items if k == ci)} files, all skipped)")
+        if counts[ci] == 0 and require_all: raise LeptonError(f"class '{c}' has no readable images ({sum(1 for _, k in items if k == ci)} files, all skipped)")
     dups = [[str(p) for p, _ in g] for g in by_hash.values() if len(g) > 1]
     cross = [g for g in by_hash.values() if len({ci for _, ci in g}) > 1]
     n = [counts[ci] for ci in range(len(classes))]
     report = {'files': len(items), 'decoded': len(xs), 'skipped': len(skipped),
               'duplicate_groups': dups, 'duplicates_across_classes': [[str(p) for p, _ in g] for g in cross],
-              'class_counts': dict(zip(classes, n)), 'imbalance_ratio': round(max(n) / min(n), 3),
+              'class_counts': dict(zip(classes, n)), 'imbalance_ratio': round(max(n) / max(min(n), 1), 3),
               'modes': dict(modes), 'sizes': dict(sizes.most_common(10)), 'n_sizes': len(sizes), 'channels': channels}
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long), skipped, report
 
@@ -538,7 +540,7 @@ def get_data(data:str|Path='fashion-mnist', # "fashion-mnist", or an image folde
     if not isinstance(size, int) or size < 4 or size > 1024: raise LeptonError(f"size must be an integer from 4 to 1024, got {size}")
     return load_image_folder(p, val, size, channels, valid_pct, seed, cache, progress)
 
-# %% ../nbs/05_data.ipynb #d427a164
+# %% ../nbs/05_data.ipynb #685dc673
 class TensorLoader:
     "Shuffled, normalised mini-batches from uint8 tensors kept on the device."
     def __init__(self, x:torch.Tensor, # uint8 images, N x C x H x W
@@ -584,10 +586,12 @@ class TensorLoader:
         xb = torch.addcmul(self.shift, self.x[idx].float(), self.scale)
         if self.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
         return xb, self.y[idx]
-    def __iter__(self):
+    def iter_from(self, start:int=0):
+        "Batches of the current epoch from batch number `start` on (a resumed run skips what it has done)."
         idx = self.indices()
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             yield self.batch(idx[i*self.bs:(i+1)*self.bs])
+    def __iter__(self): return self.iter_from(0)
 
 # %% ../nbs/05_data.ipynb #848b8088
 def bench_loaders(data:ImageData, # The data set (its train split is timed)

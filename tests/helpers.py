@@ -6,7 +6,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 def lepton(*args, env=None, timeout=600, cwd=None):
-    "Run the installed `lepton` command; return the CompletedProcess."
+    "Run the installed `lepton` command (in a fresh temporary folder unless `cwd` is given); return the CompletedProcess."
+    import tempfile
+    cwd = cwd or tempfile.mkdtemp(prefix='lepton-test-')
     exe = shutil.which('lepton', path=str(BIN)) or 'lepton'
     return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=cwd)

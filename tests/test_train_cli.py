@@ -1,0 +1,126 @@
+"`lepton train / evaluate / predict / bench` end to end: folders with bad files, kill and resume, bad arguments."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import BIN, assert_one_line_error, last_json, lepton
+import lepton_nb.data as D
+from lepton_nb.cnn import export_image_folder
+
+CLASSES = ['Trouser', 'Sneaker', 'Bag']
+
+@pytest.fixture(scope='module')
+def folders(tmp_path_factory):
+    "train/ and val/ folders of real Fashion-MNIST PNGs (three classes) with bad files mixed in, and two new images."
+    root = tmp_path_factory.mktemp('imgs')
+    fm = D.load_fashion_mnist(cache=False)
+    export_image_folder(fm, root/'train', CLASSES, 200)
+    export_image_folder(fm, root/'val', CLASSES, 60, split='valid')
+    (root/'train'/'Bag'/'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 truncated jpeg')
+    (root/'train'/'Sneaker'/'notes.png').write_text('not an image')
+    sneaker = fm.x_valid[torch.nonzero(fm.y_valid == 7)[100, 0], 0].numpy()
+    Image.fromarray(sneaker).resize((64, 64)).convert('RGB').save(root/'sneaker.jpg', quality=90)
+    trouser = fm.x_valid[torch.nonzero(fm.y_valid == 1)[100, 0], 0].numpy()
+    Image.fromarray(trouser).resize((40, 40)).convert('LA').save(root/'trouser.png')
+    return root
+
+def test_train_predict_evaluate_on_folders(folders, cache, tmp_path):
+    out = tmp_path/'run'
+    r = lepton('train', '--data', folders/'train', '--val', folders/'val', '--epochs', '4', '--batch-size', '64',
+               '--width', '16', '--out', out, '--json')
+    assert r.returncode == 0, r.stderr
+    m = last_json(r.stdout)
+    for k in ('test_accuracy', 'precision_macro', 'recall_macro', 'f1_macro', 'epochs', 'train_seconds', 'device', 'seed'):
+        assert k in m, k
+    assert m['test_accuracy'] > 0.95 and m['n_test'] == 180 and m['n_train'] == 600
+    assert json.loads((out/'metrics.json').read_text())['test_accuracy'] == m['test_accuracy']
+    for f in ('model.safetensors', 'config.json', 'metrics.json', 'confusion.png', 'curves.png', 'predictions.png', 'run_card.json'):
+        assert (out/f).is_file() and (out/f).stat().st_size > 0, f
+    card = json.loads((out/'run_card.json').read_text())
+    assert card['seed'] == 0 and card['device'] == 'cpu' and card['data_hash']
+    # predict: a JPEG and a PNG of other sizes and modes
+    r = lepton('predict', out, folders/'sneaker.jpg', folders/'trouser.png', '--top-k', '2', '--plot', tmp_path/'p.png', '--json')
+    assert r.returncode == 0, r.stderr
+    preds = last_json(r.stdout)['predictions']
+    assert [p['label'] for p in preds] == ['Sneaker', 'Trouser']
+    assert all(len(p['top_k']) == 2 and 0 < p['probability'] <= 1 for p in preds)
+    assert (tmp_path/'p.png').stat().st_size > 1000
+    # evaluate on the val folder gives the accuracy train reported (same model, same images, same test-time flips)
+    r = lepton('evaluate', out, '--data', folders/'val', '--json')
+    assert r.returncode == 0, r.stderr
+    assert abs(last_json(r.stdout)['test_accuracy'] - m['test_accuracy']) < 1e-9
+
+@pytest.fixture(scope='module')
+def ten_classes(tmp_path_factory):
+    "All ten Fashion-MNIST classes as a folder, 250 training images each (quick to train on)."
+    root = tmp_path_factory.mktemp('fm10')
+    fm = D.load_fashion_mnist(cache=False)
+    export_image_folder(fm, root/'train', None, 250)
+    export_image_folder(fm, root/'val', None, 50, split='valid')
+    return root
+
+def _train_args(folder, out, seed=1):
+    return ['train', '--data', str(folder/'train'), '--val', str(folder/'val'), '--epochs', '3', '--batch-size', '64',
+            '--width', '8', '--seed', str(seed), '--out', str(out), '--checkpoint-every', '0.05']
+
+def test_kill_mid_epoch_then_resume_matches(ten_classes, cache, tmp_path):
+    a = lepton(*_train_args(ten_classes, tmp_path/'a'), '--json')
+    assert a.returncode == 0, a.stderr
+    full = last_json(a.stdout)
+    # the same run, killed with SIGKILL in the middle of its second epoch
+    p = subprocess.Popen([str(BIN/'lepton'), *_train_args(ten_classes, tmp_path/'b')], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    ck = tmp_path/'b'/'checkpoint.pt'
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            try: st = torch.load(ck, weights_only=True) if ck.is_file() else None
+            except Exception as e: pytest.fail(f"a checkpoint was readable only in part: {e}")  # atomic writes forbid this
+            if st and st['epoch'] == 1 and st['iter'] > 0: break
+            time.sleep(0.05)
+        else: pytest.fail('no mid-epoch checkpoint appeared')
+    finally:
+        p.kill(); p.wait()
+    assert not (tmp_path/'b'/'metrics.json').exists()           # it really died before finishing
+    args_before = (tmp_path/'b'/'train_args.json').read_text()
+    r = lepton('train', '--resume', '--out', tmp_path/'b', '--json')
+    assert r.returncode == 0, r.stderr
+    resumed = last_json(r.stdout)
+    assert abs(resumed['test_accuracy'] - full['test_accuracy']) <= 0.003
+    assert resumed['epochs'] == full['epochs'] == 3
+    assert json.loads((tmp_path/'b'/'train_args.json').read_text()) == json.loads(args_before)
+
+@pytest.mark.parametrize('args,msg', [
+    (['train', '--epochs', '-1'], 'at least 1'),
+    (['train', '--batch-size', '0'], 'at least 1'),
+    (['train', '--lr', 'nan'], 'positive'),
+    (['train', '--device', 'tpu', '--epochs', '1'], 'unknown device'),
+    (['train', '--data', '/no/such/folder'], 'no such folder'),
+    (['train', '--time-budget', '0'], 'positive'),
+    (['predict', '/no/such/model', 'x.png'], 'not a model folder'),
+    (['evaluate', '/no/such/model'], 'not a model folder'),
+    (['bench', '--only', 'nothing'], 'unknown benchmark'),
+    (['train', '--resume', '--out', '/tmp/lepton-no-such-run'], 'nothing to resume'),
+])
+def test_bad_arguments_are_one_line(cache, args, msg):
+    assert_one_line_error(lepton(*args), msg)
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without a GPU')
+def test_gpu_requested_without_gpu(cache):
+    assert_one_line_error(lepton('train', '--device', 'cuda', '--epochs', '1'), 'no CUDA GPU')
+
+def test_single_class_folder_is_refused(cache, tmp_path):
+    (tmp_path/'only').mkdir()
+    for i in range(5): Image.new('L', (28, 28), i * 40).save(tmp_path/'only'/f'{i}.png')
+    assert_one_line_error(lepton('train', '--data', tmp_path, '--epochs', '1'), 'at least 2 classes')
+
+def test_bench_learner_reports_overhead(cache):
+    r = lepton('bench', '--only', 'learner,loader', '--json')
+    assert r.returncode == 0, r.stderr
+    b = last_json(r.stdout)
+    assert b['plain_loop_s'] > 0 and b['learner_s'] > 0 and 'learner_overhead_pct' in b
+    assert b['loader_dataloader_0w_ratio'] > 0
