@@ -14,7 +14,8 @@
 4. Offline: KaTeX and mermaid come from the npm registry at pinned versions (sha512 checked), are kept in
    `.cache/docs-vendor/`, and are copied into `_docs/site_libs/`; every CDN address in the pages points there.
    Web-font imports in the theme's CSS are dropped (the theme's font list falls back to the system's fonts).
-5. Check: every notebook has a page, every exported name has its API entry, no page loads anything from another
+5. Check: a link to a method with no API entry of its own goes to its class's entry (and the build says so); then
+   every notebook has a page, every exported name has its API entry, no page loads anything from another
    host, no internal link or #anchor is broken. Problems are listed and the exit code is 1.
 """
 import argparse, base64, fnmatch, hashlib, html.parser, json, os, posixpath, re, shutil, subprocess, sys, tarfile, tempfile
@@ -71,8 +72,11 @@ def process(cfg) -> Path:
     nbs = cfg.nbs_path
     link, top = nbs/'_quarto.yml', ROOT/'_quarto.yml'
     if not (link.is_symlink() and link.resolve() == top.resolve()):
-        # a checkout without symbolic links: make the same file a copy, from the one source of truth
-        if link.exists() or link.is_symlink(): link.unlink()
+        # missing, or a plain file (nbdev writes its default when the link is missing; a checkout without symbolic
+        # links has a copy): the link again, or else a copy of the one source of truth
+        if link.exists() or link.is_symlink():
+            log(f"note: nbs/_quarto.yml was not the link to _quarto.yml; replaced (edit _quarto.yml, the only one)")
+            link.unlink()
         try: link.symlink_to(Path('..')/'_quarto.yml')
         except OSError: shutil.copyfile(top, link)
     refresh_quarto_yml()
@@ -90,7 +94,7 @@ def process(cfg) -> Path:
     for p in sorted(proc.rglob('*'), reverse=True):
         rel = p.relative_to(proc)
         if rel.parts[0] == cfg.doc_path.name or rel.parts[0].startswith('.'): continue
-        if p.is_file() and rel not in keep and rel.with_suffix('.py') not in keep: p.unlink()
+        if p.is_file() and rel not in keep and Path(f'{rel}.py') not in keep: p.unlink()  # x.qmd comes from x.qmd.py
         elif p.is_dir() and not any(p.iterdir()): p.rmdir()
     return proc
 
@@ -113,9 +117,11 @@ def planned_links(nbs:Path) -> list[str]:
                     for m in MD_LINK_RE.finditer(''.join(c['source'])) if planned_target(nbs, nb, m.group(2))]
     return out
 
-def fix_links(proc:Path, nbs:Path, site_url:str) -> None:
-    "In `_proc/`: nbdev's absolute links to the site become links to notebooks; links to planned notebooks, text."
+def prepare_pages(proc:Path, nbs:Path, site_url:str) -> None:
+    """In `_proc/`: nbdev's absolute links to the site become links to notebooks; links to planned notebooks, text.
+    Each page also gets `order:` (index first, then by file name), which both renderers' `auto` sidebar sorts by."""
     nbs_list = notebooks(nbs)
+    order = {nb: i for i, nb in enumerate(sorted(nbs_list, key=lambda p: (p.parent.as_posix(), p.stem != 'index', p.name)))}
     by_page = {page_name(nb): nb for nb in nbs_list}
     self_re = re.compile(re.escape(site_url.rstrip('/')) + r'/([\w./-]+\.html)(#[^)\s"\'>]*)?')
     for nb in nbs_list:
@@ -130,6 +136,10 @@ def fix_links(proc:Path, nbs:Path, site_url:str) -> None:
             return MD_LINK_RE.sub(lambda m: m.group(1) if planned_target(nbs, nb, m.group(2)) else m.group(0), text)
         d = json.loads(f.read_text(encoding='utf-8'))
         changed = False
+        front = d['cells'][0] if d['cells'] and d['cells'][0]['cell_type'] == 'raw' else None
+        if front is not None and ''.join(front['source']).startswith('---\n') and not re.search(r'^order:', ''.join(front['source']), re.M):
+            front['source'] = '---\n' + f'order: {order[nb]}\n' + ''.join(front['source'])[4:]
+            changed = True
         for c in d['cells']:
             if c['cell_type'] == 'markdown':
                 src = ''.join(c['source']); new = fix(src)
@@ -144,6 +154,7 @@ def fix_links(proc:Path, nbs:Path, site_url:str) -> None:
 # ------------------------------------------------------------------ 3. render
 
 def render_quarto(proc:Path, cfg) -> None:
+    "Render `_proc/` with Quarto, as `nbdev_docs` does (its README step aside)."
     subprocess.run(['quarto', 'render', '--no-cache'], cwd=proc, check=True)
 
 def render_smalldocs(proc:Path, cfg) -> list[str]:
@@ -261,6 +272,28 @@ def parse(page:Path) -> PageParser:
     p = PageParser(); p.feed(page.read_text(encoding='utf-8')); p.close()
     return p
 
+HREF_RE = re.compile(r'(<a\b[^>]*\bhref=")([^"#]*)#([^"]+)(")')
+
+def method_anchors(out:Path) -> list[str]:
+    "Point links to a method with no API entry of its own (`#learner.fit`) at its class's entry. Returns notes."
+    pages = [p for p in out.rglob('*.html') if 'site_libs' not in p.relative_to(out).parts]
+    ids = {p.resolve(): parse(p).ids for p in pages}
+    notes = set()
+    for page in pages:
+        text = page.read_text(encoding='utf-8')
+        def fix(m):
+            path, frag = unquote(m.group(2)), unquote(m.group(3))
+            target = (page.parent/path).resolve() if path else page.resolve()
+            have = ids.get(target)
+            if have is None or frag in have or '.' not in frag: return m.group(0)
+            owner = frag.rsplit('.', 1)[0]
+            if owner not in have: return m.group(0)
+            notes.add(f"{target.name}#{frag} has no API entry (show_doc) of its own: its links go to #{owner}")
+            return f'{m.group(1)}{m.group(2)}#{owner}{m.group(4)}'
+        new = HREF_RE.sub(fix, text)
+        if new != text: page.write_text(new, encoding='utf-8')
+    return sorted(notes)
+
 def external_refs(out:Path) -> list[str]:
     "Every address on another host that a page of the site (or one of its stylesheets) would load."
     bad = []
@@ -342,7 +375,7 @@ def build(renderer:str='auto', out:str|None=None) -> int:
     if renderer == 'auto': renderer = 'quarto' if shutil.which('quarto') else 'smalldocs'
     log(f"processing the notebooks into _proc/ (nbdev)")
     proc = process(cfg)
-    fix_links(proc, cfg.nbs_path, site_url)
+    prepare_pages(proc, cfg.nbs_path, site_url)
     notes = planned_links(cfg.nbs_path)
     log(f"rendering with {renderer}")
     built = proc/cfg.doc_path.name
@@ -353,7 +386,7 @@ def build(renderer:str='auto', out:str|None=None) -> int:
         raise SystemExit(f"build_docs: {out} is not empty and is not a built site; it would be replaced: give another folder")
     shutil.rmtree(out, ignore_errors=True)
     shutil.move(str(built), str(out))
-    notes += make_offline(out)
+    notes += make_offline(out) + method_anchors(out)
     problems = list(warnings or []) + check_site(out, cfg.nbs_path, site_url)
     for n in notes: log(f"note: {n}")
     for p in problems: log(f"problem: {p}")

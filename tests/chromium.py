@@ -4,7 +4,7 @@
 127.0.0.1 and localhost unresolvable, so a page that reaches for the network fails here as it would offline.
 `browser.new_page()` opens a tab that records console errors, uncaught exceptions and failed loads (`page.errors`)
 and every request to another host (`page.external`)."""
-import base64, itertools, json, os, shutil, subprocess, tempfile, threading, time
+import base64, itertools, json, os, shutil, signal, subprocess, tempfile, threading, time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,7 +37,8 @@ class Browser:
         if self.exe is None: raise FileNotFoundError('no chromium on the PATH (Debian: apt-get install chromium)')
         self.profile = tempfile.mkdtemp(prefix='lepton-chromium-')
         self.proc = subprocess.Popen([self.exe, *FLAGS, '--remote-debugging-port=0', f'--user-data-dir={self.profile}',
-                                      'about:blank'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                      'about:blank'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
         port_file, t0 = Path(self.profile)/'DevToolsActivePort', time.monotonic()
         while not (port_file.exists() and len(port_file.read_text().split()) >= 2):
             if self.proc.poll() is not None:
@@ -61,6 +62,8 @@ class Browser:
             self.proc.terminate()
             try: self.proc.wait(10)
             except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+        try: os.killpg(self.proc.pid, signal.SIGKILL)  # its helper processes, in the group started for it
+        except (ProcessLookupError, PermissionError): pass
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def _pump(self, timeout:float):

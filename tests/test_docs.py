@@ -72,7 +72,7 @@ def load(page, url, ready="true", timeout=30):
 
 # The page is ready when KaTeX has typeset every formula and mermaid has drawn every diagram
 READY = ("document.readyState === 'complete' && "
-         "[...document.querySelectorAll('.math')].every(e => e.querySelector('.katex')) && "
+         "[...document.querySelectorAll('.math')].every(e => e.querySelector('.katex, .katex-error')) && "
          "[...document.querySelectorAll('pre.mermaid')].every(e => e.querySelector('svg'))")
 
 
@@ -149,6 +149,11 @@ def test_checks_find_what_is_wrong(tmp_path):
     c = (tmp_path/'c.html').read_text()
     assert 'href="site_libs/katex/katex.min.css"' in c and '<script src="site_libs/mermaid/mermaid.min.js"></script>' in c
     assert 'jsdelivr' not in c and 'fonts.example.org' not in (tmp_path/'site_libs'/'t.css').read_text()
+    # a link to a method with no API entry of its own goes to its class's entry; an unknown anchor stays broken
+    (tmp_path/'d.html').write_text('<h3 id="learner">Learner</h3><a href="d.html#learner.fit">fit</a><a href="#nope.x">x</a>')
+    assert B.method_anchors(tmp_path) == ['d.html#learner.fit has no API entry (show_doc) of its own: its links go to #learner']
+    d = (tmp_path/'d.html').read_text()
+    assert 'href="d.html#learner"' in d and 'href="#nope.x"' in d
 
 
 def test_planned_notebooks_and_self_links(tmp_path):
@@ -156,11 +161,13 @@ def test_planned_notebooks_and_self_links(tmp_path):
     nbs, proc = tmp_path/'nbs', tmp_path/'_proc'
     for d in (nbs, proc): d.mkdir()
     md = ('[00_a](00_a.ipynb) and [99_later](99_later.ipynb#x) and [`f`](https://site.example.org/docs/a.html#f)')
-    nb = {'cells': [{'cell_type': 'markdown', 'metadata': {}, 'source': md}], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}
+    nb = {'cells': [{'cell_type': 'raw', 'metadata': {}, 'source': '---\ntitle: A\n---\n'},
+                    {'cell_type': 'markdown', 'metadata': {}, 'source': md}], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}
     for d in (nbs, proc): (d/'00_a.ipynb').write_text(json.dumps(nb))
-    B.fix_links(proc, nbs, 'https://site.example.org/docs')
-    out = json.loads((proc/'00_a.ipynb').read_text())['cells'][0]['source']
+    B.prepare_pages(proc, nbs, 'https://site.example.org/docs')
+    front, out = [c['source'] for c in json.loads((proc/'00_a.ipynb').read_text())['cells']]
     assert out == '[00_a](00_a.ipynb) and 99_later and [`f`](00_a.ipynb#f)'
+    assert front == '---\norder: 0\ntitle: A\n---\n', 'the sidebar order, for both renderers'
     assert B.planned_links(nbs) == ['00_a.ipynb: 99_later.ipynb does not exist yet; its link is plain text until it does']
 
 
@@ -174,6 +181,9 @@ def test_every_page_loads_offline_without_errors(site, served, browser):
         load(page, served.url + name, READY)
         assert page.errors == [], f'{name}: {page.errors}'
         assert page.external == [], f'{name} reached for another host: {page.external}'
+        # KaTeX is stricter than MathJax (JupyterLab's): `\eta_\max` must be written `\eta_{\max}`
+        bad = page.eval("[...document.querySelectorAll('.katex-error')].map(e => e.textContent + ': ' + e.title)")
+        assert bad == [], f'{name}: formulas KaTeX cannot typeset: {bad}'
     load(page, served.url + 'index.html', READY)
     page.screenshot(ARTIFACTS/'docs-index.png')
 
