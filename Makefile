@@ -45,8 +45,17 @@ slow: install
 readme: install
 	$(BIN)/python scripts/make_readme.py
 
+# The documentation site, built from the notebooks into _docs/: Quarto where it is installed, else smalldocs, from the
+# one _quarto.yml. The site loads nothing from other hosts (KaTeX and mermaid come from the npm registry once, into
+# .cache/docs-vendor/). Serve it with: python -m http.server -d _docs 8000
+docs: install
+	$(BIN)/python scripts/build_docs.py
+
+# JupyterLab on the notebooks; lepton_nb is installed in editable mode, so kernels import this checkout's package.
+# LAB_ARGS adds options (for example LAB_ARGS=--no-browser). As root, JupyterLab needs --allow-root.
+LAB_ARGS ?=
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=nbs
+	$(BIN)/jupyter lab --ServerApp.root_dir=nbs $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf _docs _proc build dist *.egg-info

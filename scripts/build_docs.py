@@ -1,0 +1,405 @@
+"""Build the documentation site into `_docs/` from the notebooks; the site needs no network to be read.
+
+    python scripts/build_docs.py [--renderer auto|quarto|smalldocs]        (what `make docs` runs)
+
+1. Process, as `nbdev_proc_nbs` does but without its step that downloads Quarto: `nbs/nbdev.yml` from settings.ini,
+   the symbol index, then every notebook of `nbs/` into `_proc/`, with nbdev's `show_doc` cells added and run.
+   `nbs/_quarto.yml` is a link to the top-level `_quarto.yml`, the one configuration of both renderers.
+2. Links: nbdev writes links to API names as absolute addresses of the published site; they become links to the
+   notebook (`00_core.ipynb#get_device`), which both renderers write as that page's file name, so they also work
+   offline. A link to a numbered notebook that does not exist yet (a planned chapter) becomes plain text.
+3. Render with Quarto where `quarto` is installed (the command `nbdev_docs` runs, without its rewrite of README.md,
+   which `make readme` owns), else with smalldocs, taught Quarto's `output-file` so that pages get Quarto's names
+   (`00_core.ipynb` -> `core.html`) and nbdev's links hold on both.
+4. Offline: KaTeX and mermaid come from the npm registry at pinned versions (sha512 checked), are kept in
+   `.cache/docs-vendor/`, and are copied into `_docs/site_libs/`; every CDN address in the pages points there.
+   Web-font imports in the theme's CSS are dropped (the theme's font list falls back to the system's fonts).
+5. Check: a link to a method with no API entry of its own goes to its class's entry (and the build says so); then
+   every notebook has a page, every exported name has its API entry, no page loads anything from another
+   host, no internal link or #anchor is broken. Problems are listed and the exit code is 1.
+"""
+import argparse, base64, fnmatch, hashlib, html.parser, json, os, posixpath, re, shutil, subprocess, sys, tarfile, tempfile
+import time
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+VENDOR_CACHE = ROOT/'.cache'/'docs-vendor'
+
+# The browser libraries the pages load, from the npm registry. The versions are the ones smalldocs' pages are written
+# for; the sha512 is the registry's `dist.integrity` of that tarball. `files` maps a file of the package to its place
+# under `site_libs/NAME/`; a pattern with `*` copies every file it matches into the folder it maps to.
+NPM = {
+    'katex': dict(version='0.16.11',
+                  integrity='sha512-RQrI8rlHY92OLf3rho/Ts8i/XvjgguEjOkO1BEXcU3N8BqPpSzBNwV/G0Ukr+P/l3ivvJUE/Fa/CwbS6HesGNQ==',
+                  files={'dist/katex.min.js': 'katex.min.js', 'dist/katex.min.css': 'katex.min.css',
+                         'dist/contrib/auto-render.min.js': 'contrib/auto-render.min.js',
+                         'dist/fonts/*.woff2': 'fonts/', 'LICENSE': 'LICENSE'}),
+    'mermaid': dict(version='11.4.1',
+                    integrity='sha512-Mb01JT/x6CKDWaxigwfZYuYmDZ6xtrNwNlidKZwkSrDaY9n90tdrJTV5Umk+wP1fZscGptmKFXHsXMDEVZ+Q6A==',
+                    files={'dist/mermaid.min.js': 'mermaid.min.js', 'LICENSE': 'LICENSE'}),
+}
+CDN = r'(?:https?:)?//cdn\.jsdelivr\.net/npm/'
+# KaTeX from a CDN (smalldocs, and Quarto's `html-math-method: katex`) -> the copy in site_libs/katex/
+KATEX_RE = re.compile(CDN + r'katex@[^/"\'\s]+/dist/')
+# smalldocs loads mermaid as an ES module from a CDN; the single-file build served here defines the global `mermaid`
+MERMAID_RE = re.compile(r'<script type="module">\s*import mermaid from ["\']' + CDN + r'mermaid@[^"\']+["\'];?')
+FONT_IMPORT_RE = re.compile(r'@import\s+(?:url\(\s*(["\']?)(?:https?:)?//[^)]*\)|(["\'])(?:https?:)?//.*?\2)[^;]*;')
+# Quarto options smalldocs reports as unread although the site does what they ask
+EXPECTED_WARNINGS = re.compile(r'(output-file is not read by smalldocs|html-math-method is ignored)$')
+
+def log(msg): print(msg, file=sys.stderr, flush=True)
+
+# ------------------------------------------------------------------ notebooks and their pages
+
+def notebooks(nbs:Path) -> list[Path]:
+    "Every notebook nbdev documents, relative to `nbs`, as nbdev finds them (no `_` or `.` files and folders)."
+    from nbdev.doclinks import nbglob
+    return sorted(Path(p).relative_to(nbs) for p in nbglob(nbs))
+
+def page_name(nb:Path) -> str:
+    "The page Quarto writes for a notebook, as nbdev names it: `00_core.ipynb` -> `core.html`."
+    from nbdev.doclinks import _nbpath2html
+    return _nbpath2html(PurePosixPath(nb.as_posix())).as_posix()
+
+# ------------------------------------------------------------------ 1. process
+
+def process(cfg) -> Path:
+    "Run nbdev's processing of the notebooks into `_proc/`; remove what is left there of deleted sources."
+    from nbdev.quarto import refresh_quarto_yml
+    from nbdev.serve import proc_nbs
+    import nbdev.doclinks
+    nbs = cfg.nbs_path
+    link, top = nbs/'_quarto.yml', ROOT/'_quarto.yml'
+    if not (link.is_symlink() and link.resolve() == top.resolve()):
+        # missing, or a plain file (nbdev writes its default when the link is missing; a checkout without symbolic
+        # links has a copy): the link again, or else a copy of the one source of truth
+        if link.exists() or link.is_symlink():
+            log(f"note: nbs/_quarto.yml was not the link to _quarto.yml; replaced (edit _quarto.yml, the only one)")
+            link.unlink()
+        try: link.symlink_to(Path('..')/'_quarto.yml')
+        except OSError: shutil.copyfile(top, link)
+    refresh_quarto_yml()
+    nbdev.doclinks._build_modidx()
+    # nbdev reprocesses only the notebooks changed since the last build; links between pages depend on which notebooks
+    # exist and what they export, so a change to either reprocesses them all
+    proc = ROOT/'_proc'
+    stamp = hashlib.sha256('\n'.join([*map(str, notebooks(nbs)),
+                                      (cfg.lib_path/'_modidx.py').read_text(encoding='utf-8')]).encode()).hexdigest()
+    old = proc/'.lepton-docs-stamp'
+    force = not old.exists() or old.read_text() != stamp
+    proc = proc_nbs(nbs, force=force)
+    (proc/'.lepton-docs-stamp').write_text(stamp)
+    keep = {p.relative_to(nbs) for p in nbs.rglob('*') if p.is_file()}
+    for p in sorted(proc.rglob('*'), reverse=True):
+        rel = p.relative_to(proc)
+        if rel.parts[0] == cfg.doc_path.name or rel.parts[0].startswith('.'): continue
+        if p.is_file() and rel not in keep and Path(f'{rel}.py') not in keep: p.unlink()  # x.qmd comes from x.qmd.py
+        elif p.is_dir() and not any(p.iterdir()): p.rmdir()
+    return proc
+
+# ------------------------------------------------------------------ 2. links
+
+MD_LINK_RE = re.compile(r'\[([^\]\n]+)\]\(([^)\s]+\.ipynb)(#[^)\s]*)?\)')
+
+def planned_target(nbs:Path, nb:Path, href:str) -> str | None:
+    "The notebook a link points at, relative to `nbs`, when it is a numbered notebook that does not exist yet."
+    target = posixpath.normpath(posixpath.join(PurePosixPath(nb.as_posix()).parent.as_posix(), href))
+    return target if re.match(r'\d', PurePosixPath(target).name) and not (nbs/target).exists() else None
+
+def planned_links(nbs:Path) -> list[str]:
+    "Links in the notebooks' text to numbered notebooks that do not exist yet, one line each."
+    out = []
+    for nb in notebooks(nbs):
+        for c in json.loads((nbs/nb).read_text(encoding='utf-8'))['cells']:
+            if c['cell_type'] != 'markdown': continue
+            out += [f"{nb.as_posix()}: {m.group(2)} does not exist yet; its link is plain text until it does"
+                    for m in MD_LINK_RE.finditer(''.join(c['source'])) if planned_target(nbs, nb, m.group(2))]
+    return out
+
+def prepare_pages(proc:Path, nbs:Path, site_url:str) -> None:
+    """In `_proc/`: nbdev's absolute links to the site become links to notebooks; links to planned notebooks, text.
+    Each page also gets `order:` (index first, then by file name), which both renderers' `auto` sidebar sorts by."""
+    nbs_list = notebooks(nbs)
+    order = {nb: i for i, nb in enumerate(sorted(nbs_list, key=lambda p: (p.parent.as_posix(), p.stem != 'index', p.name)))}
+    by_page = {page_name(nb): nb for nb in nbs_list}
+    self_re = re.compile(re.escape(site_url.rstrip('/')) + r'/([\w./-]+\.html)(#[^)\s"\'>]*)?')
+    for nb in nbs_list:
+        f = proc/nb
+        if not f.exists(): continue
+        here = PurePosixPath(nb.as_posix()).parent.as_posix() or '.'
+        def to_source(m):
+            src = by_page.get(m.group(1))
+            return m.group(0) if src is None else posixpath.relpath(src.as_posix(), here) + (m.group(2) or '')
+        def fix(text):
+            text = self_re.sub(to_source, text)
+            return MD_LINK_RE.sub(lambda m: m.group(1) if planned_target(nbs, nb, m.group(2)) else m.group(0), text)
+        d = json.loads(f.read_text(encoding='utf-8'))
+        changed = False
+        front = d['cells'][0] if d['cells'] and d['cells'][0]['cell_type'] == 'raw' else None
+        if front is not None and ''.join(front['source']).startswith('---\n') and not re.search(r'^order:', ''.join(front['source']), re.M):
+            front['source'] = '---\n' + f'order: {order[nb]}\n' + ''.join(front['source'])[4:]
+            changed = True
+        for c in d['cells']:
+            if c['cell_type'] == 'markdown':
+                src = ''.join(c['source']); new = fix(src)
+                if new != src: c['source'], changed = new, True
+            for o in c.get('outputs', []):
+                md = o.get('data', {}).get('text/markdown')
+                if md is None: continue
+                src = ''.join(md); new = fix(src)
+                if new != src: o['data']['text/markdown'], changed = new, True
+        if changed: f.write_text(json.dumps(d, indent=1, ensure_ascii=False), encoding='utf-8')
+
+# ------------------------------------------------------------------ 3. render
+
+def render_quarto(proc:Path, cfg) -> None:
+    "Render `_proc/` with Quarto, as `nbdev_docs` does (its README step aside)."
+    subprocess.run(['quarto', 'render', '--no-cache'], cwd=proc, check=True)
+
+def render_smalldocs(proc:Path, cfg) -> list[str]:
+    "Build the site from `_proc/` with smalldocs, pages named by their `output-file` as Quarto names them."
+    from smalldocs.config import load
+    from smalldocs.site import Site
+
+    class QuartoNamedSite(Site):
+        def read(self, src):
+            page = super().read(src)
+            name = page.front.get('output-file')
+            if name: page.out = src.parent/str(name)
+            return page
+
+    site = QuartoNamedSite(load(proc), quiet=True)
+    site.build()
+    return [w for w in site.warnings if not EXPECTED_WARNINGS.search(w)]
+
+# ------------------------------------------------------------------ 4. offline
+
+def sri(data:bytes) -> str: return 'sha512-' + base64.b64encode(hashlib.sha512(data).digest()).decode()
+
+def vendor(name:str) -> Path:
+    "The files of one npm package that the site serves, fetched once into the cache with npm and checked."
+    spec = NPM[name]
+    dest = VENDOR_CACHE/f"{name}-{spec['version']}"
+    stamp = dest/'.integrity'
+    if stamp.exists() and stamp.read_text().strip() == spec['integrity']: return dest
+    npm = shutil.which('npm')
+    if npm is None:
+        raise SystemExit(f"build_docs: {name} {spec['version']} is not in {VENDOR_CACHE.relative_to(ROOT)} and npm is "
+                         "not installed: install Node.js's npm (Debian: apt-get install npm) and build again")
+    log(f"fetching {name}@{spec['version']} from the npm registry")
+    with tempfile.TemporaryDirectory() as tmp:
+        r = subprocess.run([npm, 'pack', f"{name}@{spec['version']}", '--pack-destination', tmp, '--json'],
+                           capture_output=True, text=True, cwd=tmp)
+        if r.returncode != 0:
+            raise SystemExit(f"build_docs: npm could not fetch {name}@{spec['version']}: {r.stderr.strip()[-500:]}")
+        tgz = Path(tmp)/json.loads(r.stdout)[0]['filename']
+        if sri(tgz.read_bytes()) != spec['integrity']:
+            raise SystemExit(f"build_docs: {tgz.name} does not have the pinned sha512; refusing to use it")
+        shutil.rmtree(dest, ignore_errors=True)
+        with tarfile.open(tgz) as t:
+            members = {m.name.removeprefix('package/'): m for m in t.getmembers() if m.isfile()}
+            for src, to in spec['files'].items():
+                if '*' in src:
+                    picked = [(k, to + k.rsplit('/', 1)[1]) for k in sorted(members) if fnmatch.fnmatchcase(k, src)]
+                else: picked = [(src, to)]
+                if not picked or any(k not in members for k, _ in picked):
+                    raise SystemExit(f"build_docs: {name}@{spec['version']} has no {src}")
+                for k, out in picked:
+                    (dest/out).parent.mkdir(parents=True, exist_ok=True)
+                    (dest/out).write_bytes(t.extractfile(members[k]).read())
+    stamp.write_text(spec['integrity'])
+    return dest
+
+def make_offline(out:Path) -> list[str]:
+    "Serve KaTeX and mermaid from `site_libs/`, point the pages at them, drop web-font imports. Returns notes."
+    notes = []
+    libs = out/'site_libs'
+    for name in NPM: shutil.copytree(vendor(name), libs/name, dirs_exist_ok=True, ignore=shutil.ignore_patterns('.integrity'))
+    for page in out.rglob('*.html'):
+        offset = '../' * (len(page.relative_to(out).parts) - 1)
+        text = page.read_text(encoding='utf-8')
+        new = KATEX_RE.sub(f'{offset}site_libs/katex/', text)
+        new = MERMAID_RE.sub(f'<script src="{offset}site_libs/mermaid/mermaid.min.js"></script><script type="module">', new)
+        if new != text: page.write_text(new, encoding='utf-8')
+    for css in out.rglob('*.css'):
+        text = css.read_text(encoding='utf-8', errors='surrogateescape')
+        new = FONT_IMPORT_RE.sub('', text)
+        if new != text:
+            css.write_text(new, encoding='utf-8', errors='surrogateescape')
+            notes.append(f"{css.relative_to(out).as_posix()}: dropped its import of web fonts from another host")
+    return notes
+
+# ------------------------------------------------------------------ 5. check
+
+# Elements and attributes whose address the browser fetches by itself, when the page loads
+FETCHED = {'script': ('src',), 'img': ('src', 'srcset'), 'iframe': ('src',), 'source': ('src', 'srcset'),
+           'video': ('src', 'poster'), 'audio': ('src',), 'embed': ('src',), 'object': ('data',), 'track': ('src',),
+           'input': ('src',), 'link': ('href',)}
+NOT_FETCHED_RELS = {'canonical', 'alternate', 'author', 'license', 'me', 'bookmark'}
+EXTERNAL_RE = re.compile(r'^(?:[a-zA-Z][\w+.-]*:)?//')
+CSS_EXTERNAL_RE = re.compile(r'(?:@import\s+|url\(\s*)["\']?(?:https?:)?//', re.I)
+MODULE_IMPORT_RE = re.compile(r'(?:\bfrom\s*|\bimport\s*\(?\s*)["\'](?:https?:)?//', re.I)
+
+class PageParser(html.parser.HTMLParser):
+    "Collect a page's ids, links, fetched addresses, inline scripts and styles."
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.ids, self.links, self.fetched, self.inline = set(), [], [], []
+        self._in = None
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for k in ('id', 'name') if tag == 'a' else ('id',):
+            if a.get(k): self.ids.add(a[k])
+        if tag == 'a' and a.get('href') is not None: self.links.append(a['href'])
+        if tag == 'link' and NOT_FETCHED_RELS & set((a.get('rel') or '').lower().split()):
+            if a.get('href'): self.links.append(a['href'])
+        else:
+            for k in FETCHED.get(tag, ()):
+                v = a.get(k)
+                if not v: continue
+                for u in ([s.strip().split()[0] for s in v.split(',') if s.strip()] if k == 'srcset' else [v]):
+                    self.fetched.append((tag, u))
+        if tag in ('script', 'style'): self._in = tag
+        for k, v in a.items():
+            if k == 'style' and v: self.inline.append(('style', v))
+    def handle_endtag(self, tag):
+        if tag == self._in: self._in = None
+    def handle_data(self, data):
+        if self._in: self.inline.append((self._in, data))
+
+def parse(page:Path) -> PageParser:
+    p = PageParser(); p.feed(page.read_text(encoding='utf-8')); p.close()
+    return p
+
+HREF_RE = re.compile(r'(<a\b[^>]*\bhref=")([^"#]*)#([^"]+)(")')
+
+def method_anchors(out:Path) -> list[str]:
+    "Point links to a method with no API entry of its own (`#learner.fit`) at its class's entry. Returns notes."
+    pages = [p for p in out.rglob('*.html') if 'site_libs' not in p.relative_to(out).parts]
+    ids = {p.resolve(): parse(p).ids for p in pages}
+    notes = set()
+    for page in pages:
+        text = page.read_text(encoding='utf-8')
+        def fix(m):
+            path, frag = unquote(m.group(2)), unquote(m.group(3))
+            target = (page.parent/path).resolve() if path else page.resolve()
+            have = ids.get(target)
+            if have is None or frag in have or '.' not in frag: return m.group(0)
+            owner = frag.rsplit('.', 1)[0]
+            if owner not in have: return m.group(0)
+            notes.add(f"{target.name}#{frag} has no API entry (show_doc) of its own: its links go to #{owner}")
+            return f'{m.group(1)}{m.group(2)}#{owner}{m.group(4)}'
+        new = HREF_RE.sub(fix, text)
+        if new != text: page.write_text(new, encoding='utf-8')
+    return sorted(notes)
+
+def external_refs(out:Path) -> list[str]:
+    "Every address on another host that a page of the site (or one of its stylesheets) would load."
+    bad = []
+    for page in sorted(out.rglob('*.html')):
+        rel, p = page.relative_to(out).as_posix(), parse(page)
+        bad += [f"{rel}: <{tag}> loads {u}" for tag, u in p.fetched if EXTERNAL_RE.match(u)]
+        for kind, text in p.inline:
+            if (MODULE_IMPORT_RE if kind == 'script' else CSS_EXTERNAL_RE).search(text):
+                bad.append(f"{rel}: an inline <{kind}> loads from another host: {text.strip()[:120]}")
+    for css in sorted(out.rglob('*.css')):
+        for m in CSS_EXTERNAL_RE.finditer(css.read_text(encoding='utf-8', errors='replace')):
+            bad.append(f"{css.relative_to(out).as_posix()}: loads from another host near {m.group(0)!r}")
+    return bad
+
+def broken_links(out:Path, site_url:str='') -> list[str]:
+    "Every internal link, search entry or local file a page points at that is not in the site, #anchors included."
+    parsed = {page: parse(page) for page in out.rglob('*.html')}
+    ids = {page.resolve(): p.ids for page, p in parsed.items()}
+    bad = []
+    def check(src:Path, href:str, what:str):
+        if not href: return
+        if site_url and href.startswith(site_url.rstrip('/') + '/'):
+            bad.append(f"{src.relative_to(out).as_posix()}: {what} {href} points at the published site, not at this copy")
+            return
+        if EXTERNAL_RE.match(href) or re.match(r'^[a-zA-Z][\w+.-]*:', href): return  # another host; mailto:, data:
+        u = urlsplit(href)
+        path, frag = unquote(u.path), unquote(u.fragment)
+        target = (src.parent/path).resolve() if path else src.resolve()
+        if path.endswith('/') or target.is_dir(): target = target/'index.html'
+        if out.resolve() not in target.parents and target != out.resolve():
+            bad.append(f"{src.relative_to(out).as_posix()}: {what} {href} leaves the site"); return
+        if not target.exists():
+            bad.append(f"{src.relative_to(out).as_posix()}: {what} {href} is missing"); return
+        if frag and target.suffix == '.html' and frag not in ids.get(target, set()):
+            bad.append(f"{src.relative_to(out).as_posix()}: {what} {href}: no #{frag} on that page")
+    for page, p in sorted(parsed.items()):
+        for href in p.links: check(page, href, 'link')
+        for tag, u in p.fetched: check(page, u, f'<{tag}>')
+    search = out/'search.json'
+    if search.exists():
+        for entry in json.loads(search.read_text(encoding='utf-8')):
+            check(search, entry.get('href', ''), 'search entry')
+    return bad
+
+def missing_pages(out:Path, nbs:Path) -> list[str]:
+    "Notebooks that have no page in the site."
+    return [f"{nb.as_posix()} has no page {page_name(nb)}" for nb in notebooks(nbs) if not (out/page_name(nb)).exists()]
+
+def missing_api(out:Path) -> list[str]:
+    "Exported names (each module's `__all__`) whose API entry (`show_doc`, nbdev's doc link) is not in the site."
+    import importlib
+    from lepton_nb._modidx import d
+    bad = []
+    for mod, syms in d['syms'].items():
+        if not syms: continue
+        names = set(getattr(importlib.import_module(mod), '__all__', []))
+        for sym, (doc, _py) in syms.items():
+            name = sym[len(mod)+1:]
+            if name not in names: continue
+            page, _, frag = doc.partition('#')
+            f = out/page
+            if not f.exists(): bad.append(f"{sym}: no page {page}"); continue
+            if frag not in parse(f).ids: bad.append(f"{sym}: no API entry #{frag} on {page} (its show_doc)")
+    return bad
+
+def check_site(out:Path, nbs:Path, site_url:str) -> list[str]:
+    "Everything wrong with a built site, one line each."
+    return missing_pages(out, nbs) + missing_api(out) + external_refs(out) + broken_links(out, site_url)
+
+# ------------------------------------------------------------------ the whole build
+
+def build(renderer:str='auto', out:str|None=None) -> int:
+    os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
+    from nbdev.config import get_config
+    t0 = time.perf_counter()
+    cfg = get_config()
+    site_url = cfg.doc_host.rstrip('/') + '/' + cfg.doc_baseurl.strip('/')
+    if renderer == 'auto': renderer = 'quarto' if shutil.which('quarto') else 'smalldocs'
+    log(f"processing the notebooks into _proc/ (nbdev)")
+    proc = process(cfg)
+    prepare_pages(proc, cfg.nbs_path, site_url)
+    notes = planned_links(cfg.nbs_path)
+    log(f"rendering with {renderer}")
+    built = proc/cfg.doc_path.name
+    shutil.rmtree(built, ignore_errors=True)
+    warnings = render_quarto(proc, cfg) if renderer == 'quarto' else render_smalldocs(proc, cfg)
+    out = Path(out).resolve() if out else cfg.doc_path
+    if out.exists() and any(out.iterdir()) and not (out/'site_libs').is_dir():
+        raise SystemExit(f"build_docs: {out} is not empty and is not a built site; it would be replaced: give another folder")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.move(str(built), str(out))
+    notes += make_offline(out) + method_anchors(out)
+    problems = list(warnings or []) + check_site(out, cfg.nbs_path, site_url)
+    for n in notes: log(f"note: {n}")
+    for p in problems: log(f"problem: {p}")
+    n = len(list(out.rglob('*.html')))
+    where = os.path.relpath(out, ROOT)
+    log(f"{'built' if not problems else 'built, with problems,'} {n} page(s) into {where}/ "
+        f"with {renderer} in {time.perf_counter()-t0:.0f} s")
+    return 1 if problems else 0
+
+if __name__ == '__main__':
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--renderer', choices=['auto', 'quarto', 'smalldocs'], default='auto',
+                    help='auto: Quarto where `quarto` is installed, else smalldocs')
+    ap.add_argument('--out', help='the folder to write the site to (default: doc_path of settings.ini, _docs)')
+    a = ap.parse_args()
+    sys.exit(build(a.renderer, a.out and str(Path(a.out).resolve())))

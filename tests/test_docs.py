@@ -1,0 +1,253 @@
+"""The documentation site: built from the notebooks by `make docs`'s script, then read offline in headless Chromium.
+
+The site is built once for the module (smalldocs, the renderer of machines without Quarto, as in CI) into a
+temporary folder. Screenshots are kept in `test_artifacts/`."""
+import importlib.util, json, os, re, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+
+from chromium import Browser, find_chromium, serve
+from helpers import ROOT
+
+ARTIFACTS = ROOT/'test_artifacts'
+NBS = ROOT/'nbs'
+
+spec = importlib.util.spec_from_file_location('build_docs', ROOT/'scripts'/'build_docs.py')
+B = importlib.util.module_from_spec(spec); spec.loader.exec_module(B)
+
+
+def site_url():
+    from nbdev.config import get_config
+    cfg = get_config(path=ROOT)
+    return cfg.doc_host.rstrip('/') + '/' + cfg.doc_baseurl.strip('/')
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    "The site, built as `make docs` builds it, into a temporary folder."
+    out = tmp_path_factory.mktemp('site')/'_docs'
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, 'scripts/build_docs.py', '--renderer', 'smalldocs', '--out', str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert time.perf_counter() - t0 < 120, 'the docs build must take under 2 minutes'
+    return out
+
+
+@pytest.fixture(scope='module')
+def browser():
+    if find_chromium() is None:
+        if os.environ.get('LEPTON_NO_BROWSER'): pytest.skip('LEPTON_NO_BROWSER is set and there is no chromium')
+        pytest.fail('no chromium: `make system-deps` as root, or `apt-get install chromium`, or set $CHROMIUM '
+                    '(LEPTON_NO_BROWSER=1 skips the browser tests)')
+    with Browser() as b: yield b
+
+
+@pytest.fixture(scope='module')
+def served(site):
+    with serve(site) as s: yield s
+
+
+def nb_title(nb: Path) -> str:
+    "The title of a notebook: its first `# ` heading."
+    for c in json.loads((NBS/nb).read_text(encoding='utf-8'))['cells']:
+        m = re.match(r'#\s+(.+)', ''.join(c['source']).strip()) if c['cell_type'] == 'markdown' else None
+        if m: return re.sub(r'[`*]', '', m.group(1)).strip()  # as text, without Markdown's marks
+
+
+def math_page(site: Path) -> str:
+    "The activations page once its notebook exists; until then the first page with display maths."
+    act = sorted(NBS.glob('*activations*.ipynb'))
+    if act: return B.page_name(act[0].relative_to(NBS))
+    return next(B.page_name(nb) for nb in B.notebooks(NBS) if 'class="math display"' in (site/B.page_name(nb)).read_text())
+
+
+def load(page, url, ready="true", timeout=30):
+    "Open a page, wait until `ready` (JavaScript) holds and late scripts have run."
+    page.goto(url)
+    page.wait_for(ready, timeout, what=f'{url}: {ready}')
+    page.settle(0.3)
+
+
+# The page is ready when KaTeX has typeset every formula and mermaid has drawn every diagram
+READY = ("document.readyState === 'complete' && "
+         "[...document.querySelectorAll('.math')].every(e => e.querySelector('.katex, .katex-error')) && "
+         "[...document.querySelectorAll('pre.mermaid')].every(e => e.querySelector('svg'))")
+
+
+# ------------------------------------------------------------------ the build, without a browser
+
+def test_one_quarto_config():
+    "nbdev, Quarto and smalldocs all read the top-level _quarto.yml: nbs/_quarto.yml is a link to it."
+    link = NBS/'_quarto.yml'
+    assert link.is_symlink() and link.resolve() == (ROOT/'_quarto.yml').resolve()
+    assert 'metadata-files: [nbdev.yml, sidebar.yml]' in (ROOT/'_quarto.yml').read_text()
+
+
+def test_every_notebook_has_a_page_and_api(site):
+    assert B.missing_pages(site, NBS) == []
+    assert B.missing_api(site) == []
+    import importlib
+    from lepton_nb._modidx import d
+    exported = sum(len(getattr(importlib.import_module(m), '__all__', [])) for m, syms in d['syms'].items() if syms)
+    assert exported > 10, 'missing_api looked at the exported names'
+    # a page is named as Quarto names it, so nbdev's links from API names hold on both renderers
+    assert (site/'core.html').exists() and not (site/'00_core.html').exists()
+
+
+def test_no_external_address_and_no_broken_link(site):
+    assert B.external_refs(site) == []
+    assert B.broken_links(site, site_url()) == []
+    for page in site.rglob('*.html'):
+        text = page.read_text(encoding='utf-8')
+        assert not re.search(r'<(script|link)\b[^>]*(src|href)="(https?:)?//', text), page.name
+        assert site_url() not in ' '.join(re.findall(r'href="([^"]*)"', text)), f'{page.name}: a link to the published site'
+    libs = site/'site_libs'
+    assert (libs/'katex'/'katex.min.js').is_file() and (libs/'mermaid'/'mermaid.min.js').is_file()
+    assert list((libs/'katex'/'fonts').glob('*.woff2'))
+
+
+def test_api_links_point_at_pages_here(site):
+    "Backtick links to API names (nbdev's doc links) lead to the page and anchor of this site."
+    html = (site/'data.html').read_text(encoding='utf-8')
+    links = re.findall(r'<a href="([^"]+)"><code>', html)
+    assert any(l.startswith('core.html#') for l in links), links[:20]
+    assert all(not l.startswith('http') for l in links if l.split('#')[0].endswith('.html')), links
+
+
+def test_plots_are_shown(site):
+    "A notebook whose saved outputs have a picture shows pictures on its page."
+    for nb in B.notebooks(NBS):
+        cells = json.loads((NBS/nb).read_text(encoding='utf-8'))['cells']
+        shown = sum(1 for c in cells if c['cell_type'] == 'code' and not re.search(r'#\|\s*(hide|include:\s*false|output:\s*false)', ''.join(c['source']))
+                    for o in c.get('outputs', []) if 'image/png' in o.get('data', {}))
+        imgs = len(re.findall(r'<img\b', (site/B.page_name(nb)).read_text(encoding='utf-8')))
+        assert imgs >= min(shown, 1), f'{nb}: {shown} saved picture(s), {imgs} <img> on the page'
+
+
+def test_checks_find_what_is_wrong(tmp_path):
+    "The build's checks fail on external scripts and stylesheets, web fonts, broken links and missing anchors."
+    (tmp_path/'site_libs').mkdir()
+    (tmp_path/'site_libs'/'t.css').write_text('@import url(https://fonts.example.org/css2?family=X:wght@300;400);body{}')
+    (tmp_path/'a.html').write_text(
+        '<html><head><script src="https://cdn.example.org/x.js"></script><link rel="stylesheet" href="//cdn.example.org/x.css">'
+        '<link rel="canonical" href="https://site.example.org/a.html"><script type="module">import m from "https://cdn.example.org/m.mjs"</script>'
+        '</head><body><h2 id="here">x</h2><a href="b.html">b</a><a href="a.html#here">ok</a><a href="#nowhere">n</a>'
+        '<a href="https://site.example.org/docs/a.html">self</a><a href="https://elsewhere.example.org/">fine</a>'
+        '<img src="site_libs/missing.png"></body></html>')
+    ext = B.external_refs(tmp_path)
+    assert len(ext) == 4 and any('x.js' in e for e in ext) and any('m.mjs' in e for e in ext) and any('t.css' in e for e in ext)
+    broken = B.broken_links(tmp_path, 'https://site.example.org/docs')
+    assert len(broken) == 4, broken
+    assert any('b.html is missing' in b for b in broken) and any('#nowhere' in b for b in broken)
+    assert any('published site' in b for b in broken) and any('missing.png' in b for b in broken)
+    # making it offline drops the web fonts and points KaTeX and mermaid at the copies in site_libs
+    (tmp_path/'c.html').write_text('<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/katex@0.16.11/dist/katex.min.css">'
+        "<script type=\"module\">import mermaid from 'https://cdn.jsdelivr.net/npm/mermaid@11.4.1/dist/mermaid.esm.min.mjs';mermaid.initialize({});</script>")
+    B.make_offline(tmp_path)
+    c = (tmp_path/'c.html').read_text()
+    assert 'href="site_libs/katex/katex.min.css"' in c and '<script src="site_libs/mermaid/mermaid.min.js"></script>' in c
+    assert 'jsdelivr' not in c and 'fonts.example.org' not in (tmp_path/'site_libs'/'t.css').read_text()
+    # a link to a method with no API entry of its own goes to its class's entry; an unknown anchor stays broken
+    (tmp_path/'d.html').write_text('<h3 id="learner">Learner</h3><a href="d.html#learner.fit">fit</a><a href="#nope.x">x</a>')
+    assert B.method_anchors(tmp_path) == ['d.html#learner.fit has no API entry (show_doc) of its own: its links go to #learner']
+    d = (tmp_path/'d.html').read_text()
+    assert 'href="d.html#learner"' in d and 'href="#nope.x"' in d
+
+
+def test_planned_notebooks_and_self_links(tmp_path):
+    "Links to numbered notebooks not written yet become text; nbdev's absolute links become links to the notebook."
+    nbs, proc = tmp_path/'nbs', tmp_path/'_proc'
+    for d in (nbs, proc): d.mkdir()
+    md = ('[00_a](00_a.ipynb) and [99_later](99_later.ipynb#x) and [`f`](https://site.example.org/docs/a.html#f)')
+    nb = {'cells': [{'cell_type': 'raw', 'metadata': {}, 'source': '---\ntitle: A\n---\n'},
+                    {'cell_type': 'markdown', 'metadata': {}, 'source': md}], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}
+    for d in (nbs, proc): (d/'00_a.ipynb').write_text(json.dumps(nb))
+    B.prepare_pages(proc, nbs, 'https://site.example.org/docs')
+    front, out = [c['source'] for c in json.loads((proc/'00_a.ipynb').read_text())['cells']]
+    assert out == '[00_a](00_a.ipynb) and 99_later and [`f`](00_a.ipynb#f)'
+    assert front == '---\norder: 0\ntitle: A\n---\n', 'the sidebar order, for both renderers'
+    assert B.planned_links(nbs) == ['00_a.ipynb: 99_later.ipynb does not exist yet; its link is plain text until it does']
+
+
+# ------------------------------------------------------------------ in the browser
+
+def test_every_page_loads_offline_without_errors(site, served, browser):
+    page = browser.new_page()
+    pages = sorted(p.relative_to(site).as_posix() for p in site.rglob('*.html') if 'site_libs' not in p.parts)
+    assert len(pages) == len(B.notebooks(NBS))
+    for name in pages:
+        load(page, served.url + name, READY)
+        assert page.errors == [], f'{name}: {page.errors}'
+        assert page.external == [], f'{name} reached for another host: {page.external}'
+        # KaTeX is stricter than MathJax (JupyterLab's): `\eta_\max` must be written `\eta_{\max}`
+        bad = page.eval("[...document.querySelectorAll('.katex-error')].map(e => e.textContent + ': ' + e.title)")
+        assert bad == [], f'{name}: formulas KaTeX cannot typeset: {bad}'
+    load(page, served.url + 'index.html', READY)
+    page.screenshot(ARTIFACTS/'docs-index.png')
+
+
+def test_sidebar_lists_every_notebook_in_order(site, served, browser):
+    page = browser.new_page()
+    load(page, served.url + 'index.html', READY)
+    links = page.eval("[...document.querySelectorAll('#quarto-sidebar a[href]')].map(a => [a.getAttribute('href'), a.textContent.trim()])")
+    nbs = B.notebooks(NBS)
+    want = [B.page_name(nb) for nb in sorted(nbs, key=lambda p: (p.stem != 'index', p.as_posix()))]
+    assert [re.sub(r'^\./', '', h) for h, _ in links] == want
+    for (h, text), nb in zip(links, sorted(nbs, key=lambda p: (p.stem != 'index', p.as_posix()))):
+        if nb.stem != 'index': assert text == nb_title(nb), (h, text)
+    assert page.errors == []
+
+
+def test_formula_is_typeset(site, served, browser):
+    name = math_page(site)
+    page = browser.new_page()
+    load(page, served.url + name, READY)
+    n = page.eval("""(() => {
+        const maths = [...document.querySelectorAll('.math')];
+        return {math: maths.length, katex: maths.filter(e => e.querySelector('.katex')).length,
+                display: document.querySelectorAll('.math.display .katex-display').length,
+                errors: document.querySelectorAll('.katex-error').length}; })()""")
+    assert n['math'] > 0 and n['katex'] == n['math'] and n['display'] > 0 and n['errors'] == 0, n
+    text = page.eval("""(() => { const b = document.querySelector('main') || document.body; const c = b.cloneNode(true);
+        c.querySelectorAll('pre, code, .katex').forEach(e => e.remove()); return c.textContent; })()""")
+    assert '$$' not in text and '\\[' not in text and '\\(' not in text, 'raw TeX left in the page'
+    page.eval("document.querySelector('.math.display').scrollIntoView({block: 'center', behavior: 'instant'})"); page.settle(0.3)
+    page.screenshot(ARTIFACTS/f"docs-formula-{name.replace('.html', '')}.png")
+    assert page.errors == [] and page.external == []
+
+
+def test_mermaid_diagram_is_svg(site, served, browser):
+    pages = [B.page_name(nb) for nb in B.notebooks(NBS) if 'class="mermaid"' in (site/B.page_name(nb)).read_text()]
+    assert pages, 'the data notebook has a mermaid diagram'
+    page = browser.new_page()
+    for name in pages:
+        load(page, served.url + name, READY)
+        d = page.eval("""[...document.querySelectorAll('pre.mermaid')].map(e => {
+            const s = e.querySelector('svg'); return [!!s, s ? s.querySelectorAll('.node').length : 0, e.textContent.includes('Syntax error')]; })""")
+        assert d and all(svg and nodes > 1 and not err for svg, nodes, err in d), (name, d)
+    page.eval("document.querySelector('pre.mermaid').scrollIntoView({block: 'center', behavior: 'instant'})"); page.settle(0.3)
+    page.screenshot(ARTIFACTS/'docs-mermaid.png')
+    assert page.errors == [] and page.external == []
+
+
+def test_search_finds_an_api_name_and_leads_to_it(site, served, browser):
+    import importlib
+    from lepton_nb._modidx import d
+    # the first exported name of the first module: its API entry is what the search should find
+    name, doc = next((n, syms[f'{m}.{n}'][0]) for m, syms in d['syms'].items() if syms
+                     for n in getattr(importlib.import_module(m), '__all__', []) if f'{m}.{n}' in syms)
+    target = doc.split('#')
+    page = browser.new_page()
+    load(page, served.url + 'index.html', READY)
+    page.click('.smalldocs-search input')
+    page.type(name)
+    hrefs = page.wait_for("(() => { const a = [...document.querySelectorAll('.smalldocs-search-results a')]; "
+                          "return a.length ? a.map(x => x.getAttribute('href')) : null; })()", 10, what=f'search results for {name}')
+    want = f'{target[0]}#{target[1]}'
+    assert any(h.endswith(want) for h in hrefs), (name, want, hrefs)
+    page.click(f'.smalldocs-search-results a[href$="{want}"]')
+    page.wait_for(f"location.pathname.endsWith('/{target[0]}') && location.hash === '#{target[1]}'", 10, what='the result opens')
+    page.wait_for(f"!!document.getElementById({json.dumps(target[1])})", 10)
+    assert page.errors == [] and page.external == []
