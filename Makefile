@@ -1,5 +1,5 @@
 # The few commands a newcomer types. Each target creates .venv and installs what it needs first.
-#   make demo   install everything, then train the default model on Fashion-MNIST
+#   make demo   install everything, then train the default model on Fashion-MNIST (2 minutes) and label an image
 #   make test   install everything, then run the whole test suite (what CI runs)
 #   make docs   build the documentation site into _docs/
 #   make lab    start JupyterLab on the notebooks
@@ -23,8 +23,12 @@ install: $(STAMP)
 system-deps:
 	sh scripts/system-deps.sh
 
+# The main job: check the data, train the fast recipe for 2 minutes, label one test image with the saved model.
 demo: install system-deps
 	$(BIN)/lepton data
+	$(BIN)/lepton train --time-budget 120 --out runs/demo
+	$(BIN)/python scripts/demo_image.py runs/demo/example.png
+	$(BIN)/lepton predict runs/demo runs/demo/example.png --plot runs/demo/example_prediction.png
 
 # The whole test suite, in the order CI runs it.
 test: install system-deps check-sync nbtest pytest
