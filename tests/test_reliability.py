@@ -433,6 +433,12 @@ def test_bad_config_refused(model_dir, case):
     v = variant(model_dir, 'v', **kw)
     assert_clean_error(*cli('predict', v, model_dir.parent/'img.png')[::2], msg)
 
+def test_swapped_weights_of_the_same_shape_refused(model_dir):
+    "Weights of another model that fit this architecture exactly: only the SHA-256 in config.json tells them apart."
+    v = variant(model_dir, 'v')
+    (v/'model.safetensors').write_bytes(_st_edit(model_dir, lambda sd: sd.update({'0.0.weight': -sd['0.0.weight']})))
+    assert_clean_error(*cli('predict', v, model_dir.parent/'img.png')[::2], 'does not match the SHA-256')
+
 def test_config_that_is_a_folder(model_dir):
     v = variant(model_dir, 'v'); (v/'config.json').unlink(); (v/'config.json').mkdir()
     assert_clean_error(*cli('predict', v, model_dir.parent/'img.png')[::2], 'config.json: unreadable')
