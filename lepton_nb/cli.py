@@ -130,11 +130,13 @@ def cmd_train(args) -> dict:
         for k, v in _TRAIN_DEFAULTS.items():
             if getattr(args, k) is None: setattr(args, k, v)
         out = _run_dir(args)
+    if out.exists() and not out.is_dir(): raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
     get_device(args.device)            # an unavailable device fails here, before any data is loaded
     data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
                     seed=args.seed, progress=not args.json)
     if len(data.classes) < 2: raise LeptonError(f"a classifier needs at least 2 classes, {data.source} has {len(data.classes)}")
-    out.mkdir(parents=True, exist_ok=True)
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
     save_json({k: getattr(args, k) for k in _TRAIN_KEYS}, out/'train_args.json')
     extra = {'width': args.width} if args.width else {}
     print(f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train)} train / "
@@ -331,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 # %% ../nbs/12_cli.ipynb #3d0e11ef
 def main(argv:list|None=None) -> int:
     "Entry point of the `lepton` command; returns the exit status."
+    for s in (sys.stdout, sys.stderr):   # a file name that is not UTF-8 prints escaped, not as a UnicodeEncodeError
+        if hasattr(s, 'reconfigure'): s.reconfigure(errors='backslashreplace')
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, 'func', None):

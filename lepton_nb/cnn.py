@@ -232,13 +232,15 @@ def train_classifier(data:ImageData, # From `get_data`
     if epochs is None: epochs = 10_000 if time_budget else r['epochs']
     if not isinstance(epochs, int) or epochs < 1: raise LeptonError(f"epochs must be a positive integer, got {epochs}")
     if not isinstance(r['bs'], int) or r['bs'] < 1: raise LeptonError(f"batch size must be a positive integer, got {r['bs']}")
-    if not r['lr'] > 0 or not math.isfinite(r['lr']): raise LeptonError(f"learning rate must be a positive number, got {r['lr']}")
+    if not 0 < r['lr'] <= 1e3:   # (a larger rate overflows float32 in Adam's first step: a crash, not a message)
+        raise LeptonError(f"learning rate must be a positive number up to 1000, got {r['lr']}")
     dev = get_device(device)
     out = Path(out) if out is not None else None
     if resume and (out is None or not (out/'checkpoint.pt').is_file()):
         raise LeptonError(f"nothing to resume: no checkpoint.pt in {out}")
     seed_everything(seed)
     cfg = model_config(r['arch'], data, impl, width=r.get('width', 32), hidden=r.get('hidden', 128))
+    check_config(cfg, 'model settings')   # the limits `save_model` enforces, checked before training, not after it
     net = build_model(cfg).to(dev)
     if r['channels_last']: net = net.to(memory_format=torch.channels_last)
     bs = min(r['bs'], len(data.y_train))
@@ -323,7 +325,10 @@ def predict(model_dir:str|Path, # A folder written by `save_model` / `lepton tra
     if isinstance(images, torch.Tensor): x, names = images, [f'image {i}' for i in range(len(images))]
     else:
         if not images: raise LeptonError("no images given")
-        x = torch.stack([load_image(p, cfg['size'], cfg['channels']) for p in images]); names = [str(p) for p in images]
+        def load(p):
+            try: return load_image(p, cfg['size'], cfg['channels'])
+            except LeptonError as e: raise LeptonError(str(e) if str(p) in str(e) else f"{p}: {e}") from None   # say which file
+        x = torch.stack([load(p) for p in images]); names = [str(p) for p in images]
     mean = torch.tensor(cfg['mean']).view(1, -1, 1, 1); std = torch.tensor(cfg['std']).view(1, -1, 1, 1)
     xf = ((x.float() / 255 - mean) / std).to(dev)
     with torch.no_grad(): probs = (flip_tta(model, xf) if tta else model(xf)).float().softmax(1).cpu()

@@ -156,7 +156,9 @@ def load_json(path:str|Path) -> Any:
     path = Path(path)
     try: return json.loads(path.read_text(encoding='utf-8'))
     except FileNotFoundError: raise LeptonError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise LeptonError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e: raise LeptonError(f"{path}: unreadable ({e.strerror or e})") from None   # a folder, no permission...
+    except ValueError as e: raise LeptonError(f"{path}: not valid JSON ({str(e)[:200]})") from None   # also bad UTF-8, 5,000-digit numbers
+    except RecursionError: raise LeptonError(f"{path}: not valid JSON (nested too deeply)") from None
 
 # %% ../nbs/00_core.ipynb #74927bb7
 def _git_commit(path:Path) -> str|None:

@@ -42,7 +42,7 @@ def read_idx(path:str|Path, # An IDX file, gzip-compressed or not (detected from
     if ndim == 0 or len(raw) < 4 + 4*ndim: raise LeptonError(f"{path}: IDX header is truncated")
     shape = struct.unpack(f'>{ndim}I', raw[4:4+4*ndim])
     dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected, found = int(np.prod(shape)) * dtype.itemsize, len(raw) - 4 - 4*ndim
+    expected, found = int(np.prod(shape, dtype=object)) * dtype.itemsize, len(raw) - 4 - 4*ndim   # Python ints: no wrap-around
     if found != expected:
         raise LeptonError(f"{path}: IDX data is {'truncated' if found < expected else 'too long'}: "
                           f"header says shape {tuple(shape)} ({expected} bytes), file holds {found} bytes")
@@ -119,14 +119,16 @@ def _listing_hash(entries) -> str:
     return h.hexdigest()[:16]
 
 def _stat_entry(p:Path, root:Path|None=None):
-    st = p.stat()
-    return (str(p.relative_to(root)) if root else str(p), st.st_size, st.st_mtime_ns)
+    try: st = p.stat(); size, mtime = st.st_size, st.st_mtime_ns
+    except OSError: size = mtime = None   # a dangling link or a link loop: listed here, skipped when decoded
+    return (str(p.relative_to(root)) if root else str(p), size, mtime)
 
 def load_fashion_mnist_raw(files:dict) -> dict:
     "Read the four IDX files in `files`, checking shapes and label range."
     out = {}
     for k, p in files.items():
         t = read_idx(p)
+        if t.dtype != torch.uint8: raise LeptonError(f"{p}: expected unsigned bytes (IDX type 0x08) for Fashion-MNIST, found {t.dtype}")
         if tuple(t.shape) != FASHION_SHAPES[k]:
             raise LeptonError(f"{p}: expected shape {FASHION_SHAPES[k]} for Fashion-MNIST, found {tuple(t.shape)}")
         out[k] = t
@@ -438,7 +440,7 @@ def decode_folder(items:list, # (file, class index) pairs from `scan_image_folde
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long), skipped, report
 
 # %% ../nbs/05_data.ipynb #947b6984
-def _split_key(seed, rel): return hashlib.sha1(f"{seed}:{rel}".encode()).hexdigest()
+def _split_key(seed, rel): return hashlib.sha1(f"{seed}:{rel}".encode('utf-8', 'surrogateescape')).hexdigest()   # names need not be UTF-8
 
 def stratified_split(rel_paths:list, # Each file's path relative to the root
                      labels:list, # Each file's class index

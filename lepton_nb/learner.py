@@ -340,8 +340,12 @@ def learner_state(learn) -> dict:
             'callbacks': {type(c).__name__: c.state_dict() for c in learn.cbs if c.state_dict()}}
 
 def save_checkpoint(learn, path:str|Path):
-    "Write `learner_state(learn)` to `path` atomically."
-    with atomic_path(path) as tmp: torch.save(learner_state(learn), tmp)
+    "Write `learner_state(learn)` to `path` atomically: if the write fails (a full disk...), the previous file stays."
+    try:
+        with atomic_path(path) as tmp: torch.save(learner_state(learn), tmp)
+    except (OSError, RuntimeError) as e:   # torch.save reports a failed write (ENOSPC) as a RuntimeError
+        raise LeptonError(f"{path}: could not write the checkpoint ({str(e).splitlines()[0][:120]}); is the disk full? "
+                          "The previous checkpoint is kept") from None
 
 def load_checkpoint(learn, path:str|Path, # A file written by `save_checkpoint`
                     restore_rng:bool=True):
@@ -352,17 +356,24 @@ def load_checkpoint(learn, path:str|Path, # A file written by `save_checkpoint`
     except Exception as e: raise LeptonError(f"{path}: not a readable lepton_nb checkpoint ({type(e).__name__})") from None
     if not isinstance(st, dict) or st.get('version') != CHECKPOINT_VERSION:
         raise LeptonError(f"{path}: not a lepton_nb checkpoint of version {CHECKPOINT_VERSION}")
+    kinds = {'model': dict, 'opt': dict, 'epoch': int, 'iter': int, 'step': int, 'train_time': (int, float),
+             'history': list, 'rng': dict, 'callbacks': dict}
+    bad = [k for k, t in kinds.items() if not isinstance(st.get(k), t) or isinstance(st.get(k), bool)]
+    if bad: raise LeptonError(f"{path}: damaged checkpoint (missing or malformed: {', '.join(bad)})")
     try:
         learn.model.load_state_dict(st['model'])
         learn.opt.load_state_dict(st['opt'])
-    except (RuntimeError, ValueError, KeyError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise LeptonError(f"{path}: the checkpoint does not fit this model or optimiser ({str(e).splitlines()[0]})") from None
     learn.epoch, learn.iter, learn.step, learn.train_time = st['epoch'], st['iter'], st['step'], st['train_time']
     learn.history = list(st['history'])
-    learn._resume_loss = tuple(st.get('epoch_loss', (0.0, 0)))
-    for c in learn.cbs:
-        if type(c).__name__ in st['callbacks']: c.load_state_dict(st['callbacks'][type(c).__name__])
-    if restore_rng: set_rng_states(st['rng'])
+    try:
+        learn._resume_loss = tuple(st.get('epoch_loss', (0.0, 0)))
+        for c in learn.cbs:
+            if type(c).__name__ in st['callbacks']: c.load_state_dict(st['callbacks'][type(c).__name__])
+        if restore_rng: set_rng_states(st['rng'])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise LeptonError(f"{path}: damaged checkpoint (callback or generator states: {type(e).__name__})") from None
     return learn
 
 class CheckpointCB(Callback):
@@ -371,7 +382,12 @@ class CheckpointCB(Callback):
     def __init__(self, path:str|Path, # The checkpoint file
                  every_seconds:float|None=60.0): # Also save within an epoch this often (None: only at epoch ends)
         self.path, self.every = Path(path), every_seconds
-    def before_fit(self): self.last = self.learn.elapsed()
+    def before_fit(self):
+        self.last = self.learn.elapsed()
+        d, stem = self.path.parent, f'.{self.path.name}.'
+        if d.is_dir():   # temporaries of checkpoint writes cut short by a kill (see `atomic_path`)
+            for p in d.iterdir():
+                if p.name.startswith(stem) and p.name.endswith('.tmp'): p.unlink(missing_ok=True)
     def save(self):
         if self.learn.error is None: save_checkpoint(self.learn, self.path); self.last = self.learn.elapsed()
     def after_batch(self):
