@@ -37,7 +37,7 @@ check-sync: install
 	$(BIN)/python scripts/check_sync.py
 
 nbtest: install
-	$(BIN)/nbdev_test --timing
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --timing
 
 pytest: install
 	$(BIN)/python -m pytest tests -q
