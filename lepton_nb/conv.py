@@ -83,8 +83,8 @@ def _col2im_(gx:torch.Tensor, # Input gradient to add into: n x C x H x W, or n 
             if nhwc: gx[:, sh[1], sw[1]].add_(gcols[:, sh[0], sw[0], u, v])
             else: gx[:, :, sh[1], sw[1]].add_(gcols[:, :, u, v, sh[0], sw[0]])
 
-# %% ../nbs/02_convolution.ipynb #568e93cd
-CHUNK_BYTES = 4 * 2**20   # im2col buffer + output per chunk: about 4 MB was fastest on a 2-core CPU (L2 1 MB/core)
+# %% ../nbs/02_convolution.ipynb #df99e760
+CHUNK_BYTES = 4 * 2**20   # im2col buffer per chunk: 4 MB measured fastest on a 2-core CPU (L2 1 MB/core, L3 32 MB)
 
 def _chunk(n_images:int, bytes_per_image:int, device:torch.device) -> int:
     "Images per chunk: enough to fill `CHUNK_BYTES` on a CPU; the whole batch on a GPU, where memory is not the limit."
@@ -99,7 +99,7 @@ def _conv_forward(x, w, b, s, pads, d):
     N, C, H, W = x.shape; O, _, kh, kw = w.shape; K = C*kh*kw
     out = conv_output_size((H + pads[0] + pads[1], W + pads[2] + pads[3]), (kh, kw), s, 0, d); L = out[0]*out[1]
     nhwc, a = _use_nhwc(w), int(b is not None)               # a: one extra row of ones in X for the bias (eq. conv-bias)
-    m = _chunk(N, (K + O) * L * x.element_size(), x.device)
+    m = _chunk(N, (K + 1) * L * x.element_size(), x.device)            # the im2col buffer of one image
     if nhwc:
         xp = x.permute(0, 2, 3, 1)                                          # N, H, W, C (a view)
         xp = F.pad(xp, (0, 0, pads[2], pads[3], pads[0], pads[1])) if any(pads) else xp.contiguous()
@@ -132,7 +132,7 @@ def _conv_backward(gy, xp, w, xshape, s, pads, d, nhwc, needs):
     N, C, H, W = xshape; O, _, kh, kw = w.shape; K = C*kh*kw
     out = tuple(gy.shape[2:]); L = out[0]*out[1]; p = (pads[0], pads[2])
     acc = torch.float32 if gy.dtype in (torch.float16, torch.bfloat16) else gy.dtype   # sum chunks in float32 at least
-    m = _chunk(N, 2 * (K + O) * L * gy.element_size(), gy.device)
+    m = _chunk(N, 2 * (K + 1) * L * gy.element_size(), gy.device)      # im2col and W^T G buffers of one image
     a = int(needs[1] and needs[2])                       # bias gradient as the ones row's weight gradient (eq. conv-bias)
     win = _windows(xp, (kh, kw), out, s, d, nhwc)
     gx = gw = gb = None
@@ -373,7 +373,7 @@ class MaxPool2d(nn.Module):
     def forward(self, x): return max_pool2d(x, self.kernel_size, self.stride, self.padding)
     def extra_repr(self): return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
-# %% ../nbs/02_convolution.ipynb #50c84cca
+# %% ../nbs/02_convolution.ipynb #e86ebc58
 def _median_ms(fns:dict, repeats:int, device) -> dict:
     "Median wall time (ms) of each function over `repeats` rounds, each round running every function once."
     times = {k: [] for k in fns}
@@ -399,10 +399,19 @@ def _fwd_bwd(fn, x, params:list, grad):
 def bench(device=None, # Where to run: None or "auto" for the fastest device, "cpu", "cuda"...
           repeats:int=7, # Timed rounds per case (the median is reported), after one warm-up round
           batch:int=256, # Images per batch (256 in the reported figures)
+          threads:int|None=None, # CPU threads during the measurement; None keeps PyTorch's current setting
          ) -> dict:
     "Time forward+backward of our conv2d and max_pool2d against PyTorch's; flat dict of ratios (ours/PyTorch) and ms."
     dev = get_device(device)
     if repeats < 1 or batch < 1: raise LeptonError(f"bench: repeats and batch must be at least 1, got {repeats}, {batch}")
+    if threads is not None and threads < 1: raise LeptonError(f"bench: threads must be at least 1, got {threads}")
+    prev = torch.get_num_threads()
+    if threads is not None: torch.set_num_threads(threads)
+    try: return _bench(dev, repeats, batch)
+    finally: torch.set_num_threads(prev)
+
+def _bench(dev, repeats, batch):
+    "The measurements of `bench`, threads already set."
     g = torch.Generator(device='cpu').manual_seed(0)
     def rand(*shape): return torch.randn(*shape, generator=g).to(dev)
     res = {'device': str(dev), 'threads': torch.get_num_threads(), 'batch': batch, 'repeats': repeats,
