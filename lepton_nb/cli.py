@@ -11,7 +11,8 @@ from types import SimpleNamespace
 from .core import LeptonError
 
 # %% auto #0
-__all__ = ['BENCH_PARTS', 'COMMANDS', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'build_parser', 'main']
+__all__ = ['BENCH_PARTS', 'COMMANDS', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan',
+           'cmd_gan_sample', 'build_parser', 'main']
 
 # %% ../nbs/12_cli.ipynb #3f676e04
 def _int_at_least(lo:int):
@@ -83,7 +84,7 @@ def _add_data_args(p, val=True):
                    help="image folders: 1 (grey) or 3 (RGB); default: what most of the images are")
     p.add_argument('--valid-pct', type=float, default=0.2, help="image folders without --val: share of each class held out (default 0.2)")
 
-# %% ../nbs/12_cli.ipynb #29671425
+# %% ../nbs/12_cli.ipynb #48ff878c
 _TRAIN_KEYS = ('data', 'val', 'size', 'channels', 'valid_pct', 'model', 'impl', 'epochs', 'time_budget', 'batch_size',
                'lr', 'device', 'seed', 'patience', 'checkpoint_every', 'width')
 _TRAIN_DEFAULTS = dict(data='fashion-mnist', val=None, size=28, channels=None, valid_pct=0.2, model='fast', impl='torch',
@@ -106,15 +107,16 @@ def _run_dir(args) -> Path:
         found = [c for c in cands if (c/'checkpoint.pt').is_file()]
         if not found: raise LeptonError(f"nothing to resume: no checkpoint in {base}* (give --out DIR)")
         return max(found, key=lambda c: (c/'checkpoint.pt').stat().st_mtime)
-    return next(c for c in cands if not (c/'model.safetensors').exists() and not (c/'checkpoint.pt').exists())
+    done = ('model.safetensors', 'generator.safetensors', 'checkpoint.pt')   # a finished or started run of either kind
+    return next(c for c in cands if not any((c/f).exists() for f in done))
 
-def _merge_resume_args(args, out:Path):
-    "On --resume, fill every option not given on the command line from the run's train_args.json."
+def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULTS, name='train_args.json'):
+    "On --resume, fill every option not given on the command line from the run's saved arguments (`name`)."
     from lepton_nb.core import load_json
-    saved = load_json(out/'train_args.json') if (out/'train_args.json').is_file() else {}
-    for k in _TRAIN_KEYS:
+    saved = load_json(out/name) if (out/name).is_file() else {}
+    for k in keys:
         if getattr(args, k) is None and saved.get(k) is not None: setattr(args, k, saved[k])
-    for k, v in _TRAIN_DEFAULTS.items():
+    for k, v in defaults.items():
         if getattr(args, k) is None: setattr(args, k, v)
 
 def cmd_train(args) -> dict:
@@ -237,7 +239,73 @@ def cmd_bench(args) -> dict:
         show(d)
     return res
 
-# %% ../nbs/12_cli.ipynb #024f0fbd
+# %% ../nbs/12_cli.ipynb #e0af4375
+_GAN_KEYS = ('data', 'val', 'size', 'channels', 'valid_pct', 'epochs', 'time_budget', 'batch_size', 'lr', 'width',
+             'device', 'seed', 'n_eval', 'checkpoint_every', 'unconditional', 'loss')
+_GAN_DEFAULTS = dict(data='fashion-mnist', val=None, size=28, channels=None, valid_pct=0.2, epochs=None, time_budget=None,
+                     batch_size=64, lr=2e-3, width=32, device='auto', seed=0, n_eval=10_000, checkpoint_every=60.0,
+                     unconditional=False, loss='ns')
+
+def cmd_gan(args) -> dict:
+    "Train a DCGAN and write the generator, discriminator, metrics and plots; or, with `sample`, draw from a saved one."
+    if getattr(args, 'gan_command', None) == 'sample': return cmd_gan_sample(args)
+    import matplotlib; matplotlib.use('Agg')
+    from lepton_nb.core import get_device, save_json
+    from lepton_nb.data import get_data
+    from lepton_nb.gan import train_gan
+    if args.resume:
+        out = _run_dir(SimpleNamespace(out=args.out, resume=True, data=args.data or 'fashion-mnist', model='gan'))
+        _merge_resume_args(args, out, _GAN_KEYS, _GAN_DEFAULTS, 'gan_args.json')
+    else:
+        for k, v in _GAN_DEFAULTS.items():
+            if getattr(args, k) is None: setattr(args, k, v)
+        out = _run_dir(SimpleNamespace(out=args.out, resume=False, data=args.data, model='gan'))
+    if out.exists() and not out.is_dir(): raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
+    get_device(args.device)            # an unavailable device fails here, before any data is loaded
+    data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
+                    seed=args.seed, progress=not args.json)
+    if len(data.classes) < 2:
+        raise LeptonError(f"lepton gan measures its samples with a classifier of the data, which needs at least 2 classes; "
+                          f"{data.source} has {len(data.classes)}")
+    if data.size[0] != data.size[1] or data.size[0] % 4 or not 8 <= data.size[0] <= 64:
+        raise LeptonError(f"the DCGAN needs square images of 8 to 64 pixels, a multiple of 4 (use --size), got {data.size}")
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
+    save_json({k: getattr(args, k) for k in _GAN_KEYS}, out/'gan_args.json')
+    print(f"training a {'' if args.unconditional else 'class-conditional '}DCGAN on {data.source}: {len(data.y_train)} "
+          f"images, {len(data.classes)} classes -> {out}", file=sys.stderr)
+    trainer, metrics = train_gan(data, epochs=args.epochs, time_budget=args.time_budget, bs=args.batch_size, lr=args.lr,
+                                 width=args.width, conditional=not args.unconditional, loss=args.loss, device=args.device,
+                                 seed=args.seed, out=out, resume=args.resume, progress=not args.json,
+                                 checkpoint_every=args.checkpoint_every, n_eval=args.n_eval)
+    if trainer.interrupted:
+        raise KeyboardInterrupt(f"stopped by {trainer.interrupted}; checkpoint saved in {out}; "
+                                f"continue with: lepton gan --resume --out {out}")
+    print(f"FID {metrics['fid']:.3f} (real floor {metrics['fid_floor']:.3f})  classifier score "
+          f"{metrics['classifier_score']:.2f} (real {metrics['classifier_score_real']:.2f})  smallest class share "
+          f"{metrics['coverage_min']:.3f}  after {metrics['epochs']:g} epochs, {metrics['train_seconds']:.1f} s of "
+          f"training on {metrics['device']} ({metrics['stop_reason']})")
+    print(f"wrote {out}/: " + ' '.join(sorted(p.name for p in out.iterdir() if p.is_file())))
+    return metrics
+
+def cmd_gan_sample(args) -> dict:
+    "Draw `--n` images from a saved generator into one PNG grid."
+    from lepton_nb.gan import class_labels, generate, load_gan, make_grid, save_png
+    out = Path(args.out) if args.out else Path(args.model_dir)/'generated.png'
+    if out.suffix.lower() != '.png': raise LeptonError(f"{out}: the output is a PNG file, its name must end in .png")
+    if not out.parent.is_dir(): raise LeptonError(f"{out.parent}: no such folder for the output")
+    G, _, cfg = load_gan(args.model_dir, args.device)
+    labels = class_labels(args.n, cfg['n_classes'], cfg['classes'], args.cls)
+    x = generate(G, args.n, labels, seed=args.seed)
+    ncols = args.ncols or (min(args.n, cfg['n_classes']) if cfg['n_classes'] and args.cls is None else min(args.n, 8))
+    grid = make_grid(x, ncols)
+    save_png(grid, out, args.scale)
+    h, w = grid.shape[1] * args.scale, grid.shape[2] * args.scale
+    print(f"wrote {out}: {args.n} samples, {-(-args.n // ncols)} x {ncols}, {w} x {h} pixels", file=sys.stderr)
+    return {'out': str(out), 'n': args.n, 'ncols': ncols, 'width': w, 'height': h, 'seed': args.seed,
+            'labels': [cfg['classes'][int(i)] for i in labels] if labels is not None else None}
+
+# %% ../nbs/12_cli.ipynb #d2a3cad2
 COMMANDS = {}   # name -> (function, help); filled in below
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,6 +386,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true', help="print the predictions as one JSON object on the last line")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser('gan', help="train a class-conditional DCGAN (or draw samples: lepton gan sample MODEL_DIR)",
+                       formatter_class=_Formatter, description=
+                       "Train a class-conditional DCGAN on Fashion-MNIST or a folder DIR/<class>/<image>, measure it\n"
+                       "(FID in the features of a classifier of the same data, beside the real floor; classifier\n"
+                       "score; class coverage) and write generator.safetensors, discriminator.safetensors,\n"
+                       "config.json, metrics.json, run_card.json, samples.png, losses.png, progress.png,\n"
+                       "coverage.png and checkpoint.pt into the run folder.\n\n"
+                       "examples:\n  lepton gan --time-budget 300\n  lepton gan --epochs 10 --device cuda --out runs/gan\n"
+                       "  lepton gan --resume                    # continue the latest interrupted run\n"
+                       "  lepton gan sample runs/fashion-mnist-gan --n 64 --out samples.png\n"
+                       "  lepton gan sample runs/fashion-mnist-gan --n 16 --class Bag --out bags.png")
+    _add_data_args(p)
+    for a in p._actions:   # on --resume, unset options come from the run's gan_args.json
+        if a.dest in ('data', 'size', 'valid_pct'): a.default = None
+    p.add_argument('--epochs', type=_int_at_least(1), default=None, help="epochs (default: 10, or unlimited with --time-budget)")
+    p.add_argument('--time-budget', type=_positive_float, default=None, metavar='SECONDS',
+                   help="stop training after this many seconds (the metric is not counted), then measure and save")
+    p.add_argument('--batch-size', type=_int_at_least(1), default=None, help="batch size (default: 64)")
+    p.add_argument('--lr', type=_positive_float, default=None, help="Adam learning rate of both networks (default: 0.002)")
+    p.add_argument('--width', type=_int_at_least(1), default=None, help="channels of G's last hidden and D's first layer (default: 32)")
+    p.add_argument('--loss', choices=('ns', 'saturating', 'lsgan', 'hinge'), default=None,
+                   help="GAN loss of lepton_nb.gan_losses (default: ns, the non-saturating one)")
+    p.add_argument('--unconditional', action='store_const', const=True, default=None, help="a plain DCGAN without class labels")
+    p.add_argument('--n-eval', type=_int_at_least(2), default=None, help="images per side of the FID (default: 10000)")
+    p.add_argument('--device', default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument('--seed', type=_int_at_least(0), default=None, help="seed of every random generator (default: 0)")
+    p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-gan)")
+    p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint with its saved settings")
+    p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
+                   help="seconds of training between checkpoints within an epoch (default: 60)")
+    p.add_argument('--json', action='store_true', help="print metrics.json's object as the last line")
+    p.set_defaults(func=cmd_gan, gan_command=None)
+    gsub = p.add_subparsers(dest='gan_command', metavar='sample', parser_class=_Parser)
+    q = gsub.add_parser('sample', help="draw new images from a saved generator into one PNG grid", formatter_class=_Formatter,
+                        description="Draw --n new images from a generator saved by lepton gan, as one PNG grid.\n\n"
+                                    "examples:\n  lepton gan sample runs/fashion-mnist-gan --n 64 --out samples.png\n"
+                                    "  lepton gan sample runs/fashion-mnist-gan --n 8 --class Sneaker --seed 3 --out s.png")
+    q.add_argument('model_dir', metavar='MODEL_DIR', help="a folder written by lepton gan")
+    q.add_argument('--n', type=_int_at_least(1), default=64, help="how many images")
+    q.add_argument('--out', default=None, metavar='FILE.png', help="the PNG to write (default: MODEL_DIR/generated.png)")
+    q.add_argument('--class', dest='cls', default=None, metavar='NAME', help="class-conditional generator: only this class (name or index)")
+    q.add_argument('--seed', type=_int_at_least(0), default=0, help="seed of the noise")
+    q.add_argument('--ncols', type=_int_at_least(1), default=None, help="images per row (default: one column per class, else 8)")
+    q.add_argument('--scale', type=_int_at_least(1), default=2, help="enlarge every pixel this many times")
+    q.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
+    q.add_argument('--json', action='store_true', help="print what was written as one JSON object on the last line")
+
     p = sub.add_parser('bench', help="benchmarks: our layers vs torch, loaders, Learner overhead, time to 91%%",
                        formatter_class=_Formatter, description=
                        "Each figure is measured side by side in one process; ratios are ours / reference.\n\n"
@@ -330,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
     return parser
 
-# %% ../nbs/12_cli.ipynb #3d0e11ef
+# %% ../nbs/12_cli.ipynb #fd109758
 def main(argv:list|None=None) -> int:
     "Entry point of the `lepton` command; returns the exit status."
     for s in (sys.stdout, sys.stderr):   # a file name that is not UTF-8 prints escaped, not as a UnicodeEncodeError

@@ -130,10 +130,10 @@ def _no_child_left():
 
 class Child:
     "`lepton` (through FAULTY) in a child process; its stdout lines arrive on a queue as they are printed."
-    def __init__(self, args, env, cwd, fault='', at=0):
+    def __init__(self, args, env, cwd, fault='', at=0, code=FAULTY):
         _children.append(self)
         self.err = open(Path(cwd)/f'stderr-{time.monotonic_ns()}.txt', 'w+')
-        self.p = subprocess.Popen([sys.executable, '-c', FAULTY, *map(str, args)], stdout=subprocess.PIPE,
+        self.p = subprocess.Popen([sys.executable, '-c', code, *map(str, args)], stdout=subprocess.PIPE,
                                   stderr=self.err, text=True, cwd=cwd, env={**env, 'FAULT': fault, 'FAULT_AT': str(at)})
         self.q, self.lines = queue.Queue(), []
         threading.Thread(target=lambda: [self.q.put(l.rstrip('\n')) for l in self.p.stdout] + [self.q.put(None)],
@@ -357,8 +357,61 @@ def test_disk_full_keeps_the_previous_checkpoint(small, env, reference, tmp_path
     assert c.finish() == 0, c.stderr()
     assert_matches_reference(c, out, reference)
 
-# The GAN's fault tests go here when `lepton gan` lands: SIGKILL during an epoch and during its checkpoint write (both
-# nets, both optimisers, the fixed noise), --resume, the final FID and samples compared with an uninterrupted run.
+# The GAN's faults: SIGKILL during an epoch and during a checkpoint write (the checkpoint holds both nets, both
+# optimisers, the averaged generator, the fixed noise, every RNG), then --resume; the end must be the uninterrupted
+# run's, bit for bit (one thread). FAULTY's torch.save patch reports "saved N"; here gan_step reports "step N".
+GAN_FAULTY = FAULTY.replace("import lepton_nb.cnn, lepton_nb.learner", "import lepton_nb.cnn, lepton_nb.learner, lepton_nb.gan").replace(
+    "from lepton_nb.cli import main", """gan_step = lepton_nb.gan.gan_step
+n_steps = [0]
+def reporting_gan_step(*a, **k):
+    r = gan_step(*a, **k); n_steps[0] += 1; print(f'gan step {n_steps[0]}', flush=True); return r
+lepton_nb.gan.gan_step = reporting_gan_step
+from lepton_nb.cli import main""")
+GAN_ARGS = ['--epochs', '2', '--batch-size', '32', '--width', '8', '--n-eval', '60', '--seed', '1', '--checkpoint-every', '0.001', '--json']
+
+def gan_args(small, out): return ['gan', '--data', small/'train', '--val', small/'val', '--out', out, *GAN_ARGS]
+
+@pytest.fixture(scope='module')
+def gan_reference(small, env, tmp_path_factory):
+    "The uninterrupted GAN run the faulted ones are compared with."
+    d = tmp_path_factory.mktemp('gan-reference')
+    c = Child(gan_args(small, d/'run'), env, d, code=GAN_FAULTY)
+    assert c.finish() == 0, c.stderr()
+    return {'out': d/'run', 'metrics': json.loads(c.lines[-1]), 'saves': len(c.saved())}
+
+def assert_gan_matches_reference(c:Child, out:Path, ref):
+    m, r = json.loads(c.lines[-1]), ref['metrics']
+    assert m['epochs'] == r['epochs'] == 2 and m['steps'] == r['steps'] == 36   # 600 images, batches of 32
+    for k in ('fid', 'fid_floor', 'classifier_score'): assert m[k] == r[k], k
+    same_weights(out/'generator.safetensors', ref['out']/'generator.safetensors')
+    same_weights(out/'discriminator.safetensors', ref['out']/'discriminator.safetensors')
+    assert (out/'samples.png').exists() and tmp_files(out) == []
+
+def test_gan_sigkill_during_an_epoch_then_resume(small, env, gan_reference, tmp_path):
+    target = random.randrange(3, 34)
+    out = tmp_path/'run'
+    c = Child(gan_args(small, out), env, tmp_path, code=GAN_FAULTY)
+    c.wait_for(lambda l: l.startswith('gan step ') and int(l.split()[2]) >= target)
+    c.kill()
+    st = load_ck(out/'checkpoint.pt')
+    assert 1 <= st['step'] <= 36 and 'G_ema' in st and 'opt_d' in st and not (out/'metrics.json').exists(), target
+    c = Child(['gan', '--resume', '--out', out, '--json'], env, tmp_path, code=GAN_FAULTY)
+    assert c.finish() == 0, (target, c.stderr())
+    assert_gan_matches_reference(c, out, gan_reference)
+
+def test_gan_sigkill_during_checkpoint_write(small, env, gan_reference, tmp_path):
+    at = random.randrange(3, gan_reference['saves'] - 3)
+    out = tmp_path/'run'
+    c = Child(gan_args(small, out), env, tmp_path, fault='cut-write', at=at, code=GAN_FAULTY)
+    cut = c.wait_for(lambda l: l.startswith('cut '))
+    c.kill()
+    half = Path(cut.split(' ', 1)[1])
+    assert half.parent == out and half.name.startswith('.checkpoint.pt.') and half.exists()   # killed mid-write
+    with pytest.raises(Exception): load_ck(half)
+    assert load_ck(out/'checkpoint.pt')['step'] == c.saved()[-1]     # the real name holds the last whole checkpoint
+    c = Child(['gan', '--resume', '--out', out, '--json'], env, tmp_path, code=GAN_FAULTY)
+    assert c.finish() == 0, c.stderr()
+    assert_gan_matches_reference(c, out, gan_reference)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
