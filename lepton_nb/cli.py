@@ -156,7 +156,7 @@ def cmd_train(args) -> dict:
     if ddp: metrics = finish_ddp(learn, metrics, out, ddp)
     if learn.interrupted:
         raise KeyboardInterrupt(f"stopped by {learn.interrupted}; checkpoint saved in {out}; "
-                                f"continue with: lepton train --resume --out {out}")
+                                f"continue with: {'torchrun ... -m lepton_nb.cli train --ddp' if ddp else 'lepton train'} --resume --out {out}")
     if quiet: return None
     print(f"test accuracy {metrics['test_accuracy']:.4f}  f1 (macro) {metrics['f1_macro']:.4f}  after "
           f"{metrics['epochs']:g} epochs, {metrics['train_seconds']:.1f} s of training on {metrics['device']} "
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true', help="print the predictions as one JSON object on the last line")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser('bench', help="benchmarks: our layers vs torch, loaders, Learner overhead, time to 91%%",
+    p = sub.add_parser('bench', help="benchmarks: our layers vs torch, loaders, Learner overhead, int8 and pruning, time to 91%%",
                        formatter_class=_Formatter, description=
                        "Each figure is measured side by side in one process; ratios are ours / reference.\n\n"
                        f"parts: {', '.join(BENCH_PARTS)} ('train' takes minutes; --quick leaves it out)\n\n"
@@ -368,5 +368,5 @@ def main(argv:list|None=None) -> int:
     return 0
 
 # %% ../nbs/12_cli.ipynb #b7e1c2d4
-if __name__ == '__main__' and 'ipykernel' not in sys.modules:   # python -m lepton_nb.cli (what torchrun runs)
-    sys.exit(main())
+if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', '') == 'lepton_nb.cli':
+    sys.exit(main())   # python -m lepton_nb.cli (what torchrun runs); not when a notebook runs this cell

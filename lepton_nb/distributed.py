@@ -125,6 +125,7 @@ def init_ddp(device=None, # 'auto', 'cpu', 'cuda'...: CUDA gets one GPU per proc
                                   "torchrun --nproc_per_node=2 -m lepton_nb.cli train --ddp ...")
     rank, world, local = int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), int(os.environ['LOCAL_RANK'])
     dev = get_device(device)
+    if dev.type not in ('cpu', 'cuda'): raise LeptonError(f"--ddp runs on cpu (gloo) or cuda (nccl), not on {dev.type}")
     if dev.type == 'cuda':
         if local >= torch.cuda.device_count():
             raise LeptonError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible): lower --nproc_per_node")
