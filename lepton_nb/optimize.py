@@ -177,7 +177,7 @@ def _table(res, accs, base='fp32'):
     print(f"{'model':28s} {'ms/batch':>9s} {'speed-up':>9s} {'accuracy':>9s}")
     for k, t in res.items(): print(f"{k:28s} {t*1e3:9.2f} {res[base]/t:8.2f}x {accs[k]:9.4f}")
 
-# %% ../nbs/10_optimize.ipynb #bcdd1ca0
+# %% ../nbs/10_optimize.ipynb #a3917386
 @contextlib.contextmanager
 def _quiet_ao():
     "Silence torch.ao.quantization's deprecation warnings (the choice of API is explained in notebook 10)."
@@ -185,6 +185,7 @@ def _quiet_ao():
         warnings.filterwarnings('ignore', category=DeprecationWarning)
         warnings.filterwarnings('ignore', message='.*quantize_per_tensor.*')
         warnings.filterwarnings('ignore', message='.*quantiz.*deprecated.*')
+        warnings.filterwarnings('ignore', message='.*quant_min and quant_max.*')
         yield
 
 def _ao():
