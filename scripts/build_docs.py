@@ -117,6 +117,8 @@ def planned_links(nbs:Path) -> list[str]:
                     for m in MD_LINK_RE.finditer(''.join(c['source'])) if planned_target(nbs, nb, m.group(2))]
     return out
 
+PRIVATE_LINK_RE = re.compile(r'\[(`_\w[\w.]*`)\]\([^)\s]*\)')
+
 def prepare_pages(proc:Path, nbs:Path, site_url:str) -> None:
     """In `_proc/`: nbdev's absolute links to the site become links to notebooks; links to planned notebooks, text.
     Each page also gets `order:` (index first, then by file name), which both renderers' `auto` sidebar sorts by."""
@@ -133,6 +135,7 @@ def prepare_pages(proc:Path, nbs:Path, site_url:str) -> None:
             return m.group(0) if src is None else posixpath.relpath(src.as_posix(), here) + (m.group(2) or '')
         def fix(text):
             text = self_re.sub(to_source, text)
+            text = PRIVATE_LINK_RE.sub(r'\1', text)   # private helpers have no API entry to link to
             return MD_LINK_RE.sub(lambda m: m.group(1) if planned_target(nbs, nb, m.group(2)) else m.group(0), text)
         d = json.loads(f.read_text(encoding='utf-8'))
         changed = False
