@@ -84,7 +84,7 @@ def _add_data_args(p, val=True):
                    help="image folders: 1 (grey) or 3 (RGB); default: what most of the images are")
     p.add_argument('--valid-pct', type=float, default=0.2, help="image folders without --val: share of each class held out (default 0.2)")
 
-# %% ../nbs/12_cli.ipynb #48ff878c
+# %% ../nbs/12_cli.ipynb #384f4095
 _TRAIN_KEYS = ('data', 'val', 'size', 'channels', 'valid_pct', 'model', 'impl', 'epochs', 'time_budget', 'batch_size',
                'lr', 'device', 'seed', 'patience', 'checkpoint_every', 'width')
 _TRAIN_DEFAULTS = dict(data='fashion-mnist', val=None, size=28, channels=None, valid_pct=0.2, model='fast', impl='torch',
@@ -124,6 +124,10 @@ def cmd_train(args) -> dict:
     from lepton_nb.core import get_device, save_json
     from lepton_nb.data import get_data
     from lepton_nb.cnn import train_classifier
+    ddp = None
+    if args.ddp:                       # under torchrun: join the process group; rank 0 alone writes and prints
+        from lepton_nb.distributed import agree, finish_ddp, init_ddp, train_kwargs
+        ddp = init_ddp(args.device or _TRAIN_DEFAULTS['device'])
     if args.resume:
         out = _run_dir(SimpleNamespace(out=args.out, resume=True, data=args.data or _TRAIN_DEFAULTS['data'],
                                        model=args.model or _TRAIN_DEFAULTS['model']))
@@ -132,24 +136,30 @@ def cmd_train(args) -> dict:
         for k, v in _TRAIN_DEFAULTS.items():
             if getattr(args, k) is None: setattr(args, k, v)
         out = _run_dir(args)
+    if ddp: out = agree(out)           # the folder rank 0 chose
     if out.exists() and not out.is_dir(): raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
     get_device(args.device)            # an unavailable device fails here, before any data is loaded
+    quiet = bool(ddp and ddp.rank)
     data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
-                    seed=args.seed, progress=not args.json)
+                    seed=args.seed, progress=not (args.json or quiet))
     if len(data.classes) < 2: raise LeptonError(f"a classifier needs at least 2 classes, {data.source} has {len(data.classes)}")
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
-    save_json({k: getattr(args, k) for k in _TRAIN_KEYS}, out/'train_args.json')
+    if not quiet: save_json({k: getattr(args, k) for k in _TRAIN_KEYS}, out/'train_args.json')
     extra = {'width': args.width} if args.width else {}
-    print(f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train)} train / "
-          f"{len(data.y_valid)} held-out images, {len(data.classes)} classes -> {out}", file=sys.stderr)
+    run = train_kwargs(ddp, out, args.resume) if ddp else dict(out=out, resume=args.resume)
+    if not quiet: print(f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train)} train / "
+          f"{len(data.y_valid)} held-out images, {len(data.classes)} classes -> {out}"
+                        + (f" on {ddp.world_size} processes ({ddp.backend})" if ddp else ''), file=sys.stderr)
     learn, metrics = train_classifier(data, args.model, impl=args.impl, epochs=args.epochs, time_budget=args.time_budget,
-                                      bs=args.batch_size, lr=args.lr, device=args.device, seed=args.seed, out=out,
-                                      resume=args.resume, progress=not args.json, checkpoint_every=args.checkpoint_every,
-                                      patience=args.patience, tensorboard=args.tensorboard, **extra)
+                                      bs=args.batch_size, lr=args.lr, device=ddp.device if ddp else args.device,
+                                      seed=args.seed, progress=not (args.json or quiet), checkpoint_every=args.checkpoint_every,
+                                      patience=args.patience, tensorboard=args.tensorboard, **run, **extra)
+    if ddp: metrics = finish_ddp(learn, metrics, out, ddp)
     if learn.interrupted:
         raise KeyboardInterrupt(f"stopped by {learn.interrupted}; checkpoint saved in {out}; "
-                                f"continue with: lepton train --resume --out {out}")
+                                f"continue with: {'torchrun ... -m lepton_nb.cli train --ddp' if ddp else 'lepton train'} --resume --out {out}")
+    if quiet: return None
     print(f"test accuracy {metrics['test_accuracy']:.4f}  f1 (macro) {metrics['f1_macro']:.4f}  after "
           f"{metrics['epochs']:g} epochs, {metrics['train_seconds']:.1f} s of training on {metrics['device']} "
           f"({metrics['stop_reason']})")
@@ -196,8 +206,8 @@ def cmd_predict(args) -> dict:
         print(f"wrote {args.plot}")
     return {'predictions': [{k: v for k, v in r.items() if k != 'image'} for r in results]}
 
-# %% ../nbs/12_cli.ipynb #7bfb0008
-BENCH_PARTS = ('conv', 'loader', 'learner', 'train')
+# %% ../nbs/12_cli.ipynb #096251e8
+BENCH_PARTS = ('conv', 'loader', 'learner', 'optimize', 'train')
 
 def cmd_bench(args) -> dict:
     "Run the benchmarks and print each figure; `--json` prints them as one object."
@@ -213,9 +223,11 @@ def cmd_bench(args) -> dict:
         res.update(d)
     if 'conv' in parts:
         print("conv: our im2col conv2d and max-pool vs torch (forward + backward; ratio = ours / torch)")
-        show(importlib.import_module('lepton_nb.conv').bench(device=dev))
+        conv = importlib.import_module('lepton_nb.conv')
+        r = conv.bench(device=dev); res.update(r)
+        print('\n'.join('  ' + l for l in conv.bench_table(r).splitlines()))
     fm = None
-    if {'loader', 'learner', 'train'} & set(parts):
+    if {'loader', 'learner', 'optimize', 'train'} & set(parts):
         from lepton_nb.data import load_fashion_mnist
         fm = load_fashion_mnist()
     if 'loader' in parts:
@@ -229,6 +241,10 @@ def cmd_bench(args) -> dict:
         print("learner: Learner.fit with lepton train's callbacks vs a plain loop, same batches (fast CNN, 15,000 images)")
         dl = TensorLoader(fm.x_train[:15000], fm.y_train[:15000], 256, shuffle=True, device=dev, mean=fm.mean, std=fm.std)
         show(bench_overhead(lambda: fast_cnn(width=16), dl, lr=1e-3, repeats=3, device=dev))
+    if 'optimize' in parts:
+        from lepton_nb.optimize import bench as bench_optimize
+        print("optimize: seed CNN after 1 epoch: int8 (static) vs fp32 size, latency, accuracy; pruning; channels_last")
+        show(bench_optimize(fm, device=dev))
     if 'train' in parts:
         from lepton_nb.cnn import time_to_accuracy
         print("train: seconds of training to 91% test accuracy, seed recipe vs fast recipe (this takes minutes)")
@@ -305,7 +321,7 @@ def cmd_gan_sample(args) -> dict:
     return {'out': str(out), 'n': args.n, 'ncols': ncols, 'width': w, 'height': h, 'seed': args.seed,
             'labels': [cfg['classes'][int(i)] for i in labels] if labels is not None else None}
 
-# %% ../nbs/12_cli.ipynb #d2a3cad2
+# %% ../nbs/12_cli.ipynb #ddaeac5c
 COMMANDS = {}   # name -> (function, help); filled in below
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "  seed  the source article's model and recipe: conv 32, pool, dense 128; Adam, batch 32, 10 epochs\n\n"
                        "examples:\n  lepton train --time-budget 20\n  lepton train --model seed\n"
                        "  lepton train --data photos/train --val photos/val --out runs/photos\n"
-                       "  lepton train --resume                  # continue the latest interrupted run")
+                       "  lepton train --resume                  # continue the latest interrupted run\n"
+                       "  torchrun --nproc_per_node=2 -m lepton_nb.cli train --ddp --model seed   # 2 processes")
     _add_data_args(p)
     for a in p._actions:   # on --resume, unset options come from the run's train_args.json
         if a.dest in ('data', 'size', 'valid_pct'): a.default = None
@@ -358,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
                    help="seconds of training between checkpoints within an epoch (default: 60)")
     p.add_argument('--tensorboard', action='store_true', help="log to DIR/tensorboard (needs: pip install tensorboard)")
+    p.add_argument('--ddp', action='store_true', help="data-parallel under torchrun: torchrun --nproc_per_node=N -m "
+                   "lepton_nb.cli train --ddp ... (--batch-size is the global batch; gloo on CPU, nccl on CUDA)")
     p.add_argument('--json', action='store_true', help="print metrics.json's object as the last line")
     p.set_defaults(func=cmd_train)
 
@@ -433,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
     q.add_argument('--json', action='store_true', help="print what was written as one JSON object on the last line")
 
-    p = sub.add_parser('bench', help="benchmarks: our layers vs torch, loaders, Learner overhead, time to 91%%",
+    p = sub.add_parser('bench', help="benchmarks: our layers vs torch, loaders, Learner overhead, int8 and pruning, time to 91%%",
                        formatter_class=_Formatter, description=
                        "Each figure is measured side by side in one process; ratios are ours / reference.\n\n"
                        f"parts: {', '.join(BENCH_PARTS)} ('train' takes minutes; --quick leaves it out)\n\n"
@@ -464,3 +483,7 @@ def main(argv:list|None=None) -> int:
         sys.stdout.flush()
         print(json.dumps(result, default=str))
     return 0
+
+# %% ../nbs/12_cli.ipynb #f27fe445
+if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', '') == 'lepton_nb.cli':
+    sys.exit(main())   # python -m lepton_nb.cli (what torchrun runs); not when a notebook runs this cell

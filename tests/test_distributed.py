@@ -1,0 +1,74 @@
+"`lepton train --ddp` under torchrun: 2 CPU processes (gloo) against one process with the same global batch; resume."
+import json, os, subprocess, sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import assert_one_line_error, last_json, lepton
+import lepton_nb.data as D
+from lepton_nb.cnn import export_image_folder, load_model
+from lepton_nb.distributed import weights_sha256
+
+CLASSES = ['Trouser', 'Sneaker', 'Bag', 'Coat']
+# Tolerance of DDP against one process: the two sum the same gradients in a different order (float rounding only);
+# Adam turns a rounding-sized change of a near-zero gradient into at most a fraction of one step (lr 1e-3), so the
+# weights after 2 epochs agree to 1e-4 (measured: 2e-5).
+ATOL = 1e-4
+
+def torchrun(*args, cwd, n=2, timeout=300):
+    "`torchrun --standalone --nproc_per_node=n -m lepton_nb.cli ...` with torchrun's own thread default (1 per process)."
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}',
+                           '-m', 'lepton_nb.cli', *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=cwd)
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    "train/ and val/ folders of real Fashion-MNIST PNGs: four classes, 150 training and 50 validation images each."
+    root = tmp_path_factory.mktemp('ddp')
+    fm = D.load_fashion_mnist(cache=False)
+    export_image_folder(fm, root/'train', CLASSES, 150)
+    export_image_folder(fm, root/'val', CLASSES, 50, split='valid')
+    return root
+
+def test_ddp_two_processes_match_one_and_resume(folder, cache, tmp_path):
+    common = ['--data', folder/'train', '--val', folder/'val', '--model', 'seed', '--batch-size', '32']
+    one = lepton('train', *common, '--epochs', '2', '--out', tmp_path/'one', '--json', env={'OMP_NUM_THREADS': '1'})
+    assert one.returncode == 0, one.stderr
+    r = torchrun('train', '--ddp', *common, '--epochs', '2', '--out', tmp_path/'two', '--json', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = last_json(r.stdout)                    # rank 0 alone prints: its JSON is the last line
+    assert r.stdout.count('test accuracy') == 1
+    ddp = json.loads((tmp_path/'two'/'metrics.json').read_text())['ddp']
+    assert ddp['world_size'] == 2 and ddp['backend'] == 'gloo' and ddp['batch_per_rank'] == 16
+    assert ddp['threads_per_rank'] == 1        # torchrun's OMP_NUM_THREADS=1 for more than one process
+    # both ranks end with identical weights: equal hashes, and no weight differs between the ranks at all
+    h = ddp['weights_sha256_per_rank']
+    assert len(h) == 2 and h[0] == h[1] and ddp['max_weight_difference_across_ranks'] == 0.0
+    model, _ = load_model(tmp_path/'two', 'cpu')
+    assert weights_sha256(model) == h[0]       # ... and the hashes describe the model rank 0 saved
+    # the same steps as one process with the same global batch, up to float rounding
+    w1, w2 = load_file(tmp_path/'one'/'model.safetensors'), load_file(tmp_path/'two'/'model.safetensors')
+    assert w1.keys() == w2.keys()
+    for k in w1: torch.testing.assert_close(w2[k], w1[k], atol=ATOL, rtol=0)
+    h1, h2 = last_json(one.stdout)['history'], m['history']
+    assert len(h1) == len(h2) == 2
+    for a, b in zip(h1, h2):
+        assert abs(a['train_loss'] - b['train_loss']) < 1e-4 and abs(a['valid_loss'] - b['valid_loss']) < 1e-4
+    # kill-free resume: 1 epoch, then --resume to 2 epochs, gives the 2-epoch run's weights exactly
+    r = torchrun('train', '--ddp', *common, '--epochs', '1', '--out', tmp_path/'three', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun('train', '--ddp', '--resume', '--out', tmp_path/'three', '--epochs', '2', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    w3 = load_file(tmp_path/'three'/'model.safetensors')
+    for k in w2: assert torch.equal(w3[k], w2[k]), k
+
+def test_ddp_errors(folder, cache, tmp_path):
+    r = lepton('train', '--ddp', '--data', folder/'train', '--epochs', '1')
+    assert_one_line_error(r, 'runs under torchrun')
+    r = torchrun('train', '--ddp', '--data', folder/'train', '--val', folder/'val', '--batch-size', '33', '--epochs', '1',
+                 '--out', tmp_path/'odd', cwd=tmp_path)
+    assert r.returncode != 0
+    assert 'global batch size 33 is not divisible by 2 processes' in r.stderr
+    assert not (tmp_path/'odd'/'model.safetensors').exists()
