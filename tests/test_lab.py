@@ -131,11 +131,12 @@ def test_widgets_render_and_respond(browser, lab):
     # run the cell with the toolbar's run button, as a learner does. JupyterLab may still be settling the kernel's
     # session when the status first says idle and then ignores the click: click again until the cell has run
     prompt = "document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .jp-InputPrompt').innerText"
-    for attempt in range(6):
+    for attempt in range(8):   # a first kernel start on a fresh install can take most of a minute on 2 cores
         page.click('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Toolbar [data-command="notebook:run-cell-and-select-next"]')
-        try: page.wait_for(f"/\\[[*0-9]+\\]/.test({prompt})", 5, what='the cell runs'); break
+        try: page.wait_for(f"/\\[[*0-9]+\\]/.test({prompt})", 5 + 5 * attempt, what='the cell runs'); break
         except TimeoutError:
-            if attempt == 5: raise
+            if attempt == 7: raise
+            kernel_idle(page)
     out = "document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .jp-OutputArea')"
     page.wait_for(f"!!({out} && {out}.querySelector('.widget-slider .noUi-handle'))", 60, what='the slider is drawn')
     page.wait_for(f"{out}.innerText.includes('5 squared is 25')", 30, what='the interactive output')
