@@ -9,4 +9,4 @@ out = Path(sys.argv[1] if len(sys.argv) > 1 else 'example.png')
 fm = load_fashion_mnist()
 i = int(sys.argv[2]) if len(sys.argv) > 2 else 0
 Image.fromarray(fm.x_valid[i, 0].numpy()).resize((112, 112)).convert('RGB').save(out)
-print(f"wrote {out}: test image {i}, a {fm.classes[int(fm.y_valid[i])]}, as a 112x112 RGB PNG")
+print(f"wrote {out}: test image {i} (class {fm.classes[int(fm.y_valid[i])]!r}) as a 112x112 RGB PNG")
