@@ -22,9 +22,10 @@ from .svm import LinearSVM
 
 # %% auto #0
 __all__ = ['ARCHS', 'RECIPES', 'CONFIG_FORMAT', 'layers', 'seed_cnn', 'fast_cnn', 'random_flip', 'flip_tta', 'check_config',
-           'model_config', 'build_model', 'save_model', 'load_model', 'evaluate_model', 'train_classifier',
-           'plot_predictions', 'write_artifacts', 'predict', 'plot_prediction', 'plot_predictions_grid',
-           'export_image_folder', 'EvalEveryCB', 'time_to_accuracy', 'cnn_features', 'svm_on_features']
+           'model_config', 'build_model', 'save_model', 'load_weights_strict', 'load_model', 'evaluate_model',
+           'train_classifier', 'plot_predictions', 'write_artifacts', 'predict', 'plot_prediction',
+           'plot_predictions_grid', 'export_image_folder', 'EvalEveryCB', 'time_to_accuracy', 'cnn_features',
+           'svm_on_features']
 
 # %% ../nbs/08_cnn.ipynb #b03462ec
 def layers(impl:str='torch') -> SimpleNamespace:
@@ -152,39 +153,44 @@ def save_model(model:nn.Module, cfg:dict, out:str|Path) -> Path:
     save_json(cfg, out/'config.json')
     return out
 
+def load_weights_strict(wf:Path, # A .safetensors file
+                        net:nn.Module, # The network, built from a checked config
+                        sha:str, # The file's SHA-256 as recorded in config.json
+                       ):
+    "Load safetensors weights into `net` only if the file's digest, tensor names, shapes and dtypes are exactly right."
+    from safetensors import safe_open
+    if not wf.is_file(): raise LeptonError(f"{wf}: file not found")
+    if _sha256(wf) != sha: raise LeptonError(f"{wf}: does not match the SHA-256 in config.json (tampered with, or from another model)")
+    expected = net.state_dict()
+    try:
+        with safe_open(str(wf), framework='pt') as f:
+            keys = set(f.keys())
+            if keys != set(expected):
+                raise LeptonError(f"{wf}: tensor names do not match this network "
+                                  f"(missing {sorted(set(expected) - keys)[:3]}, unexpected {sorted(keys - set(expected))[:3]})")
+            sd = {}
+            for k in keys:
+                shape, want = tuple(f.get_slice(k).get_shape()), expected[k]
+                if shape != tuple(want.shape): raise LeptonError(f"{wf}: tensor {k} has shape {shape}, the network needs {tuple(want.shape)}")
+                t = f.get_tensor(k)
+                if t.dtype != want.dtype: raise LeptonError(f"{wf}: tensor {k} has dtype {t.dtype}, the network needs {want.dtype}")
+                sd[k] = t
+    except LeptonError: raise
+    except Exception as e: raise LeptonError(f"{wf}: not a readable safetensors file ({type(e).__name__}: {str(e)[:100]})") from None
+    net.load_state_dict(sd)
+
 def load_model(path:str|Path, # A folder with model.safetensors and config.json
                device=None, # Where to put the model (None: `get_device()`)
                impl:str|None=None, # Override the implementation (weights are interchangeable)
               ) -> tuple[nn.Module, dict]:
     "Rebuild a saved classifier, refusing unknown, inconsistent or tampered files; returns (model in eval mode, config)."
-    from safetensors import safe_open
     path = Path(path)
     if not path.is_dir(): raise LeptonError(f"{path}: not a model folder (expected model.safetensors and config.json)")
     cfg = check_config(load_json(path/'config.json'), str(path/'config.json'))
     wf = path/'model.safetensors'
-    if not wf.is_file(): raise LeptonError(f"{wf}: file not found")
-    if _sha256(wf) != cfg['weights_sha256']:
-        raise LeptonError(f"{wf}: does not match the SHA-256 in config.json (tampered with, or from another model)")
     if impl is not None: cfg = {**cfg, 'impl': impl}
     model = build_model(cfg)
-    expected = model.state_dict()
-    try:
-        with safe_open(str(wf), framework='pt') as f:
-            keys = set(f.keys())
-            if keys != set(expected):
-                raise LeptonError(f"{wf}: tensor names do not match a {cfg['arch']} model "
-                                  f"(missing {sorted(set(expected) - keys)[:3]}, unexpected {sorted(keys - set(expected))[:3]})")
-            sd = {}
-            for k in keys:
-                sl = f.get_slice(k)
-                shape, want = tuple(sl.get_shape()), expected[k]
-                if shape != tuple(want.shape): raise LeptonError(f"{wf}: tensor {k} has shape {shape}, the model needs {tuple(want.shape)}")
-                t = f.get_tensor(k)
-                if t.dtype != want.dtype: raise LeptonError(f"{wf}: tensor {k} has dtype {t.dtype}, the model needs {want.dtype}")
-                sd[k] = t
-    except LeptonError: raise
-    except Exception as e: raise LeptonError(f"{wf}: not a readable safetensors file ({type(e).__name__}: {str(e)[:100]})") from None
-    model.load_state_dict(sd)
+    load_weights_strict(wf, model, cfg['weights_sha256'])
     return model.to(get_device(device)).eval(), cfg
 
 # %% ../nbs/08_cnn.ipynb #dc978230

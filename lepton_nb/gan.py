@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -23,7 +22,7 @@ from .core import (LeptonError, atomic_path, get_device, get_rng_states, load_js
 from .data import ImageData, TensorLoader, cache_dir
 from .gan_losses import d_loss, d_loss_hinge, d_loss_lsgan, g_loss, g_loss_hinge, g_loss_lsgan
 from .learner import bf16_supported
-from .cnn import _sha256, load_model, model_config, save_model, train_classifier
+from .cnn import _sha256, load_weights_strict, load_model, model_config, save_model, train_classifier
 
 # %% auto #0
 __all__ = ['LOSSES', 'STAT_NAMES', 'FID_CLASSIFIER_FORMAT', 'FID_RECIPE', 'GAN_CHECKPOINT_VERSION', 'GAN_CONFIG_FORMAT',
@@ -614,27 +613,6 @@ def save_gan(G:Generator, D:Discriminator, cfg:dict, out:str|Path) -> Path:
     save_json(check_gan_config(cfg), out/'config.json')
     return out
 
-def _load_strict(wf:Path, net:nn.Module, sha:str):
-    "Load safetensors weights into `net` only if the file's digest, tensor names, shapes and dtypes are exactly right."
-    if not wf.is_file(): raise LeptonError(f"{wf}: file not found")
-    if _sha256(wf) != sha: raise LeptonError(f"{wf}: does not match the SHA-256 in config.json (tampered with, or from another model)")
-    expected = net.state_dict()
-    try:
-        with safe_open(str(wf), framework='pt') as f:
-            keys = set(f.keys())
-            if keys != set(expected):
-                raise LeptonError(f"{wf}: tensor names do not match this network (missing {sorted(set(expected) - keys)[:3]}, unexpected {sorted(keys - set(expected))[:3]})")
-            sd = {}
-            for k in keys:
-                shape, want = tuple(f.get_slice(k).get_shape()), expected[k]
-                if shape != tuple(want.shape): raise LeptonError(f"{wf}: tensor {k} has shape {shape}, the network needs {tuple(want.shape)}")
-                t = f.get_tensor(k)
-                if t.dtype != want.dtype: raise LeptonError(f"{wf}: tensor {k} has dtype {t.dtype}, the network needs {want.dtype}")
-                sd[k] = t
-    except LeptonError: raise
-    except Exception as e: raise LeptonError(f"{wf}: not a readable safetensors file ({type(e).__name__}: {str(e)[:100]})") from None
-    net.load_state_dict(sd)
-
 def load_gan(path:str|Path, # A folder written by `save_gan` / `lepton gan`
              device=None, # Where to put the networks (None: `get_device()`)
             ) -> tuple[Generator, Discriminator, dict]:
@@ -644,8 +622,8 @@ def load_gan(path:str|Path, # A folder written by `save_gan` / `lepton gan`
     cfg = check_gan_config(load_json(path/'config.json'), str(path/'config.json'))
     G = Generator(cfg['nz'], cfg['width'], cfg['channels'], cfg['size'], cfg['n_classes'])
     D = Discriminator(cfg['width'], cfg['channels'], cfg['size'], cfg['n_classes'])
-    _load_strict(path/'generator.safetensors', G, cfg['generator_sha256'])
-    _load_strict(path/'discriminator.safetensors', D, cfg['discriminator_sha256'])
+    load_weights_strict(path/'generator.safetensors', G, cfg['generator_sha256'])
+    load_weights_strict(path/'discriminator.safetensors', D, cfg['discriminator_sha256'])
     dev = get_device(device)
     return G.to(dev).eval(), D.to(dev).eval(), cfg
 
