@@ -24,6 +24,20 @@ def _int_at_least(lo:int):
     f.__name__ = f'int>={lo}'
     return f
 
+def _int_between(lo:int, hi:int):
+    def f(s):
+        v = _int_at_least(lo)(s)
+        if v > hi: raise argparse.ArgumentTypeError(f"must be at most {hi}, got {v}")
+        return v
+    f.__name__ = f'int in {lo}..{hi}'
+    return f
+
+def _fraction(s):
+    try: v = float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not 0 < v < 1: raise argparse.ArgumentTypeError(f"must be between 0 and 1 (a share such as 0.2), got {s}")
+    return v
+
 def _positive_float(s):
     try: v = float(s)
     except ValueError: raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
@@ -39,7 +53,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     "Keeps the examples' line breaks; shows a default only where it says something and the help does not already."
     def _get_help_string(self, action):
         h = action.help or ''
-        if '(default' in h or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings: return h
+        if '(default' in h or action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+           or not action.option_strings: return h
         return h + ' (default: %(default)s)'
 
 # %% ../nbs/12_cli.ipynb #8a6c7602
@@ -79,10 +94,10 @@ def _add_data_args(p, val=True):
                    help="'fashion-mnist', or a folder of images laid out as DIR/<class>/<image>")
     if val: p.add_argument('--val', default=None, metavar='DIR',
                            help="a separate validation folder with the same classes (default: hold out --valid-pct of --data)")
-    p.add_argument('--size', type=_int_at_least(4), default=28, help="image folders: images are resized to SIZE x SIZE (default 28)")
+    p.add_argument('--size', type=_int_between(8, 512), default=28, help="image folders: images are resized to SIZE x SIZE, 8 to 512 (default 28)")
     p.add_argument('--channels', type=int, choices=(1, 3), default=None,
                    help="image folders: 1 (grey) or 3 (RGB); default: what most of the images are")
-    p.add_argument('--valid-pct', type=float, default=0.2, help="image folders without --val: share of each class held out (default 0.2)")
+    p.add_argument('--valid-pct', type=_fraction, default=0.2, help="image folders without --val: share of each class held out (default 0.2)")
 
 # %% ../nbs/12_cli.ipynb #384f4095
 _TRAIN_KEYS = ('data', 'val', 'size', 'channels', 'valid_pct', 'model', 'impl', 'epochs', 'time_budget', 'batch_size',
@@ -93,10 +108,17 @@ _TRAIN_DEFAULTS = dict(data='fashion-mnist', val=None, size=28, channels=None, v
 
 def _data_name(data) -> str:
     if data is None or str(data).lower() in ('fashion-mnist', 'fashion_mnist', 'fmnist'): return 'fashion-mnist'
-    return Path(str(data)).expanduser().resolve().name or 'data'
+    p = Path(str(data)).expanduser().resolve()
+    if p.name.lower() in ('train', 'training') and p.parent.name: p = p.parent   # photos/train -> runs/photos-...
+    return p.name or 'data'
+
+def _finished(run:Path) -> bool:
+    "A run folder whose metrics.json was written after its last checkpoint: the run ended (a kill leaves no newer metrics)."
+    m, c = run/'metrics.json', run/'checkpoint.pt'
+    return m.is_file() and (not c.is_file() or m.stat().st_mtime_ns >= c.stat().st_mtime_ns)
 
 def _run_dir(args) -> Path:
-    "The output folder: --out, or runs/<data>-<model>[-N] (the latest with a checkpoint when resuming)."
+    "The output folder: --out, or runs/<data>-<model>[-N] (when resuming, the latest unfinished run)."
     if args.out:
         if args.resume and not (Path(args.out)/'checkpoint.pt').is_file():
             raise LeptonError(f"nothing to resume: no checkpoint.pt in {args.out}")
@@ -106,7 +128,10 @@ def _run_dir(args) -> Path:
     if args.resume:
         found = [c for c in cands if (c/'checkpoint.pt').is_file()]
         if not found: raise LeptonError(f"nothing to resume: no checkpoint in {base}* (give --out DIR)")
-        return max(found, key=lambda c: (c/'checkpoint.pt').stat().st_mtime)
+        open_ = [c for c in found if not _finished(c)]
+        if not open_: raise LeptonError(f"nothing to resume: every run in {base}* finished (to train one further, give --out DIR "
+                                        f"and a larger --epochs or --time-budget)")
+        return max(open_, key=lambda c: (c/'checkpoint.pt').stat().st_mtime)
     done = ('model.safetensors', 'generator.safetensors', 'checkpoint.pt')   # a finished or started run of either kind
     return next(c for c in cands if not any((c/f).exists() for f in done))
 
@@ -169,13 +194,14 @@ def cmd_train(args) -> dict:
 # %% ../nbs/12_cli.ipynb #753d31ee
 def cmd_evaluate(args) -> dict:
     "Evaluate a saved model on Fashion-MNIST's test split or on every image of a folder."
-    from lepton_nb.cnn import evaluate_model, load_model
-    from lepton_nb.data import TensorLoader, decode_folder, get_data, scan_image_folder
+    from lepton_nb.cnn import eval_settings, evaluate_model, load_model
+    from lepton_nb.data import TensorLoader, _fashion_files_in, decode_folder, get_data, scan_image_folder
     from lepton_nb.metrics import classification_report
     model, cfg = load_model(args.model_dir, args.device)
     dev = next(model.parameters()).device
-    if _data_name(args.data) == 'fashion-mnist':
-        d = get_data('fashion-mnist')
+    idx_dir = _data_name(args.data) != 'fashion-mnist' and Path(args.data).is_dir() and _fashion_files_in(Path(args.data))
+    if _data_name(args.data) == 'fashion-mnist' or idx_dir:   # the data set's test split (from a folder of its IDX files too)
+        d = get_data(args.data if idx_dir else 'fashion-mnist')
         if d.classes != cfg['classes'] or (cfg['channels'], cfg['size']) != (1, 28):
             raise LeptonError(f"{args.model_dir} was not trained on Fashion-MNIST (classes {cfg['classes'][:3]}...)")
         x, y, skipped, source = d.x_valid, d.y_valid, [], 'fashion-mnist test split'
@@ -184,12 +210,15 @@ def cmd_evaluate(args) -> dict:
         x, y, skipped, _ = decode_folder(items, cfg['classes'], cfg['size'], cfg['channels'], progress=not args.json, require_all=False)
         source = str(args.data)
     dl = TensorLoader(x, y, 1024, device=dev, mean=cfg['mean'], std=cfg['std'])
-    m, _ = evaluate_model(model, dl, cfg['n_classes'], dev, tta=not args.no_tta)
-    print(f"{args.model_dir} on {source} ({len(y)} images):")
+    how = eval_settings(cfg)                  # as the training run evaluated it, unless --tta/--no-tta says otherwise
+    if args.tta is not None: how['tta'] = args.tta
+    m, _ = evaluate_model(model, dl, cfg['n_classes'], dev, **how)
+    print(f"{args.model_dir} on {source} ({len(y)} images; flip averaging {'on' if how['tta'] else 'off'}, "
+          f"bf16 {'where fast' if how['amp'] else 'off'}):")
     print(classification_report(m, cfg['classes']))
     for f, r in skipped: print(f"  skipped {f}: {r}")
     return {'test_accuracy': m['accuracy'], 'precision_macro': m['precision_macro'], 'recall_macro': m['recall_macro'],
-            'f1_macro': m['f1_macro'], 'n': m['n'], 'data': source, 'confusion': m['confusion'],
+            'f1_macro': m['f1_macro'], 'n': m['n'], 'data': source, 'confusion': m['confusion'], **how,
             'skipped': [{'file': str(f), 'reason': r} for f, r in skipped]}
 
 def cmd_predict(args) -> dict:
@@ -277,6 +306,8 @@ def cmd_gan(args) -> dict:
             if getattr(args, k) is None: setattr(args, k, v)
         out = _run_dir(SimpleNamespace(out=args.out, resume=False, data=args.data, model='gan'))
     if out.exists() and not out.is_dir(): raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
+    if _data_name(args.data) != 'fashion-mnist' and (args.size % 4 or not 8 <= args.size <= 64):
+        raise LeptonError(f"the DCGAN needs --size from 8 to 64, a multiple of 4, got {args.size}")
     get_device(args.device)            # an unavailable device fails here, before any data is loaded
     data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
                     seed=args.seed, progress=not args.json)
@@ -309,8 +340,8 @@ def cmd_gan_sample(args) -> dict:
     from lepton_nb.gan import class_labels, generate, load_gan, make_grid, save_png
     out = Path(args.out) if args.out else Path(args.model_dir)/'generated.png'
     if out.suffix.lower() != '.png': raise LeptonError(f"{out}: the output is a PNG file, its name must end in .png")
+    G, _, cfg = load_gan(args.model_dir, args.device)   # first: a wrong MODEL_DIR is named as such
     if not out.parent.is_dir(): raise LeptonError(f"{out.parent}: no such folder for the output")
-    G, _, cfg = load_gan(args.model_dir, args.device)
     labels = class_labels(args.n, cfg['n_classes'], cfg['classes'], args.cls)
     x = generate(G, args.n, labels, seed=args.seed)
     ncols = args.ncols or (min(args.n, cfg['n_classes']) if cfg['n_classes'] and args.cls is None else min(args.n, 8))
@@ -347,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_Formatter, description=
                        "Train a CNN on Fashion-MNIST or on a folder DIR/<class>/<image>, evaluate it on the held-out\n"
                        "split, and write model.safetensors, config.json, metrics.json, run_card.json, curves.png,\n"
-                       "confusion.png, predictions.png and checkpoint.pt into the run folder.\n\n"
+                       "confusion.png, predictions.png, and for --resume checkpoint.pt and train_args.json into\n"
+                       "the run folder (runs/<data>-<model> unless --out says otherwise).\n\n"
                        "recipes (--model):\n"
                        "  fast  two conv+batchnorm blocks, one-cycle schedule, bf16 where fast, flips (default)\n"
                        "  seed  the source article's model and recipe: conv 32, pool, dense 128; Adam, batch 32, 10 epochs\n\n"
@@ -366,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop training after this many seconds, then evaluate and save; the schedule fits itself to it")
     p.add_argument('--batch-size', type=_int_at_least(1), default=None, help="batch size (default: the recipe's: 256 fast, 32 seed)")
     p.add_argument('--lr', type=_positive_float, default=None, help="(peak) learning rate (default: the recipe's: 0.01 fast, 0.001 seed)")
-    p.add_argument('--width', type=_int_at_least(1), default=None, help="fast model: channels of the first convolution (default 32)")
+    p.add_argument('--width', type=_int_at_least(1), default=None,
+                   help="fast model: channels of the first convolution (default: 32; 16 when --time-budget is under 60)")
     p.add_argument('--device', default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument('--seed', type=_int_at_least(0), default=None, help="seed of every random generator (default: 0)")
     p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-<model>)")
@@ -387,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('model_dir', metavar='MODEL_DIR', help="a folder written by lepton train")
     p.add_argument('--data', default='fashion-mnist', metavar='fashion-mnist|DIR', help="what to evaluate on (a folder: all its images)")
     p.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument('--no-tta', action='store_true', help="no test-time flip averaging")
+    p.add_argument('--tta', action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time flip averaging on or off (default: as the training run evaluated the model)")
     p.add_argument('--json', action='store_true', help="print the metrics as one JSON object on the last line")
     p.set_defaults(func=cmd_evaluate)
 
@@ -411,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(FID in the features of a classifier of the same data, beside the real floor; classifier\n"
                        "score; class coverage) and write generator.safetensors, discriminator.safetensors,\n"
                        "config.json, metrics.json, run_card.json, samples.png, losses.png, progress.png,\n"
-                       "coverage.png and checkpoint.pt into the run folder.\n\n"
+                       "coverage.png, and for --resume checkpoint.pt and gan_args.json into the run folder.\n\n"
                        "examples:\n  lepton gan --time-budget 300\n  lepton gan --epochs 10 --device cuda --out runs/gan\n"
                        "  lepton gan --resume                    # continue the latest interrupted run\n"
                        "  lepton gan sample runs/fashion-mnist-gan --n 64 --out samples.png\n"
@@ -437,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of training between checkpoints within an epoch (default: 60)")
     p.add_argument('--json', action='store_true', help="print metrics.json's object as the last line")
     p.set_defaults(func=cmd_gan, gan_command=None)
-    gsub = p.add_subparsers(dest='gan_command', metavar='sample', parser_class=_Parser)
+    gsub = p.add_subparsers(dest='gan_command', metavar='[sample MODEL_DIR]', parser_class=_Parser,
+                            title='drawing from a saved generator', description='lepton gan sample MODEL_DIR ... (see lepton gan sample --help)')
     q = gsub.add_parser('sample', help="draw new images from a saved generator into one PNG grid", formatter_class=_Formatter,
                         description="Draw --n new images from a generator saved by lepton gan, as one PNG grid.\n\n"
                                     "examples:\n  lepton gan sample runs/fashion-mnist-gan --n 64 --out samples.png\n"

@@ -283,7 +283,7 @@ def _normalise_mode(im:Image.Image, background:int=0) -> Image.Image:
     return im
 
 # %% ../nbs/05_data.ipynb #09d2aff9
-MAX_PIXELS = 200_000_000  # about 14,000 x 14,000: larger files are skipped as likely decompression bombs
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # PIL's own refusal point, about 179 million pixels (13,400 x 13,400): likely decompression bombs
 
 def load_image(path:str|Path, # An image file of any format and mode PIL reads
                size:int|tuple|None=28, # Output size (square if an int); None keeps the file's size

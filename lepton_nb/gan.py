@@ -21,7 +21,7 @@ from .core import (LeptonError, atomic_path, get_device, get_rng_states, load_js
                             seed_everything, set_rng_states)
 from .data import ImageData, TensorLoader, cache_dir
 from .gan_losses import d_loss, d_loss_hinge, d_loss_lsgan, g_loss, g_loss_hinge, g_loss_lsgan
-from .learner import bf16_supported
+from .learner import bf16_supported, check_state, write_state
 from .cnn import _sha256, load_weights_strict, load_model, model_config, save_model, train_classifier
 
 # %% auto #0
@@ -412,7 +412,7 @@ class GANTrainer:
     def save(self, path:str|Path|None=None):
         "Write the state to the checkpoint file, atomically."
         path = Path(path or self.checkpoint)
-        with atomic_path(path) as tmp: torch.save(self.state_dict(), tmp)
+        write_state(self.state_dict(), path)   # atomic; a failed write (a full disk) is one line and keeps the previous file
         self._last_save = self.train_time
     def load(self, path:str|Path, restore_rng:bool=True):
         "Continue from a checkpoint; refuses files that are not GAN checkpoints of this architecture (never unpickles objects)."
@@ -422,6 +422,9 @@ class GANTrainer:
         except Exception as e: raise LeptonError(f"{path}: not a readable lepton_nb GAN checkpoint ({type(e).__name__})") from None
         if not isinstance(st, dict) or st.get('version') != GAN_CHECKPOINT_VERSION or 'G' not in st:
             raise LeptonError(f"{path}: not a lepton_nb GAN checkpoint of version {GAN_CHECKPOINT_VERSION}")
+        check_state(st, {'arch': dict, 'G': dict, 'D': dict, 'G_ema': dict, 'opt_g': dict, 'opt_d': dict, 'z_fixed': torch.Tensor,
+                         'y_fixed': (torch.Tensor, type(None)), 'epoch': int, 'iter': int, 'step': int, 'train_time': (int, float),
+                         'low_run': int, 'history': list, 'log': torch.Tensor, 'grids': list, 'rng': dict}, path)
         if st['arch'] != self.arch(): raise LeptonError(f"{path}: the checkpoint is of another GAN ({st['arch']} vs {self.arch()})")
         try:
             self.G.load_state_dict(st['G']); self.D.load_state_dict(st['D'])
@@ -432,7 +435,10 @@ class GANTrainer:
         self.z_fixed, self.y_fixed = st['z_fixed'], st['y_fixed']
         self.epoch, self.iter, self.step, self.train_time = st['epoch'], st['iter'], st['step'], st['train_time']
         self.low_run, self.history, self._chunks, self.grids = st['low_run'], list(st['history']), [st['log']], list(st['grids'])
-        if restore_rng: set_rng_states(st['rng'])
+        if restore_rng:
+            try: set_rng_states(st['rng'])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+                raise LeptonError(f"{path}: damaged checkpoint (generator states: {type(e).__name__})") from None
         return self
 
     # --- pieces of the loop --------------------------------------------------------------------------------------
@@ -519,6 +525,8 @@ class GANTrainer:
         cpu = self.device.type == 'cpu'
         self.tuner = ThreadTuner() if cpu and self.threads == 'auto' else None
         bar = None
+        if time_budget is not None and self.train_time >= time_budget:   # a resumed run whose budget is spent
+            self.stop_reason = f"time budget of {time_budget:g} s reached"
         with self._signals(), num_threads(self.threads if cpu and isinstance(self.threads, int) else None):
             try:
                 while self.epoch < n_epochs and self.stop_reason is None:

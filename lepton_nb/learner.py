@@ -18,8 +18,9 @@ from .metrics import Confusion
 # %% auto #0
 __all__ = ['EVENTS', 'CHECKPOINT_VERSION', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback',
            'Learner', 'MetricsCB', 'ProgressCB', 'one_cycle', 'OneCycleCB', 'bf16_supported', 'MixedPrecisionCB',
-           'TimeBudgetCB', 'EarlyStoppingCB', 'NonFiniteGuardCB', 'learner_state', 'save_checkpoint', 'load_checkpoint',
-           'CheckpointCB', 'BatchTransformCB', 'TensorBoardCB', 'plot_history', 'bench_overhead']
+           'TimeBudgetCB', 'EarlyStoppingCB', 'NonFiniteGuardCB', 'learner_state', 'write_state', 'save_checkpoint',
+           'check_state', 'load_checkpoint', 'CheckpointCB', 'BatchTransformCB', 'TensorBoardCB', 'plot_history',
+           'bench_overhead']
 
 # %% ../nbs/07_learner.ipynb #62e5d2ea
 class CancelFitException(Exception): "Stop training; `after_fit` still runs."
@@ -288,10 +289,12 @@ class TimeBudgetCB(Callback):
     def __init__(self, seconds:float):
         if not seconds > 0: raise LeptonError(f"time budget must be positive, got {seconds}")
         self.seconds = seconds
-    def after_batch(self):
+    def _check(self):
         if self.learn.training and self.learn.elapsed() >= self.seconds:
             self.learn.stop_reason = f"time budget of {self.seconds:g} s reached"
             raise CancelFitException()
+    def before_batch(self): self._check()   # a resumed run whose budget is spent trains no further batch
+    def after_batch(self): self._check()
 
 class EarlyStoppingCB(Callback):
     "Stop when `monitor` has not improved by `min_delta` for `patience` epochs."
@@ -339,13 +342,23 @@ def learner_state(learn) -> dict:
             'epoch_loss': ((learn._loss_sum.item(), learn._n_loss) if learn.iter and hasattr(learn, '_loss_sum') else (0.0, 0)),
             'callbacks': {type(c).__name__: c.state_dict() for c in learn.cbs if c.state_dict()}}
 
-def save_checkpoint(learn, path:str|Path):
-    "Write `learner_state(learn)` to `path` atomically: if the write fails (a full disk...), the previous file stays."
+def write_state(state:dict, path:str|Path):
+    "`torch.save` a dict of tensors and numbers to `path` atomically: if the write fails (a full disk...), the previous file stays."
     try:
-        with atomic_path(path) as tmp: torch.save(learner_state(learn), tmp)
+        with atomic_path(path) as tmp: torch.save(state, tmp)
     except (OSError, RuntimeError) as e:   # torch.save reports a failed write (ENOSPC) as a RuntimeError
         raise LeptonError(f"{path}: could not write the checkpoint ({str(e).splitlines()[0][:120]}); is the disk full? "
                           "The previous checkpoint is kept") from None
+
+def save_checkpoint(learn, path:str|Path):
+    "Write `learner_state(learn)` to `path` atomically (`write_state`)."
+    write_state(learner_state(learn), path)
+
+def check_state(st:dict, kinds:dict, path) -> dict:
+    "Refuse a loaded checkpoint whose entries are missing or of the wrong type (`kinds`: name -> type or tuple of types)."
+    bad = [k for k, t in kinds.items() if not isinstance(st.get(k), t) or isinstance(st.get(k), bool)]
+    if bad: raise LeptonError(f"{path}: damaged checkpoint (missing or malformed: {', '.join(bad)})")
+    return st
 
 def load_checkpoint(learn, path:str|Path, # A file written by `save_checkpoint`
                     restore_rng:bool=True):
@@ -358,8 +371,7 @@ def load_checkpoint(learn, path:str|Path, # A file written by `save_checkpoint`
         raise LeptonError(f"{path}: not a lepton_nb checkpoint of version {CHECKPOINT_VERSION}")
     kinds = {'model': dict, 'opt': dict, 'epoch': int, 'iter': int, 'step': int, 'train_time': (int, float),
              'history': list, 'rng': dict, 'callbacks': dict}
-    bad = [k for k, t in kinds.items() if not isinstance(st.get(k), t) or isinstance(st.get(k), bool)]
-    if bad: raise LeptonError(f"{path}: damaged checkpoint (missing or malformed: {', '.join(bad)})")
+    check_state(st, kinds, path)
     try:
         learn.model.load_state_dict(st['model'])
         learn.opt.load_state_dict(st['opt'])

@@ -71,7 +71,7 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
 
 @pytest.mark.parametrize('args,msg', [
     (['data', '--data', '/no/such/folder'], 'no such folder'),
-    (['data', '--size', '-1'], 'at least 4'),
+    (['data', '--size', '-1'], 'at least 8'),
     (['data', '--val', '/tmp'], '--val is for image folders'),
     (['data', '--channels', '2'], 'invalid choice'),
 ])

@@ -74,6 +74,7 @@ def test_gan_sample_png(run, env, tmp_path):
     (['gan', '--resume', '--out', 'nowhere'], 'nothing to resume'),
     (['gan', 'sample'], 'required'),
     (['gan', 'sample', 'nowhere', '--out', 'a.png'], 'not a GAN folder'),
+    (['gan', 'sample', 'nowhere'], 'not a GAN folder'),        # without --out: the folder is named, not the output
     (['gan', 'sample', 'RUN', '--n', '0'], 'must be at least 1'),
     (['gan', 'sample', 'RUN', '--out', 'a.jpg'], 'must end in .png'),
     (['gan', 'sample', 'RUN', '--class', 'Hat', '--out', 'a.png'], 'unknown class'),

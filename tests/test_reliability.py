@@ -170,6 +170,17 @@ def load_ck(path:Path) -> dict:
     "A checkpoint, loaded as `lepton train --resume` loads it (no pickled code)."
     return torch.load(path, map_location='cpu', weights_only=True)
 
+def refuse_damaged_checkpoints(command:str, cases:dict, ref_out:Path, tmp_path:Path):
+    "Each damaged checkpoint in a copy of the reference run folder: \`lepton COMMAND --resume\` refuses it, writes no model."
+    args_file, model = ('gan_args.json', 'generator.safetensors') if command == 'gan' else ('train_args.json', 'model.safetensors')
+    for name, st in cases.items():
+        run = tmp_path/name.replace(' ', '-'); run.mkdir()
+        shutil.copy(ref_out/args_file, run/args_file)
+        torch.save(st, run/'checkpoint.pt')
+        rc, out, err = cli(command, '--resume', '--out', run, '--json')
+        assert_clean_error(rc, err, 'checkpoint', one_line=False)
+        assert 'Traceback' not in err and not (run/model).exists(), name
+
 def tmp_files(folder:Path): return sorted(p.name for p in folder.iterdir() if p.name.endswith('.tmp'))
 
 @pytest.fixture(scope='module')
@@ -414,6 +425,27 @@ def test_gan_sigkill_during_checkpoint_write(small, env, gan_reference, tmp_path
     assert_gan_matches_reference(c, out, gan_reference)
 
 
+@pytest.mark.skipif(not os.path.exists('/dev/full'), reason='needs /dev/full to make the disk look full')
+def test_gan_disk_full_keeps_the_previous_checkpoint(small, env, gan_reference, tmp_path):
+    "A full disk while the GAN checkpoints: one clear line, the previous checkpoint intact, and --resume carries on."
+    out = tmp_path/'run'
+    c = Child(gan_args(small, out), env, tmp_path, fault='disk-full', at=5, code=GAN_FAULTY)
+    rc = c.finish()
+    assert_clean_error(rc, c.stderr(), 'could not write the checkpoint', one_line=False)
+    assert load_ck(out/'checkpoint.pt')['step'] == c.saved()[-1] and tmp_files(out) == []
+    c = Child(['gan', '--resume', '--out', out, '--json'], env, tmp_path, code=GAN_FAULTY)
+    assert c.finish() == 0, c.stderr()
+    assert_gan_matches_reference(c, out, gan_reference)
+
+def test_gan_damaged_checkpoint_is_one_clear_error(small, env, gan_reference, tmp_path, monkeypatch, one_thread):
+    "A GAN checkpoint that unpickles safely but lacks or garbles a field: refused in one line, not a KeyError."
+    monkeypatch.setenv('LEPTON_CACHE', env['LEPTON_CACHE'])      # the reference run's FID classifier: no retraining
+    good = load_ck(gan_reference['out']/'checkpoint.pt')
+    cases = {'no fixed noise': {k: v for k, v in good.items() if k != 'z_fixed'}, 'epoch as text': {**good, 'epoch': 'two'},
+             'log not a tensor': {**good, 'log': [1, 2]}, 'rng garbled': {**good, 'rng': {'python': 1}}}
+    refuse_damaged_checkpoints('gan', cases, gan_reference['out'], tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Untrusted files
 
@@ -516,13 +548,7 @@ def test_damaged_checkpoint_is_one_clear_error(small, reference, cache, tmp_path
     cases = {'no rng': {k: v for k, v in good.items() if k != 'rng'}, 'epoch as text': {**good, 'epoch': 'two'},
              'history not a list': {**good, 'history': 5}, 'optimiser garbled': {**good, 'opt': {'state': {}, 'param_groups': 'x'}},
              'rng garbled': {**good, 'rng': {'python': 1}}}
-    for name, st in cases.items():
-        run = tmp_path/name.replace(' ', '-'); run.mkdir()
-        shutil.copy(reference['out']/'train_args.json', run/'train_args.json')
-        torch.save(st, run/'checkpoint.pt')
-        rc, out, err = cli('train', '--resume', '--out', run, '--json')
-        assert_clean_error(rc, err, 'checkpoint', one_line=False)
-        assert 'Traceback' not in err and not (run/'model.safetensors').exists(), name
+    refuse_damaged_checkpoints('train', cases, reference['out'], tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -570,9 +596,9 @@ def test_out_that_is_a_file(small, cache, tmp_path):
 
 @pytest.mark.parametrize('args,msg', [
     (['--width', '600'], 'width must be 1..512'),
-    (['--size', '4'], 'size must be 8..512'),
+    (['--size', '4'], 'must be at least 8'),
     (['--lr', '1e308'], 'learning rate'),
-    (['--valid-pct', '1.5'], 'valid_pct must be between 0 and 1'),
+    (['--valid-pct', '1.5'], 'must be between 0 and 1'),
 ])
 def test_bad_training_settings_fail_before_training(small, cache, tmp_path, args, msg):
     rc, out, err = cli('train', '--data', small/'train', '--epochs', '1', '--out', tmp_path/'run', *args)

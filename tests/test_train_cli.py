@@ -54,6 +54,43 @@ def test_train_predict_evaluate_on_folders(folders, cache, tmp_path):
     assert r.returncode == 0, r.stderr
     assert abs(last_json(r.stdout)['test_accuracy'] - m['test_accuracy']) < 1e-9
 
+def test_evaluate_repeats_the_training_evaluation(folders, cache, tmp_path):
+    "The seed recipe is evaluated without flips and bf16: \`lepton evaluate\` reads that from config.json and agrees."
+    out = tmp_path/'seed'
+    r = lepton('train', '--data', folders/'train', '--val', folders/'val', '--model', 'seed', '--epochs', '1', '--out', out, '--json')
+    assert r.returncode == 0, r.stderr
+    m = last_json(r.stdout)
+    cfg = json.loads((out/'config.json').read_text())
+    assert cfg['tta'] is False and cfg['amp'] is False and m['tta'] is False
+    r = lepton('evaluate', out, '--data', folders/'val', '--json')
+    assert r.returncode == 0, r.stderr
+    e = last_json(r.stdout)
+    assert e['tta'] is False and abs(e['test_accuracy'] - m['test_accuracy']) < 1e-9
+    assert 'flip averaging off' in r.stdout
+    r = lepton('evaluate', out, '--data', folders/'val', '--tta', '--json')     # asked for: flips on
+    assert r.returncode == 0 and last_json(r.stdout)['tta'] is True
+    # a config written before the settings were recorded: the recipe's own (seed: no flips)
+    del cfg['tta'], cfg['amp']; (out/'config.json').write_text(json.dumps(cfg))
+    r = lepton('evaluate', out, '--data', folders/'val', '--json')
+    assert r.returncode == 0 and abs(last_json(r.stdout)['test_accuracy'] - m['test_accuracy']) < 1e-9
+
+def test_resume_picks_the_latest_unfinished_run(tmp_path, monkeypatch):
+    "\`--resume\` without --out continues an interrupted run, not a newer finished one; with none left, it says so."
+    from types import SimpleNamespace
+    from lepton_nb.cli import _run_dir
+    from lepton_nb.core import LeptonError
+    monkeypatch.chdir(tmp_path)
+    a, b = Path('runs/fashion-mnist-fast'), Path('runs/fashion-mnist-fast-2')
+    for d in (a, b): d.mkdir(parents=True)
+    (a/'checkpoint.pt').write_bytes(b'x')                                 # a: interrupted (no metrics.json)
+    time.sleep(0.02)
+    (b/'checkpoint.pt').write_bytes(b'x'); time.sleep(0.02); (b/'metrics.json').write_text('{}')   # b: newer, finished
+    args = SimpleNamespace(out=None, resume=True, data='fashion-mnist', model='fast')
+    assert _run_dir(args) == a
+    (a/'metrics.json').write_text('{}')                                   # now both finished
+    with pytest.raises(LeptonError, match='every run in'): _run_dir(args)
+    assert _run_dir(SimpleNamespace(out=None, resume=False, data='photos/train', model='fast')) == Path('runs/photos-fast')
+
 @pytest.fixture(scope='module')
 def ten_classes(tmp_path_factory):
     "All ten Fashion-MNIST classes as a folder, 250 training images each (quick to train on)."
@@ -101,6 +138,7 @@ def test_kill_mid_epoch_then_resume_matches(ten_classes, cache, tmp_path):
     (['train', '--device', 'tpu', '--epochs', '1'], 'unknown device'),
     (['train', '--data', '/no/such/folder'], 'no such folder'),
     (['train', '--time-budget', '0'], 'positive'),
+    (['data', '--size', '4096'], 'at most 512'),
     (['predict', '/no/such/model', 'x.png'], 'not a model folder'),
     (['evaluate', '/no/such/model'], 'not a model folder'),
     (['bench', '--only', 'nothing'], 'unknown benchmark'),
