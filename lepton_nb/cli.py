@@ -101,10 +101,10 @@ def _add_data_args(p, val=True):
 
 # %% ../nbs/12_cli.ipynb #384f4095
 _TRAIN_KEYS = ('data', 'val', 'size', 'channels', 'valid_pct', 'model', 'impl', 'epochs', 'time_budget', 'batch_size',
-               'lr', 'device', 'seed', 'patience', 'checkpoint_every', 'width')
+               'lr', 'device', 'seed', 'patience', 'checkpoint_every', 'width', 'tensorboard')
 _TRAIN_DEFAULTS = dict(data='fashion-mnist', val=None, size=28, channels=None, valid_pct=0.2, model='fast', impl='torch',
                        epochs=None, time_budget=None, batch_size=None, lr=None, device='auto', seed=0, patience=None,
-                       checkpoint_every=60.0, width=None)
+                       checkpoint_every=60.0, width=None, tensorboard=False)
 
 def _data_name(data) -> str:
     if data is None or str(data).lower() in ('fashion-mnist', 'fashion_mnist', 'fmnist'): return 'fashion-mnist'
@@ -117,21 +117,35 @@ def _finished(run:Path) -> bool:
     m, c = run/'metrics.json', run/'checkpoint.pt'
     return m.is_file() and (not c.is_file() or m.stat().st_mtime_ns >= c.stat().st_mtime_ns)
 
-def _run_dir(args) -> Path:
-    "The output folder: --out, or runs/<data>-<model>[-N] (when resuming, the latest unfinished run)."
+def _saved_args(run:Path, name:str) -> dict|None:
+    "The arguments a run folder was started with (`train_args.json` or `gan_args.json`), or None when unreadable."
+    from lepton_nb.core import load_json
+    try: saved = load_json(run/name)
+    except (LeptonError, OSError, ValueError): return None
+    return saved if isinstance(saved, dict) else None
+
+def _run_dir(args, kind:str='train') -> Path:
+    "The output folder: --out, or runs/<data>-<model>[-N]; when resuming, the latest unfinished run (of --data and --model where given)."
     if args.out:
         if args.resume and not (Path(args.out)/'checkpoint.pt').is_file():
             raise LeptonError(f"nothing to resume: no checkpoint.pt in {args.out}")
         return Path(args.out)
-    base = Path('runs')/f"{_data_name(args.data)}-{args.model}"
-    cands = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 1000)]
-    if args.resume:
-        found = [c for c in cands if (c/'checkpoint.pt').is_file()]
-        if not found: raise LeptonError(f"nothing to resume: no checkpoint in {base}* (give --out DIR)")
+    if args.resume:                    # any run folder of this command under runs/ whose saved arguments match
+        name = 'gan_args.json' if kind == 'gan' else 'train_args.json'
+        def matches(run):
+            s = _saved_args(run, name)
+            return s is not None and (args.data is None or _data_name(s.get('data')) == _data_name(args.data)) \
+                   and (args.model is None or s.get('model') == args.model)
+        what = (f"lepton {kind} run" + (f" on {_data_name(args.data)}" if args.data else '')
+                + (f" with --model {args.model}" if args.model else ''))
+        found = [c for c in sorted(Path('runs').glob('*')) if (c/'checkpoint.pt').is_file() and matches(c)]
+        if not found: raise LeptonError(f"nothing to resume: runs/ holds no checkpoint of a {what} (give --out DIR)")
         open_ = [c for c in found if not _finished(c)]
-        if not open_: raise LeptonError(f"nothing to resume: every run in {base}* finished (to train one further, give --out DIR "
+        if not open_: raise LeptonError(f"nothing to resume: every {what} in runs/ finished (to train one further, give --out DIR "
                                         f"and a larger --epochs or --time-budget)")
         return max(open_, key=lambda c: (c/'checkpoint.pt').stat().st_mtime)
+    base = Path('runs')/f"{_data_name(args.data)}-{args.model}"
+    cands = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 1000)]
     done = ('model.safetensors', 'generator.safetensors', 'checkpoint.pt')   # a finished or started run of either kind
     return next(c for c in cands if not any((c/f).exists() for f in done))
 
@@ -154,8 +168,7 @@ def cmd_train(args) -> dict:
         from lepton_nb.distributed import agree, finish_ddp, init_ddp, train_kwargs
         ddp = init_ddp(args.device or _TRAIN_DEFAULTS['device'])
     if args.resume:
-        out = _run_dir(SimpleNamespace(out=args.out, resume=True, data=args.data or _TRAIN_DEFAULTS['data'],
-                                       model=args.model or _TRAIN_DEFAULTS['model']))
+        out = _run_dir(SimpleNamespace(out=args.out, resume=True, data=args.data, model=args.model))
         _merge_resume_args(args, out)
     else:
         for k, v in _TRAIN_DEFAULTS.items():
@@ -299,7 +312,7 @@ def cmd_gan(args) -> dict:
     from lepton_nb.data import get_data
     from lepton_nb.gan import train_gan
     if args.resume:
-        out = _run_dir(SimpleNamespace(out=args.out, resume=True, data=args.data or 'fashion-mnist', model='gan'))
+        out = _run_dir(SimpleNamespace(out=args.out, resume=True, data=args.data, model=None), kind='gan')
         _merge_resume_args(args, out, _GAN_KEYS, _GAN_DEFAULTS, 'gan_args.json')
     else:
         for k, v in _GAN_DEFAULTS.items():
@@ -385,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "  seed  the source article's model and recipe: conv 32, pool, dense 128; Adam, batch 32, 10 epochs\n\n"
                        "examples:\n  lepton train --time-budget 20\n  lepton train --model seed\n"
                        "  lepton train --data photos/train --val photos/val --out runs/photos\n"
-                       "  lepton train --resume                  # continue the latest interrupted run\n"
+                       "  lepton train --resume                  # continue the latest interrupted run in runs/\n"
                        "  torchrun --nproc_per_node=2 -m lepton_nb.cli train --ddp --model seed   # 2 processes")
     _add_data_args(p)
     for a in p._actions:   # on --resume, unset options come from the run's train_args.json
@@ -407,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--patience', type=_int_at_least(1), default=None, help="early stopping: epochs without a better validation loss")
     p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
                    help="seconds of training between checkpoints within an epoch (default: 60)")
-    p.add_argument('--tensorboard', action='store_true', help="log to DIR/tensorboard (needs: pip install tensorboard)")
+    p.add_argument('--tensorboard', action='store_true', default=None, help="log to DIR/tensorboard (needs: pip install tensorboard)")
     p.add_argument('--ddp', action='store_true', help="data-parallel under torchrun: torchrun --nproc_per_node=N -m "
                    "lepton_nb.cli train --ddp ... (--batch-size is the global batch; gloo on CPU, nccl on CUDA)")
     p.add_argument('--json', action='store_true', help="print metrics.json's object as the last line")
@@ -447,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "config.json, metrics.json, run_card.json, samples.png, losses.png, progress.png,\n"
                        "coverage.png, and for --resume checkpoint.pt and gan_args.json into the run folder.\n\n"
                        "examples:\n  lepton gan --time-budget 300\n  lepton gan --epochs 10 --device cuda --out runs/gan\n"
-                       "  lepton gan --resume                    # continue the latest interrupted run\n"
+                       "  lepton gan --resume                    # continue the latest interrupted run in runs/\n"
                        "  lepton gan sample runs/fashion-mnist-gan --n 64 --out samples.png\n"
                        "  lepton gan sample runs/fashion-mnist-gan --n 16 --class Bag --out bags.png")
     _add_data_args(p)

@@ -75,21 +75,41 @@ def test_evaluate_repeats_the_training_evaluation(folders, cache, tmp_path):
     assert r.returncode == 0 and abs(last_json(r.stdout)['test_accuracy'] - m['test_accuracy']) < 1e-9
 
 def test_resume_picks_the_latest_unfinished_run(tmp_path, monkeypatch):
-    "\`--resume\` without --out continues an interrupted run, not a newer finished one; with none left, it says so."
+    "\`--resume\` without --out continues the newest interrupted run (of --data/--model when given), not a finished one."
     from types import SimpleNamespace
     from lepton_nb.cli import _run_dir
-    from lepton_nb.core import LeptonError
+    from lepton_nb.core import LeptonError, save_json
     monkeypatch.chdir(tmp_path)
-    a, b = Path('runs/fashion-mnist-fast'), Path('runs/fashion-mnist-fast-2')
-    for d in (a, b): d.mkdir(parents=True)
-    (a/'checkpoint.pt').write_bytes(b'x')                                 # a: interrupted (no metrics.json)
-    time.sleep(0.02)
-    (b/'checkpoint.pt').write_bytes(b'x'); time.sleep(0.02); (b/'metrics.json').write_text('{}')   # b: newer, finished
-    args = SimpleNamespace(out=None, resume=True, data='fashion-mnist', model='fast')
-    assert _run_dir(args) == a
-    (a/'metrics.json').write_text('{}')                                   # now both finished
-    with pytest.raises(LeptonError, match='every run in'): _run_dir(args)
+    def run(name, model, finished, data='fashion-mnist', args='train_args.json'):
+        d = Path('runs')/name; d.mkdir(parents=True)
+        save_json({'data': data, 'model': model}, d/args)
+        (d/'checkpoint.pt').write_bytes(b'x'); time.sleep(0.02)
+        if finished: (d/'metrics.json').write_text('{}'); time.sleep(0.02)
+        return d
+    a = run('fashion-mnist-fast', 'fast', False)                           # interrupted
+    b = run('fashion-mnist-fast-2', 'fast', True)                          # newer, finished
+    run('fashion-mnist-gan', None, False, args='gan_args.json')            # newer, interrupted, but a GAN run
+    resume = lambda **k: _run_dir(SimpleNamespace(out=None, resume=True, **{'data': None, 'model': None, **k}))
+    assert resume() == resume(model='fast') == resume(data='fashion-mnist') == a
+    c = run('photos-seed', 'seed', False, data='photos/train')             # the newest interrupted run: found without options
+    assert resume() == resume(model='seed') == resume(data='photos/train') == resume(data='photos') == c
+    assert resume(data='fashion-mnist') == resume(model='fast') == a
+    assert _run_dir(SimpleNamespace(out=None, resume=True, data=None, model=None), kind='gan') == Path('runs/fashion-mnist-gan')
+    (a/'metrics.json').write_text('{}')                                    # now every fast run has finished
+    with pytest.raises(LeptonError, match='every lepton train run with --model fast in runs/ finished'): resume(model='fast')
+    with pytest.raises(LeptonError, match='no checkpoint of a lepton train run on shoes'): resume(data='shoes')
     assert _run_dir(SimpleNamespace(out=None, resume=False, data='photos/train', model='fast')) == Path('runs/photos-fast')
+
+def test_resume_restores_every_saved_option(tmp_path):
+    "Options not given again on --resume come from train_args.json, switches like --tensorboard included."
+    from lepton_nb.cli import build_parser, _merge_resume_args
+    from lepton_nb.core import save_json
+    save_json({'model': 'seed', 'epochs': 4, 'tensorboard': True, 'seed': 3}, tmp_path/'train_args.json')
+    args = build_parser().parse_args(['train', '--resume', '--epochs', '6'])
+    _merge_resume_args(args, tmp_path)
+    assert (args.model, args.epochs, args.tensorboard, args.seed, args.impl) == ('seed', 6, True, 3, 'torch')
+    args = build_parser().parse_args(['train'])                            # a new run: the switch is off unless given
+    assert args.tensorboard is None and build_parser().parse_args(['train', '--tensorboard']).tensorboard is True
 
 @pytest.fixture(scope='module')
 def ten_classes(tmp_path_factory):
