@@ -7,15 +7,18 @@
    `nbs/_quarto.yml` is a link to the top-level `_quarto.yml`, the one configuration of both renderers.
 2. Links: nbdev writes links to API names as absolute addresses of the published site; they become links to the
    notebook (`00_core.ipynb#get_device`), which both renderers write as that page's file name, so they also work
-   offline. A link to a numbered notebook that does not exist yet (a planned chapter) becomes plain text.
+   offline. A link to a numbered notebook that does not exist yet (a planned chapter) becomes plain text. Outputs
+   of live widgets (sliders, progress bars) are dropped: a static page cannot run them.
 3. Render with Quarto where `quarto` is installed (the command `nbdev_docs` runs, without its rewrite of README.md,
    which `make readme` owns), else with smalldocs, taught Quarto's `output-file` so that pages get Quarto's names
    (`00_core.ipynb` -> `core.html`) and nbdev's links hold on both.
 4. Offline: KaTeX and mermaid come from the npm registry at pinned versions (sha512 checked), are kept in
    `.cache/docs-vendor/`, and are copied into `_docs/site_libs/`; every CDN address in the pages points there.
    Web-font imports in the theme's CSS are dropped (the theme's font list falls back to the system's fonts).
-5. Check: a link to a method with no API entry of its own goes to its class's entry (and the build says so); then
-   every notebook has a page, every exported name has its API entry, no page loads anything from another
+5. Check: a link to a method with no API entry of its own goes to its class's entry (and the build says so); a link
+   to a name whose #anchor is another heading (ids ignore case: `relu`, `ReLU` and a section "ReLU" share `#relu`)
+   goes to the entry whose heading is exactly that name; then every notebook has a page, every exported name has its
+   API entry, no page loads anything from another
    host, no internal link or #anchor is broken. Problems are listed and the exit code is 1.
 """
 import argparse, base64, fnmatch, hashlib, html.parser, json, os, posixpath, re, shutil, subprocess, sys, tarfile, tempfile
@@ -117,6 +120,7 @@ def planned_links(nbs:Path) -> list[str]:
                     for m in MD_LINK_RE.finditer(''.join(c['source'])) if planned_target(nbs, nb, m.group(2))]
     return out
 
+WIDGET = 'application/vnd.jupyter.widget-view+json'
 PRIVATE_LINK_RE = re.compile(r'\[(`_\w[\w.]*`)\]\([^)\s]*\)')
 
 def prepare_pages(proc:Path, nbs:Path, site_url:str) -> None:
@@ -144,6 +148,10 @@ def prepare_pages(proc:Path, nbs:Path, site_url:str) -> None:
             front['source'] = '---\n' + f'order: {order[nb]}\n' + ''.join(front['source'])[4:]
             changed = True
         for c in d['cells']:
+            # a live widget (a slider, a tqdm bar in Jupyter) cannot run on a static page, and its text stand-in reads as
+            # debris there (`interactive(children=...`, a bar frozen at 0%); the page shows the plots drawn beside it
+            kept = [o for o in c.get('outputs', []) if WIDGET not in o.get('data', {})]
+            if len(kept) != len(c.get('outputs', [])): c['outputs'], changed = kept, True
             if c['cell_type'] == 'markdown':
                 src = ''.join(c['source']); new = fix(src)
                 if new != src: c['source'], changed = new, True
@@ -249,9 +257,14 @@ class PageParser(html.parser.HTMLParser):
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.ids, self.links, self.fetched, self.inline = set(), [], [], []
-        self._in = None
+        self.api = {}                      # API entries: heading text (the name) -> its id, first one per name
+        self._in, self._divs, self._h = None, [], None
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        if tag == 'div': self._divs.append('cell-output' in (a.get('class') or '').split())
+        # an API entry is a heading in a cell's output (what show_doc writes); a section heading of the same text is not
+        if tag in ('h2', 'h3', 'h4', 'h5') and any(self._divs) and (a.get('id') or a.get('data-anchor-id')):
+            self._h = (tag, a.get('id') or a.get('data-anchor-id'), [])
         for k in ('id', 'name') if tag == 'a' else ('id',):
             if a.get(k): self.ids.add(a[k])
         if tag == 'a' and a.get('href') is not None: self.links.append(a['href'])
@@ -268,8 +281,12 @@ class PageParser(html.parser.HTMLParser):
             if k == 'style' and v: self.inline.append(('style', v))
     def handle_endtag(self, tag):
         if tag == self._in: self._in = None
+        if tag == 'div' and self._divs: self._divs.pop()
+        if self._h and tag == self._h[0]:
+            self.api.setdefault(''.join(self._h[2]).strip(), self._h[1]); self._h = None
     def handle_data(self, data):
         if self._in: self.inline.append((self._in, data))
+        if self._h: self._h[2].append(data)
 
 def parse(page:Path) -> PageParser:
     p = PageParser(); p.feed(page.read_text(encoding='utf-8')); p.close()
@@ -296,6 +313,35 @@ def method_anchors(out:Path) -> list[str]:
         new = HREF_RE.sub(fix, text)
         if new != text: page.write_text(new, encoding='utf-8')
     return sorted(notes)
+
+# a link whose text is a name in code: <a href="page.html#frag"><code>NAME</code></a>
+API_LINK_RE = re.compile(r'(<a\b[^>]*\bhref=")([^"#]*)#([^"]+)("[^>]*>\s*<code>)([^<]+)(</code>)')
+
+def api_target(api:dict, name:str) -> str | None:
+    "The id of NAME's API entry on a page, or of its class's entry for a method without one of its own."
+    if name in api: return api[name]
+    return api.get(name.rsplit('.', 1)[0]) if '.' in name else None
+
+def api_links(out:Path, fix:bool=True) -> list[str]:
+    """Links to API names whose #anchor is another heading: ids ignore case, so `relu` and `ReLU`, or a section titled
+    "ReLU", share `#relu`, and the renderer numbers the others (`#relu-1`, `#relu-2`). With `fix`, each such link is
+    pointed at the entry whose heading is exactly its name; returns what it changed (or, without `fix`, what is wrong)."""
+    import html as html_mod
+    pages = [p for p in out.rglob('*.html') if 'site_libs' not in p.relative_to(out).parts]
+    api = {p.resolve(): parse(p).api for p in pages}
+    found = []
+    for page in pages:
+        text = page.read_text(encoding='utf-8')
+        def repl(m):
+            path, frag, name = unquote(m.group(2)), unquote(m.group(3)), html_mod.unescape(m.group(5)).strip()
+            target = (page.parent/path).resolve() if path else page.resolve()
+            want = api_target(api.get(target, {}), name)
+            if want is None or want == frag: return m.group(0)
+            found.append(f"{page.name}: the link to `{name}` pointed at {target.name}#{frag}, its API entry is #{want}")
+            return f'{m.group(1)}{m.group(2)}#{want}{m.group(4)}{m.group(5)}{m.group(6)}'
+        new = API_LINK_RE.sub(repl, text)
+        if fix and new != text: page.write_text(new, encoding='utf-8')
+    return found
 
 def external_refs(out:Path) -> list[str]:
     "Every address on another host that a page of the site (or one of its stylesheets) would load."
@@ -359,12 +405,13 @@ def missing_api(out:Path) -> list[str]:
             page, _, frag = doc.partition('#')
             f = out/page
             if not f.exists(): bad.append(f"{sym}: no page {page}"); continue
-            if frag not in parse(f).ids: bad.append(f"{sym}: no API entry #{frag} on {page} (its show_doc)")
+            if name not in parse(f).api: bad.append(f"{sym}: no API entry (its show_doc) on {page}")
     return bad
 
 def check_site(out:Path, nbs:Path, site_url:str) -> list[str]:
     "Everything wrong with a built site, one line each."
-    return missing_pages(out, nbs) + missing_api(out) + external_refs(out) + broken_links(out, site_url)
+    return (missing_pages(out, nbs) + missing_api(out) + external_refs(out) + broken_links(out, site_url)
+            + [f"misdirected: {m}" for m in api_links(out, fix=False)])
 
 # ------------------------------------------------------------------ the whole build
 
@@ -390,6 +437,8 @@ def build(renderer:str='auto', out:str|None=None) -> int:
     shutil.rmtree(out, ignore_errors=True)
     shutil.move(str(built), str(out))
     notes += make_offline(out) + method_anchors(out)
+    moved = api_links(out)
+    if moved: notes.append(f"{len(moved)} link(s) to API names pointed at another heading of the same id; now at their API entries")
     problems = list(warnings or []) + check_site(out, cfg.nbs_path, site_url)
     for n in notes: log(f"note: {n}")
     for p in problems: log(f"problem: {p}")

@@ -116,6 +116,40 @@ def test_api_links_point_at_pages_here(site):
     assert all(not l.startswith('http') for l in links if l.split('#')[0].endswith('.html')), links
 
 
+def test_api_links_land_on_the_entry_of_their_name(site):
+    "Ids ignore case (\`relu\`, \`ReLU\` and a section 'ReLU' share #relu): each link to a name lands on that name's entry."
+    assert B.api_links(site, fix=False) == []
+    api = B.parse(site/'activations.html').api
+    assert {'relu', 'ReLU', 'sigmoid', 'Sigmoid'} <= set(api) and len({api['relu'], api['ReLU']}) == 2
+    html = (site/'activations.html').read_text(encoding='utf-8')
+    assert f'href="activations.html#{api["ReLU"]}"><code>ReLU</code>' in html
+
+
+def test_api_links_are_repointed(tmp_path):
+    "A link whose anchor is a section heading or another name's entry is pointed at the entry of its own name."
+    (tmp_path/'a.html').write_text(
+        '<section id="relu"><h2 data-anchor-id="relu">ReLU</h2></section>'
+        '<div class="cell-output"><h3 id="relu-1">relu</h3></div><div class="cell-output"><div><h3 id="relu-2">ReLU</h3></div></div>'
+        '<div class="cell-output"><h3 id="learner">Learner</h3></div>'
+        '<a href="a.html#relu"><code>relu</code></a><a href="#relu"><code>ReLU</code></a>'
+        '<a href="a.html#learner"><code>Learner.fit</code></a><a href="a.html#relu">the section</a>')
+    assert B.parse(tmp_path/'a.html').api == {'relu': 'relu-1', 'ReLU': 'relu-2', 'Learner': 'learner'}
+    assert len(B.api_links(tmp_path, fix=False)) == 2
+    assert len(B.api_links(tmp_path)) == 2 and B.api_links(tmp_path, fix=False) == []
+    a = (tmp_path/'a.html').read_text()
+    assert 'href="a.html#relu-1"><code>relu<' in a and 'href="#relu-2"><code>ReLU<' in a
+    assert 'href="a.html#learner"><code>Learner.fit<' in a and 'href="a.html#relu">the section<' in a
+
+
+def test_no_widget_stand_ins(site):
+    "Live widgets' text stand-ins (an \`interactive(...)\` repr, a tqdm bar frozen at 0%) are not on the static pages."
+    saved = [nb for nb in B.notebooks(NBS) if B.WIDGET in (NBS/nb).read_text(encoding='utf-8')]
+    assert len(saved) >= 3, saved                                   # the notebooks do save widget outputs
+    for nb in saved:
+        html = (site/B.page_name(nb)).read_text(encoding='utf-8')
+        assert 'interactive(children=' not in html and not re.search(r'\b0%\|', html), nb
+
+
 def test_plots_are_shown(site):
     "A notebook whose saved outputs have a picture shows pictures on its page."
     for nb in B.notebooks(NBS):
