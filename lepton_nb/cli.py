@@ -127,9 +127,13 @@ def _saved_args(run:Path, name:str) -> dict|None:
 def _run_dir(args, kind:str='train') -> Path:
     "The output folder: --out, or runs/<data>-<model>[-N]; when resuming, the latest unfinished run (of --data and --model where given)."
     if args.out:
-        if args.resume and not (Path(args.out)/'checkpoint.pt').is_file():
+        out = Path(args.out)
+        if args.resume and not (out/'checkpoint.pt').is_file():
             raise LeptonError(f"nothing to resume: no checkpoint.pt in {args.out}")
-        return Path(args.out)
+        if not args.resume and (out/'checkpoint.pt').is_file() and not _finished(out):   # never start over an interrupted run
+            raise LeptonError(f"{args.out} holds an interrupted run (checkpoint.pt, no final metrics): continue it with "
+                              f"--resume --out {args.out}, or give another --out")
+        return out
     if args.resume:                    # any run folder of this command under runs/ whose saved arguments match
         name = 'gan_args.json' if kind == 'gan' else 'train_args.json'
         def matches(run):
@@ -149,10 +153,27 @@ def _run_dir(args, kind:str='train') -> Path:
     done = ('model.safetensors', 'generator.safetensors', 'checkpoint.pt')   # a finished or started run of either kind
     return next(c for c in cands if not any((c/f).exists() for f in done))
 
+_SAVED_TYPES = {**{k: (str,) for k in ('data', 'val', 'model', 'impl', 'device', 'loss')},
+                **{k: (bool,) for k in ('tensorboard', 'unconditional')},
+                **{k: (int, float) for k in ('valid_pct', 'time_budget', 'lr', 'checkpoint_every')},
+                **{k: (int,) for k in ('size', 'channels', 'epochs', 'batch_size', 'seed', 'patience', 'width', 'n_eval')}}
+
+def _saved_options(args, keys) -> dict:
+    "The options to save in a run folder; a folder of data by its absolute path, so --resume works from anywhere."
+    d = {k: getattr(args, k) for k in keys}
+    for k in ('data', 'val'):
+        if d.get(k) is not None and _data_name(d[k]) != 'fashion-mnist': d[k] = str(Path(d[k]).expanduser().resolve())
+    return d
+
 def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULTS, name='train_args.json'):
     "On --resume, fill every option not given on the command line from the run's saved arguments (`name`)."
     from lepton_nb.core import load_json
     saved = load_json(out/name) if (out/name).is_file() else {}
+    if not isinstance(saved, dict): raise LeptonError(f"{out/name}: expected a JSON object of options")
+    for k, v in saved.items():         # the types the parser gives; anything else is a damaged or hand-edited file
+        want = _SAVED_TYPES.get(k, (str, int, float, bool))
+        if v is not None and (not isinstance(v, want) or (isinstance(v, bool) and bool not in want)):
+            raise LeptonError(f"{out/name}: '{k}' has the value {v!r}, not a valid setting (fix or delete that entry)")
     for k in keys:
         if getattr(args, k) is None and saved.get(k) is not None: setattr(args, k, saved[k])
     for k, v in defaults.items():
@@ -183,7 +204,7 @@ def cmd_train(args) -> dict:
     if len(data.classes) < 2: raise LeptonError(f"a classifier needs at least 2 classes, {data.source} has {len(data.classes)}")
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
-    if not quiet: save_json({k: getattr(args, k) for k in _TRAIN_KEYS}, out/'train_args.json')
+    if not quiet: save_json(_saved_options(args, _TRAIN_KEYS), out/'train_args.json')
     extra = {'width': args.width} if args.width else {}
     run = train_kwargs(ddp, out, args.resume) if ddp else dict(out=out, resume=args.resume)
     if not quiet: print(f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train)} train / "
@@ -237,6 +258,11 @@ def cmd_evaluate(args) -> dict:
 def cmd_predict(args) -> dict:
     "Label images with a saved model: top-k labels and probabilities, and optionally a picture."
     from lepton_nb.cnn import plot_predictions_grid, predict
+    if args.plot:                      # checked before any work: a picture never replaces a file of another kind
+        plot = Path(args.plot)
+        if plot.suffix.lower() != '.png': raise LeptonError(f"{plot}: --plot writes a PNG file, its name must end in .png")
+        if plot.is_dir(): raise LeptonError(f"{plot}: is a folder; --plot names the PNG file to write")
+        if not plot.parent.is_dir(): raise LeptonError(f"{plot.parent}: no such folder for the --plot file")
     results = predict(args.model_dir, args.images, top_k=args.top_k, device=args.device)
     for r in results:
         print(f"{r['file']}: " + '  '.join(f"{t['label']} {t['probability']:.3f}" for t in r['top_k']))
@@ -256,7 +282,7 @@ def cmd_bench(args) -> dict:
     import importlib, statistics
     from lepton_nb.core import get_device
     dev = get_device(args.device)
-    parts = args.only.split(',') if args.only else [p for p in BENCH_PARTS if not (args.quick and p == 'train')]
+    parts = args.only.split(',') if args.only is not None else [p for p in BENCH_PARTS if not (args.quick and p == 'train')]
     bad = sorted(set(parts) - set(BENCH_PARTS))
     if bad: raise LeptonError(f"unknown benchmark {bad}: choose from {', '.join(BENCH_PARTS)}")
     res = {'device': str(dev)}
@@ -331,7 +357,7 @@ def cmd_gan(args) -> dict:
         raise LeptonError(f"the DCGAN needs square images of 8 to 64 pixels, a multiple of 4 (use --size), got {data.size}")
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
-    save_json({k: getattr(args, k) for k in _GAN_KEYS}, out/'gan_args.json')
+    save_json(_saved_options(args, _GAN_KEYS), out/'gan_args.json')
     print(f"training a {'' if args.unconditional else 'class-conditional '}DCGAN on {data.source}: {len(data.y_train)} "
           f"images, {len(data.classes)} classes -> {out}", file=sys.stderr)
     trainer, metrics = train_gan(data, epochs=args.epochs, time_budget=args.time_budget, bs=args.batch_size, lr=args.lr,
@@ -357,7 +383,7 @@ def cmd_gan_sample(args) -> dict:
     if not out.parent.is_dir(): raise LeptonError(f"{out.parent}: no such folder for the output")
     labels = class_labels(args.n, cfg['n_classes'], cfg['classes'], args.cls)
     x = generate(G, args.n, labels, seed=args.seed)
-    ncols = args.ncols or (min(args.n, cfg['n_classes']) if cfg['n_classes'] and args.cls is None else min(args.n, 8))
+    ncols = min(args.ncols, args.n) if args.ncols else (min(args.n, cfg['n_classes']) if cfg['n_classes'] and args.cls is None else min(args.n, 8))
     grid = make_grid(x, ncols)
     save_png(grid, out, args.scale)
     h, w = grid.shape[1] * args.scale, grid.shape[2] * args.scale
@@ -491,12 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "examples:\n  lepton gan sample runs/fashion-mnist-gan --n 64 --out samples.png\n"
                                     "  lepton gan sample runs/fashion-mnist-gan --n 8 --class Sneaker --seed 3 --out s.png")
     q.add_argument('model_dir', metavar='MODEL_DIR', help="a folder written by lepton gan")
-    q.add_argument('--n', type=_int_at_least(1), default=64, help="how many images")
+    q.add_argument('--n', type=_int_between(1, 100_000), default=64, help="how many images, 1 to 100000")
     q.add_argument('--out', default=None, metavar='FILE.png', help="the PNG to write (default: MODEL_DIR/generated.png)")
     q.add_argument('--class', dest='cls', default=None, metavar='NAME', help="class-conditional generator: only this class (name or index)")
     q.add_argument('--seed', type=_int_at_least(0), default=0, help="seed of the noise")
-    q.add_argument('--ncols', type=_int_at_least(1), default=None, help="images per row (default: one column per class, else 8)")
-    q.add_argument('--scale', type=_int_at_least(1), default=2, help="enlarge every pixel this many times")
+    q.add_argument('--ncols', type=_int_between(1, 1000), default=None, help="images per row, up to 1000 (default: one column per class, else 8)")
+    q.add_argument('--scale', type=_int_between(1, 32), default=2, help="enlarge every pixel this many times, 1 to 32")
     q.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
     q.add_argument('--json', action='store_true', help="print what was written as one JSON object on the last line")
 
@@ -521,12 +547,19 @@ def main(argv:list|None=None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, 'func', None):
         parser.print_help(); return 2
+    name = args.command + (f" {args.gan_command}" if getattr(args, 'gan_command', None) else '')   # "gan sample"
     try:
         result = args.func(args)
     except LeptonError as e:
-        print(f"lepton {args.command}: error: {e}", file=sys.stderr); return 2
+        print(f"lepton {name}: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt as e:
-        print(f"lepton {args.command}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr); return 130
+        print(f"lepton {name}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr); return 130
+    except OSError as e:               # a file or folder the system refused: unreadable, unwritable, a folder, a full disk
+        where = f"{e.filename}: " if e.filename else ''
+        print(f"lepton {name}: error: {where}{e.strerror or e}", file=sys.stderr); return 2
+    except RuntimeError as e:          # ~name of an unknown user, from Path.expanduser
+        if 'home directory' not in str(e): raise
+        print(f"lepton {name}: error: {e} (a path starts with ~ and an unknown user name)", file=sys.stderr); return 2
     if getattr(args, 'json', False) and result is not None:
         sys.stdout.flush()
         print(json.dumps(result, default=str))

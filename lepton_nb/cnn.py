@@ -115,6 +115,7 @@ def check_config(cfg:dict, where:str='config.json') -> dict:
     need(2 <= cfg['n_classes'] <= 10_000, f"n_classes must be 2..10000, got {cfg['n_classes']}")
     need(len(cfg['classes']) == cfg['n_classes'] and all(isinstance(c, str) and 0 < len(c) <= 200 for c in cfg['classes']),
          "classes must be n_classes non-empty names")
+    need(len(set(cfg['classes'])) == len(cfg['classes']), "class names must be distinct")
     need(cfg['channels'] in (1, 3), f"channels must be 1 or 3, got {cfg['channels']}")
     need(8 <= cfg['size'] <= 512, f"size must be 8..512, got {cfg['size']}")
     need(1 <= cfg['width'] <= 512 and 1 <= cfg['hidden'] <= 8192, "width must be 1..512 and hidden 1..8192")
@@ -122,7 +123,8 @@ def check_config(cfg:dict, where:str='config.json') -> dict:
         v = cfg[k]
         need(len(v) == cfg['channels'] and all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in v),
              f"{k} must be {cfg['channels']} finite numbers")
-    need(all(0 < s < 10 for s in cfg['std']), "std must be positive")
+    need(all(1e-3 <= s < 10 for s in cfg['std']) and all(abs(m) <= 10 for m in cfg['mean']),
+         "std must be 0.001..10 and mean -10..10 (pixels are scaled to 0-1)")
     need(len(cfg['weights_sha256']) == 64, "weights_sha256 must be a SHA-256 hex digest")
     return cfg
 
@@ -197,6 +199,13 @@ def load_model(path:str|Path, # A folder with model.safetensors and config.json
     cfg = check_config(load_json(path/'config.json'), str(path/'config.json'))
     wf = path/'model.safetensors'
     if impl is not None: cfg = {**cfg, 'impl': impl}
+    if not wf.is_file(): raise LeptonError(f"{wf}: file not found")
+    with torch.device('meta'): meta = build_model(cfg)                  # shapes only, no memory
+    n = sum(t.numel() for t in meta.state_dict().values())
+    if 2 * n > wf.stat().st_size:             # at least 2 bytes a number: a config that asks for more than the file holds
+        load_weights_strict(wf, meta, cfg['weights_sha256'])   # a damaged or mismatched file is named as such first
+        raise LeptonError(f"{path/'config.json'}: describes a network of {n:,} numbers, more than {wf.name} "
+                          f"({wf.stat().st_size:,} bytes) can hold (tampered with, or from another model)")
     model = build_model(cfg)
     load_weights_strict(wf, model, cfg['weights_sha256'])
     return model.to(get_device(device)).eval(), cfg

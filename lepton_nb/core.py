@@ -113,17 +113,21 @@ class Timer:
     def __repr__(self): return f"Timer({self.elapsed:.4f}s)"
 
 # %% ../nbs/00_core.ipynb #59e7a834
+_UMASK = os.umask(0o022); os.umask(_UMASK)   # the process's umask (read by setting it, then set back)
+
 @contextlib.contextmanager
 def atomic_path(path:str|Path, # The file that will exist, complete, after the block
                ):
     "Yield a temporary path next to `path`; after the block, flush it to disk and rename it over `path`."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try: fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    except OSError as e: raise OSError(e.errno, e.strerror, str(path)) from None   # name the file asked for, not the temporary
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, 'rb+') as f: os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)        # mkstemp makes the file private (0600); give it the mode a plain open would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)

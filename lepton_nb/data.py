@@ -535,11 +535,17 @@ def get_data(data:str|Path='fashion-mnist', # "fashion-mnist", or an image folde
     if data is None or str(data).lower() in ('fashion-mnist', 'fashion_mnist', 'fmnist'):
         if val is not None: raise LeptonError("--val is for image folders; Fashion-MNIST has its own test split")
         return load_fashion_mnist(download=download, cache=cache)
+    if not str(data).strip(): raise LeptonError("--data is empty: give fashion-mnist or a folder root/<class>/<image>")
     p = Path(data).expanduser()
     if p.is_dir() and _fashion_files_in(p):   # a folder holding the IDX files
         return load_fashion_mnist(p, download=False, cache=cache)
     if not p.exists(): raise LeptonError(f"{data}: no such folder (use --data fashion-mnist, or a folder root/<class>/<image>)")
     if not isinstance(size, int) or size < 4 or size > 1024: raise LeptonError(f"size must be an integer from 4 to 1024, got {size}")
+    if val is not None:                       # the same images on both sides would make the validation figures meaningless
+        a, b = p.resolve(), Path(val).expanduser().resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise LeptonError(f"--val {val} and --data {data} overlap: give a separate validation folder, or leave --val out "
+                              f"to hold out --valid-pct of --data")
     return load_image_folder(p, val, size, channels, valid_pct, seed, cache, progress)
 
 # %% ../nbs/05_data.ipynb #685dc673

@@ -524,6 +524,10 @@ CONFIG_CASES = {
     'absurd n_classes': (dict(edit=lambda c: c.update(n_classes=10**12)), 'n_classes must be'),
     'absurd hidden size': (dict(edit=lambda c: c.update(hidden=10**9)), 'hidden 1..8192'),
     'negative width': (dict(edit=lambda c: c.update(width=-8)), 'width must be'),
+    'a vanishing std': (dict(edit=lambda c: c.update(std=[1e-300] * len(c['std']))), 'std must be'),
+    'a huge mean': (dict(edit=lambda c: c.update(mean=[1e308] * len(c['mean']))), 'mean -10..10'),
+    'two classes of one name': (dict(edit=lambda c: c.update(classes=[c['classes'][0]] * len(c['classes']))), 'distinct'),
+    'sizes past the weights file': (dict(edit=lambda c: c.update(size=512, width=512, hidden=8192)), 'model.safetensors'),
 }
 
 @pytest.mark.parametrize('case', list(CONFIG_CASES))

@@ -54,6 +54,37 @@ def test_train_predict_evaluate_on_folders(folders, cache, tmp_path):
     assert r.returncode == 0, r.stderr
     assert abs(last_json(r.stdout)['test_accuracy'] - m['test_accuracy']) < 1e-9
 
+def test_bad_input_around_a_run_is_one_line(folders, cache, tmp_path):
+    """Overlapping --val, a --plot that is not a new PNG, an unwritable place, a damaged train_args.json, a config that asks for
+    more than its weights file holds, an interrupted run given again without --resume: each a one-line error, nothing lost."""
+    assert_one_line_error(lepton('data', '--data', folders/'train', '--val', folders/'train'), 'overlap')
+    assert_one_line_error(lepton('data', '--data', folders, '--val', folders/'val'), 'overlap')
+    assert_one_line_error(lepton('data', '--data', '~no-such-user-here/x'), 'unknown user')
+    out = tmp_path/'run'
+    r = lepton('train', '--data', folders/'train', '--val', folders/'val', '--epochs', '1', '--batch-size', '64', '--width', '8',
+               '--out', out, '--json')
+    assert r.returncode == 0, r.stderr
+    umask = os.umask(0o022); os.umask(umask)
+    assert (out/'model.safetensors').stat().st_mode & 0o777 == 0o666 & ~umask      # the mode a plain open gives, not 0600
+    script = tmp_path/'mine.py'; script.write_text('print(1)\n')
+    for plot, msg in ((script, 'must end in .png'), (tmp_path, 'must end in .png'), (tmp_path/'new.png'/'x.png', 'no such folder'),
+                      (Path('/proc/lepton-test.png'), 'lepton-test.png')):
+        assert_one_line_error(lepton('predict', out, folders/'sneaker.jpg', '--plot', plot), msg)
+    assert script.read_text() == 'print(1)\n'
+    # an interrupted run (a checkpoint and no final metrics) is not started over without --resume
+    saved = {f: (out/f).read_bytes() for f in ('checkpoint.pt', 'train_args.json')}
+    (out/'metrics.json').unlink()
+    assert_one_line_error(lepton('train', '--data', folders/'train', '--epochs', '1', '--out', out), 'interrupted run')
+    assert all((out/f).read_bytes() == b for f, b in saved.items())
+    args = json.loads(saved['train_args.json'])
+    assert Path(args['data']).is_absolute() and args['data'] == str(folders.resolve()/'train')   # --resume works from anywhere
+    for bad in ('[1]', json.dumps({**args, 'lr': 'x'}), json.dumps({**args, 'epochs': True})):
+        (out/'train_args.json').write_text(bad)
+        assert_one_line_error(lepton('train', '--resume', '--out', out), 'train_args.json')
+    cfg = json.loads((out/'config.json').read_text())
+    (out/'config.json').write_text(json.dumps({**cfg, 'size': 512, 'width': 512, 'hidden': 8192}))
+    assert_one_line_error(lepton('predict', out, folders/'sneaker.jpg'), 'model.safetensors')   # before any allocation
+
 def test_evaluate_repeats_the_training_evaluation(folders, cache, tmp_path):
     "The seed recipe is evaluated without flips and bf16: \`lepton evaluate\` reads that from config.json and agrees."
     out = tmp_path/'seed'
@@ -159,10 +190,13 @@ def test_kill_mid_epoch_then_resume_matches(ten_classes, cache, tmp_path):
     (['train', '--data', '/no/such/folder'], 'no such folder'),
     (['train', '--time-budget', '0'], 'positive'),
     (['data', '--size', '4096'], 'at most 512'),
+    (['data', '--data', ''], '--data is empty'),
     (['predict', '/no/such/model', 'x.png'], 'not a model folder'),
     (['evaluate', '/no/such/model'], 'not a model folder'),
     (['bench', '--only', 'nothing'], 'unknown benchmark'),
     (['train', '--resume', '--out', '/tmp/lepton-no-such-run'], 'nothing to resume'),
+    (['gan', 'sample', '/no/such/model', '--scale', '100'], 'at most 32'),
+    (['gan', 'sample', '/no/such/model', '--n', '1000000'], 'at most 100000'),
 ])
 def test_bad_arguments_are_one_line(cache, args, msg):
     assert_one_line_error(lepton(*args), msg)
