@@ -291,7 +291,9 @@ def train_classifier(data:ImageData, # From `get_data`
     if resume: load_checkpoint(learn, out/'checkpoint.pt')
     t0 = time.perf_counter()
     learn.fit(epochs)
-    if learn.interrupted: return learn, {}          # stopped by Ctrl-C / SIGTERM: the checkpoint is written, no final metrics
+    if learn.interrupted:                            # stopped by Ctrl-C / SIGTERM
+        if out is None: raise KeyboardInterrupt(f"stopped by {learn.interrupted}")   # no checkpoint: the caller's work ends here
+        return learn, {}                             # the checkpoint is written, no final metrics: the caller says how to resume
     m, probs = evaluate_model(learn.model, va, len(data.classes), dev, tta=r['tta'], amp=r['amp'])
     done = learn.epoch + learn.iter / max(len(tr), 1)
     metrics = {'test_accuracy': m['accuracy'], 'precision_macro': m['precision_macro'], 'recall_macro': m['recall_macro'],

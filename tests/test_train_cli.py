@@ -142,6 +142,21 @@ def test_resume_restores_every_saved_option(tmp_path):
     args = build_parser().parse_args(['train'])                            # a new run: the switch is off unless given
     assert args.tensorboard is None and build_parser().parse_args(['train', '--tensorboard']).tensorboard is True
 
+def test_interrupted_benchmark_is_one_line(folders, cache, tmp_path):
+    "Ctrl-C during a training with no run folder (a benchmark, a metric's classifier) ends the command in one line, 130."
+    import shutil
+    p = subprocess.Popen([shutil.which('lepton', path=str(BIN)) or 'lepton', 'bench', '--only', 'train'], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    try:
+        for line in p.stdout:                                # wait until training is under way (its heading is out)
+            if line.startswith('train:'): break
+        time.sleep(3); p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None: p.kill()
+    assert p.returncode == 130, err
+    assert 'Traceback' not in err and err.strip().splitlines()[-1].startswith('lepton bench: interrupted'), err
+
 @pytest.fixture(scope='module')
 def ten_classes(tmp_path_factory):
     "All ten Fashion-MNIST classes as a folder, 250 training images each (quick to train on)."
