@@ -482,7 +482,7 @@ def load_image_folder(root:str|Path, # Training folder, root/<class>/<image>
     listing = [_stat_entry(p, root) + (c,) for p, c in items] + [('val',) + _stat_entry(p) + (c,) for p, c in vitems]
     params = {'size': size, 'channels': channels, 'classes': classes}
     src_hash = _listing_hash(listing + [json.dumps(params)])
-    key = hashlib.sha1(f"{root}|{Path(val).expanduser().resolve() if val else ''}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{root}|{Path(val).expanduser().resolve() if val else ''}".encode('utf-8', 'surrogateescape')).hexdigest()[:16]   # names need not be UTF-8
     cpath = cache_dir()/'folders'/f'{key}.safetensors'
     hit = load_stored(cpath, {'source_hash': src_hash}, {'x': (None, None, size, size), 'y': (None,)}) if cache else None
     if hit:

@@ -52,6 +52,16 @@ def test_folder_with_bad_files(cache, tmp_path):
     assert 'corrupt.jpg' in r.stdout and 'text.png' in r.stdout
 
 
+def test_data_folder_whose_name_is_not_utf8(cache, tmp_path):
+    "A data folder named in another encoding (bytes that are not UTF-8) loads like any other; its cache key is found."
+    root = tmp_path/os.fsdecode(b'fotos-\xe9t\xe9')
+    make_folder(root)
+    for _ in range(2):                                       # the second run reads the cache written by the first
+        r = lepton('data', '--data', root, '--json')
+        assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr
+        assert last_json(r.stdout)['train_size'] + last_json(r.stdout)['valid_size'] == 22
+
+
 def test_folder_with_separate_val(cache, tmp_path):
     make_folder(tmp_path/'train'); make_folder(tmp_path/'val')
     r = lepton('data', '--data', tmp_path/'train', '--val', tmp_path/'val', '--json')
