@@ -516,7 +516,8 @@ def load_image_folder(root:str|Path, # Training folder, root/<class>/<image>
         is_val = torch.tensor([assign[r] == 'valid' for r in rels], dtype=torch.bool)
         report = {**report, 'split_file': str(spath)}
     if is_val.sum() == 0: raise LeptonError(f"{root}: no validation images (give --val DIR, or more images per class)")
-    data = ImageData(x[~is_val], y[~is_val], x[is_val], y[is_val], classes, source=str(root), skipped=skipped,
+    names = [os.fsencode(c).decode('utf-8', 'backslashreplace') for c in classes]   # a folder name that is not UTF-8: \xff, printable
+    data = ImageData(x[~is_val], y[~is_val], x[is_val], y[is_val], names, source=str(root), skipped=skipped,
                      report=report, source_hash=src_hash)
     return data
 

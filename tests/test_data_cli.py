@@ -1,5 +1,5 @@
 "`lepton data` end to end, image folders with bad files, and the cache surviving a kill mid-write."
-import os, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -53,13 +53,19 @@ def test_folder_with_bad_files(cache, tmp_path):
 
 
 def test_data_folder_whose_name_is_not_utf8(cache, tmp_path):
-    "A data folder named in another encoding (bytes that are not UTF-8) loads like any other; its cache key is found."
+    "Folders named in another encoding (bytes that are not UTF-8): the data folder loads and caches; a class trains and plots."
     root = tmp_path/os.fsdecode(b'fotos-\xe9t\xe9')
     make_folder(root)
     for _ in range(2):                                       # the second run reads the cache written by the first
         r = lepton('data', '--data', root, '--json')
         assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr
         assert last_json(r.stdout)['train_size'] + last_json(r.stdout)['valid_size'] == 22
+    # a class folder so named: its label is printable (\\xe9), and the run writes every file, plots included
+    (root/'tshirt').rename(root/os.fsdecode(b'chemise-\xe9'))
+    r = lepton('train', '--data', root, '--epochs', '1', '--width', '8', '--batch-size', '8', '--out', tmp_path/'run', '--json')
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr
+    assert all((tmp_path/'run'/f).is_file() for f in ('confusion.png', 'predictions.png', 'metrics.json', 'model.safetensors'))
+    assert json.loads((tmp_path/'run'/'config.json').read_text(encoding='utf-8'))['classes'] == ['chemise-\\xe9', 'trouser']
 
 
 def test_folder_with_separate_val(cache, tmp_path):
