@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "examples:\n  lepton data\n  lepton data --data photos/train --val photos/val\n"
                        "  lepton data --data photos --json | tail -n 1")
     _add_data_args(p)
-    p.add_argument('--seed', type=_int_at_least(0), default=0, help="seed of the train/valid split of a single folder")
+    p.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=0, help="seed of the train/valid split of a single folder")
     p.add_argument('--json', action='store_true', help="print the summary as one JSON object on the last line")
     p.set_defaults(func=cmd_data)
 
@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--width', type=_int_at_least(1), default=None,
                    help="fast model: channels of the first convolution (default: 32; 16 when --time-budget is under 60)")
     p.add_argument('--device', default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument('--seed', type=_int_at_least(0), default=None, help="seed of every random generator (default: 0)")
+    p.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=None, help="seed of every random generator (default: 0)")
     p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-<model>)")
     p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint with its saved settings")
     p.add_argument('--patience', type=_int_at_least(1), default=None, help="early stopping: epochs without a better validation loss")
@@ -503,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--unconditional', action='store_const', const=True, default=None, help="a plain DCGAN without class labels")
     p.add_argument('--n-eval', type=_int_at_least(2), default=None, help="images per side of the FID (default: 10000)")
     p.add_argument('--device', default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument('--seed', type=_int_at_least(0), default=None, help="seed of every random generator (default: 0)")
+    p.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=None, help="seed of every random generator (default: 0)")
     p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-gan)")
     p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint with its saved settings")
     p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument('--n', type=_int_between(1, 100_000), default=64, help="how many images, 1 to 100000")
     q.add_argument('--out', default=None, metavar='FILE.png', help="the PNG to write (default: MODEL_DIR/generated.png)")
     q.add_argument('--class', dest='cls', default=None, metavar='NAME', help="class-conditional generator: only this class (name or index)")
-    q.add_argument('--seed', type=_int_at_least(0), default=0, help="seed of the noise")
+    q.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=0, help="seed of the noise")
     q.add_argument('--ncols', type=_int_between(1, 1000), default=None, help="images per row, up to 1000 (default: one column per class, else 8)")
     q.add_argument('--scale', type=_int_between(1, 32), default=2, help="enlarge every pixel this many times, 1 to 32")
     q.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")

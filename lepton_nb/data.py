@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_data.ipynb #8cd3ed63
 from __future__ import annotations
-import gzip, hashlib, json, os, struct, warnings
+import gzip, hashlib, json, os, struct, sys, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -105,6 +105,8 @@ def find_fashion_mnist(path:str|Path|None=None, # A folder to try first
         files = _fashion_files_in(d)
         if files: return files
         tried.append(f"{d} ({why}): {'no IDX files there' if d.is_dir() else 'no such folder'}")
+        if why == '$LEPTON_DATA':       # set on purpose, so say that it was passed over
+            print(f"note: $LEPTON_DATA ({d}) holds no Fashion-MNIST IDX files; looking in the next places", file=sys.stderr)
     if download:
         files = _download_fashion_mnist(cache_dir())
         if files: return files

@@ -78,6 +78,14 @@ def test_folder_with_separate_val(cache, tmp_path):
     assert len(s['report']['duplicates_across_classes']) == 0 and len(s['report']['duplicate_groups']) > 0
 
 
+def test_lepton_data_that_holds_nothing_is_named(cache, tmp_path):
+    "$LEPTON_DATA set to a folder without the IDX files: one note says it was passed over, and the data still loads."
+    r = lepton('data', '--json', env={'LEPTON_DATA': str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert f'$LEPTON_DATA ({tmp_path}) holds no Fashion-MNIST IDX files' in r.stderr
+    assert last_json(r.stdout)['train_size'] == 60000
+
+
 def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
     a = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
     Image.fromarray(a).save(tmp_path/'d.png')
@@ -90,6 +98,7 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
     (['data', '--size', '-1'], 'at least 8'),
     (['data', '--val', '/tmp'], '--val is for image folders'),
     (['data', '--channels', '2'], 'invalid choice'),
+    (['data', '--seed', str(2**32)], 'at most 4294967295'),
 ])
 def test_bad_arguments_are_one_line(cache, args, msg):
     assert_one_line_error(lepton(*args), msg)
