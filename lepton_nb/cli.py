@@ -117,12 +117,21 @@ def _finished(run:Path) -> bool:
     m, c = run/'metrics.json', run/'checkpoint.pt'
     return m.is_file() and (not c.is_file() or m.stat().st_mtime_ns >= c.stat().st_mtime_ns)
 
-def _saved_args(run:Path, name:str) -> dict|None:
-    "The arguments a run folder was started with (`train_args.json` or `gan_args.json`), or None when unreadable."
+_SAVED_TYPES = {**{k: (str,) for k in ('data', 'val', 'model', 'impl', 'device', 'loss')},
+                **{k: (bool,) for k in ('tensorboard', 'unconditional')},
+                **{k: (int, float) for k in ('valid_pct', 'time_budget', 'lr', 'checkpoint_every')},
+                **{k: (int,) for k in ('size', 'channels', 'epochs', 'batch_size', 'seed', 'patience', 'width', 'n_eval')}}
+
+def _saved_args(run:Path, name:str) -> dict:
+    "The options a run folder was started with (`name`: train_args.json or gan_args.json; {} if absent), type-checked."
     from lepton_nb.core import load_json
-    try: saved = load_json(run/name)
-    except (LeptonError, OSError, ValueError): return None
-    return saved if isinstance(saved, dict) else None
+    saved = load_json(run/name) if (run/name).is_file() else {}
+    if not isinstance(saved, dict): raise LeptonError(f"{run/name}: expected a JSON object of options")
+    for k, v in saved.items():         # the types the parser gives; anything else is a damaged or hand-edited file
+        want = _SAVED_TYPES.get(k, (str, int, float, bool))
+        if v is not None and (not isinstance(v, want) or (isinstance(v, bool) and bool not in want)):
+            raise LeptonError(f"{run/name}: '{k}' has the value {v!r}, not a valid setting (fix or delete that entry)")
+    return saved
 
 def _run_dir(args, kind:str='train') -> Path:
     "The output folder: --out, or runs/<data>-<model>[-N]; when resuming, the latest unfinished run (of --data and --model where given)."
@@ -137,7 +146,8 @@ def _run_dir(args, kind:str='train') -> Path:
     if args.resume:                    # any run folder of this command under runs/ whose saved arguments match
         name = 'gan_args.json' if kind == 'gan' else 'train_args.json'
         def matches(run):
-            s = _saved_args(run, name)
+            try: s = _saved_args(run, name) if (run/name).is_file() else None
+            except LeptonError: return False   # a damaged file: not a run to pick by itself (--out names it, and hears why)
             return s is not None and (args.data is None or _data_name(s.get('data')) == _data_name(args.data)) \
                    and (args.model is None or s.get('model') == args.model)
         what = (f"lepton {kind} run" + (f" on {_data_name(args.data)}" if args.data else '')
@@ -153,11 +163,6 @@ def _run_dir(args, kind:str='train') -> Path:
     done = ('model.safetensors', 'generator.safetensors', 'checkpoint.pt')   # a finished or started run of either kind
     return next(c for c in cands if not any((c/f).exists() for f in done))
 
-_SAVED_TYPES = {**{k: (str,) for k in ('data', 'val', 'model', 'impl', 'device', 'loss')},
-                **{k: (bool,) for k in ('tensorboard', 'unconditional')},
-                **{k: (int, float) for k in ('valid_pct', 'time_budget', 'lr', 'checkpoint_every')},
-                **{k: (int,) for k in ('size', 'channels', 'epochs', 'batch_size', 'seed', 'patience', 'width', 'n_eval')}}
-
 def _saved_options(args, keys) -> dict:
     "The options to save in a run folder; a folder of data by its absolute path, so --resume works from anywhere."
     d = {k: getattr(args, k) for k in keys}
@@ -167,13 +172,7 @@ def _saved_options(args, keys) -> dict:
 
 def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULTS, name='train_args.json'):
     "On --resume, fill every option not given on the command line from the run's saved arguments (`name`)."
-    from lepton_nb.core import load_json
-    saved = load_json(out/name) if (out/name).is_file() else {}
-    if not isinstance(saved, dict): raise LeptonError(f"{out/name}: expected a JSON object of options")
-    for k, v in saved.items():         # the types the parser gives; anything else is a damaged or hand-edited file
-        want = _SAVED_TYPES.get(k, (str, int, float, bool))
-        if v is not None and (not isinstance(v, want) or (isinstance(v, bool) and bool not in want)):
-            raise LeptonError(f"{out/name}: '{k}' has the value {v!r}, not a valid setting (fix or delete that entry)")
+    saved = _saved_args(out, name)
     for k in keys:
         if getattr(args, k) is None and saved.get(k) is not None: setattr(args, k, saved[k])
     for k, v in defaults.items():
@@ -255,14 +254,18 @@ def cmd_evaluate(args) -> dict:
             'f1_macro': m['f1_macro'], 'n': m['n'], 'data': source, 'confusion': m['confusion'], **how,
             'skipped': [{'file': str(f), 'reason': r} for f, r in skipped]}
 
+def _png_file(path, option:str) -> Path:
+    "A picture to write: named .png, not a folder, in a folder that exists; so it never replaces a file of another kind."
+    p = Path(path)
+    if p.suffix.lower() != '.png': raise LeptonError(f"{p}: {option} writes a PNG file, its name must end in .png")
+    if p.is_dir(): raise LeptonError(f"{p}: is a folder; {option} names the PNG file to write")
+    if not p.parent.is_dir(): raise LeptonError(f"{p.parent}: no such folder for the {option} file")
+    return p
+
 def cmd_predict(args) -> dict:
     "Label images with a saved model: top-k labels and probabilities, and optionally a picture."
     from lepton_nb.cnn import plot_predictions_grid, predict
-    if args.plot:                      # checked before any work: a picture never replaces a file of another kind
-        plot = Path(args.plot)
-        if plot.suffix.lower() != '.png': raise LeptonError(f"{plot}: --plot writes a PNG file, its name must end in .png")
-        if plot.is_dir(): raise LeptonError(f"{plot}: is a folder; --plot names the PNG file to write")
-        if not plot.parent.is_dir(): raise LeptonError(f"{plot.parent}: no such folder for the --plot file")
+    if args.plot: _png_file(args.plot, '--plot')   # before any work
     results = predict(args.model_dir, args.images, top_k=args.top_k, device=args.device)
     for r in results:
         print(f"{r['file']}: " + '  '.join(f"{t['label']} {t['probability']:.3f}" for t in r['top_k']))
@@ -377,10 +380,8 @@ def cmd_gan(args) -> dict:
 def cmd_gan_sample(args) -> dict:
     "Draw `--n` images from a saved generator into one PNG grid."
     from lepton_nb.gan import class_labels, generate, load_gan, make_grid, save_png
-    out = Path(args.out) if args.out else Path(args.model_dir)/'generated.png'
-    if out.suffix.lower() != '.png': raise LeptonError(f"{out}: the output is a PNG file, its name must end in .png")
     G, _, cfg = load_gan(args.model_dir, args.device)   # first: a wrong MODEL_DIR is named as such
-    if not out.parent.is_dir(): raise LeptonError(f"{out.parent}: no such folder for the output")
+    out = _png_file(args.out if args.out else Path(args.model_dir)/'generated.png', '--out')
     labels = class_labels(args.n, cfg['n_classes'], cfg['classes'], args.cls)
     x = generate(G, args.n, labels, seed=args.seed)
     ncols = min(args.ncols, args.n) if args.ncols else (min(args.n, cfg['n_classes']) if cfg['n_classes'] and args.cls is None else min(args.n, 8))

@@ -395,17 +395,18 @@ def missing_api(out:Path) -> list[str]:
     "Exported names (each module's `__all__`) whose API entry (`show_doc`, nbdev's doc link) is not in the site."
     import importlib
     from lepton_nb._modidx import d
-    bad = []
+    bad, entries = [], {}
     for mod, syms in d['syms'].items():
         if not syms: continue
         names = set(getattr(importlib.import_module(mod), '__all__', []))
         for sym, (doc, _py) in syms.items():
             name = sym[len(mod)+1:]
             if name not in names: continue
-            page, _, frag = doc.partition('#')
+            page = doc.partition('#')[0]
             f = out/page
             if not f.exists(): bad.append(f"{sym}: no page {page}"); continue
-            if name not in parse(f).api: bad.append(f"{sym}: no API entry (its show_doc) on {page}")
+            if f not in entries: entries[f] = parse(f).api   # each page parsed once
+            if name not in entries[f]: bad.append(f"{sym}: no API entry (its show_doc) on {page}")
     return bad
 
 def check_site(out:Path, nbs:Path, site_url:str) -> list[str]:
