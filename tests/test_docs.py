@@ -117,7 +117,7 @@ def test_api_links_point_at_pages_here(site):
 
 
 def test_api_links_land_on_the_entry_of_their_name(site):
-    "Ids ignore case (\`relu\`, \`ReLU\` and a section 'ReLU' share #relu): each link to a name lands on that name's entry."
+    "Ids ignore case (`relu`, `ReLU` and a section 'ReLU' share #relu): each link to a name lands on that name's entry."
     assert B.api_links(site, fix=False) == []
     api = B.parse(site/'activations.html').api
     assert {'relu', 'ReLU', 'sigmoid', 'Sigmoid'} <= set(api) and len({api['relu'], api['ReLU']}) == 2
@@ -142,7 +142,7 @@ def test_api_links_are_repointed(tmp_path):
 
 
 def test_no_widget_stand_ins(site):
-    "Live widgets' text stand-ins (an \`interactive(...)\` repr, a tqdm bar frozen at 0%) are not on the static pages."
+    "Live widgets' text stand-ins (an `interactive(...)` repr, a tqdm bar frozen at 0%) are not on the static pages."
     saved = [nb for nb in B.notebooks(NBS) if B.WIDGET in (NBS/nb).read_text(encoding='utf-8')]
     assert len(saved) >= 3, saved                                   # the notebooks do save widget outputs
     for nb in saved:

@@ -47,11 +47,14 @@ def browser():
 
 @pytest.fixture(scope='module')
 def lab(tmp_path_factory):
-    "JupyterLab on a copy of the notebooks plus a scratch notebook; yields (url, token)."
+    "JupyterLab on a copy of the notebooks plus a scratch notebook; yields (url, token, folder)."
     root = tmp_path_factory.mktemp('lab')
     shutil.copytree(NBS, root/'nbs', ignore=lambda d, names: [n for n in names if n.startswith(('_', '.')) or n == 'runs'])
     (root/'scratch').mkdir()
     (root/'scratch'/'widgets.ipynb').write_text(json.dumps(WIDGETS))
+    # no news toast over the page (and no question about it) in these tests
+    news = root/'.settings'/'@jupyterlab'/'apputils-extension'/'notification.jupyterlab-settings'
+    news.parent.mkdir(parents=True); news.write_text(json.dumps({'fetchNews': 'false'}))
     env = {**os.environ, 'PATH': f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", 'JUPYTER_PLATFORM_DIRS': '1',
            'JUPYTER_CONFIG_DIR': str(root/'.config'), 'JUPYTER_RUNTIME_DIR': str(root/'.runtime'),
            'JUPYTERLAB_WORKSPACES_DIR': str(root/'.workspaces'), 'JUPYTERLAB_SETTINGS_DIR': str(root/'.settings'),
@@ -74,7 +77,7 @@ def lab(tmp_path_factory):
             except OSError: pass
             if time.monotonic() > end: pytest.fail(f'jupyter lab did not answer: {(root/"lab.log").read_text()[-3000:]}')
             time.sleep(0.3)
-        yield url, token
+        yield url, token, root
     finally:
         proc.terminate()  # the server shuts its kernels down
         try: proc.wait(30)
@@ -86,7 +89,7 @@ def lab(tmp_path_factory):
 
 def open_in_lab(browser, lab, path, workspace):
     "A new tab on JupyterLab with one notebook open, in a fresh workspace; waits for its first cell."
-    url, token = lab
+    url, token, _ = lab
     page = browser.new_page()
     page.goto(f'{url}lab/workspaces/{workspace}/tree/{path}?reset&token={token}', timeout=120)
     page.wait_for("!!document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell')", 120, what=f'{path} shows cells')
@@ -125,18 +128,48 @@ def test_a_notebook_renders(browser, lab):
     assert page.external == [], f'JupyterLab reached for another host: {page.external}'
 
 
+PANEL = '.jp-NotebookPanel:not(.lm-mod-hidden)'
+
+
+def lab_state(page, root) -> str:
+    "What a person would look at when a cell does not run: the kernel's name and status, dialogs, the server's log."
+    state = page.eval(f"""(() => {{ const p = document.querySelector('{PANEL}'); const q = s => p && p.querySelector(s);
+        return {{kernel: (q('.jp-Toolbar-kernelName') || {{}}).innerText,
+                 status: ((q('.jp-Notebook-ExecutionIndicator') || {{}}).dataset || {{}}).status,
+                 prompt: (q('.jp-Cell .jp-InputPrompt') || {{}}).innerText,
+                 dialogs: [...document.querySelectorAll('.jp-Dialog')].map(d => d.innerText),
+                 toasts: [...document.querySelectorAll('.Toastify__toast')].map(d => d.innerText)}}; }})()""")
+    page.screenshot(ARTIFACTS/'lab-widgets-failed.png')
+    log = (root/'lab.log').read_text(errors='replace')[-2000:] if (root/'lab.log').exists() else ''
+    return f'{state}\njupyter lab log (end):\n{log}'
+
+
+def run_first_cell(page, root):
+    """Run the notebook's first cell as a learner does: the toolbar's run button, or Shift+Enter in the cell.
+    JupyterLab may still be settling the kernel's session when the status first says idle, and then ignore the run
+    or ask which kernel to use: answer a kernel dialog with its default, and try again until the cell has run."""
+    prompt = f"document.querySelector('{PANEL} .jp-Cell .jp-InputPrompt').innerText"
+    for attempt in range(8):   # a first kernel start on a fresh install can take most of a minute on 2 cores
+        dialogs = page.eval("[...document.querySelectorAll('.jp-Dialog')].map(d => d.innerText)")
+        if dialogs:
+            assert all('kernel' in d.lower() for d in dialogs), f'unexpected dialog: {dialogs}\n{lab_state(page, root)}'
+            page.click('.jp-Dialog .jp-mod-accept')
+            page.wait_for("!document.querySelector('.jp-Dialog')", 30, what='the kernel dialog closes')
+        if attempt % 2 == 0: page.click(f'{PANEL} .jp-Toolbar [data-command="notebook:run-cell-and-select-next"]')
+        else:
+            page.click(f'{PANEL} .jp-Cell .cm-content')
+            page.press('Enter', shift=True)
+        try: return page.wait_for(f"/\\[[*0-9]+\\]/.test({prompt})", 5 + 5 * attempt, what='the cell runs')
+        except TimeoutError:
+            try: kernel_idle(page)
+            except TimeoutError: raise AssertionError(f'the kernel is not idle: {lab_state(page, root)}') from None
+    raise AssertionError(f'the cell did not run after 8 tries: {lab_state(page, root)}')
+
+
 def test_widgets_render_and_respond(browser, lab):
     page = open_in_lab(browser, lab, 'scratch/widgets.ipynb', 'widgets')
     kernel_idle(page)
-    # run the cell with the toolbar's run button, as a learner does. JupyterLab may still be settling the kernel's
-    # session when the status first says idle and then ignores the click: click again until the cell has run
-    prompt = "document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .jp-InputPrompt').innerText"
-    for attempt in range(8):   # a first kernel start on a fresh install can take most of a minute on 2 cores
-        page.click('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Toolbar [data-command="notebook:run-cell-and-select-next"]')
-        try: page.wait_for(f"/\\[[*0-9]+\\]/.test({prompt})", 5 + 5 * attempt, what='the cell runs'); break
-        except TimeoutError:
-            if attempt == 7: raise
-            kernel_idle(page)
+    run_first_cell(page, lab[2])
     out = "document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .jp-OutputArea')"
     page.wait_for(f"!!({out} && {out}.querySelector('.widget-slider .noUi-handle'))", 60, what='the slider is drawn')
     page.wait_for(f"{out}.innerText.includes('5 squared is 25')", 30, what='the interactive output')

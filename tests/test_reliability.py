@@ -171,7 +171,7 @@ def load_ck(path:Path) -> dict:
     return torch.load(path, map_location='cpu', weights_only=True)
 
 def refuse_damaged_checkpoints(command:str, cases:dict, ref_out:Path, tmp_path:Path):
-    "Each damaged checkpoint in a copy of the reference run folder: \`lepton COMMAND --resume\` refuses it, writes no model."
+    "Each damaged checkpoint in a copy of the reference run folder: `lepton COMMAND --resume` refuses it, writes no model."
     args_file, model = ('gan_args.json', 'generator.safetensors') if command == 'gan' else ('train_args.json', 'model.safetensors')
     for name, st in cases.items():
         run = tmp_path/name.replace(' ', '-'); run.mkdir()

@@ -86,7 +86,7 @@ def test_bad_input_around_a_run_is_one_line(folders, cache, tmp_path):
     assert_one_line_error(lepton('predict', out, folders/'sneaker.jpg'), 'model.safetensors')   # before any allocation
 
 def test_evaluate_repeats_the_training_evaluation(folders, cache, tmp_path):
-    "The seed recipe is evaluated without flips and bf16: \`lepton evaluate\` reads that from config.json and agrees."
+    "The seed recipe is evaluated without flips and bf16: `lepton evaluate` reads that from config.json and agrees."
     out = tmp_path/'seed'
     r = lepton('train', '--data', folders/'train', '--val', folders/'val', '--model', 'seed', '--epochs', '1', '--out', out, '--json')
     assert r.returncode == 0, r.stderr
@@ -106,7 +106,7 @@ def test_evaluate_repeats_the_training_evaluation(folders, cache, tmp_path):
     assert r.returncode == 0 and abs(last_json(r.stdout)['test_accuracy'] - m['test_accuracy']) < 1e-9
 
 def test_resume_picks_the_latest_unfinished_run(tmp_path, monkeypatch):
-    "\`--resume\` without --out continues the newest interrupted run (of --data/--model when given), not a finished one."
+    "`--resume` without --out continues the newest interrupted run (of --data/--model when given), not a finished one."
     from types import SimpleNamespace
     from lepton_nb.cli import _run_dir
     from lepton_nb.core import LeptonError, save_json
