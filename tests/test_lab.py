@@ -147,9 +147,16 @@ def lab_state(page, root) -> str:
 def run_first_cell(page, root):
     """Run the notebook's first cell as a learner does: the toolbar's run button, or Shift+Enter in the cell.
     JupyterLab may still be settling the kernel's session when the status first says idle, and then ignore the run
-    or ask which kernel to use: answer a kernel dialog with its default, and try again until the cell has run."""
+    or ask which kernel to use: answer a kernel dialog with its default, and try again until the cell has run.
+    Halfway, reload the page, as a person would, in case its connection to the kernel was lost."""
     prompt = f"document.querySelector('{PANEL} .jp-Cell .jp-InputPrompt').innerText"
     for attempt in range(8):   # a first kernel start on a fresh install can take most of a minute on 2 cores
+        if attempt == 4:
+            page.goto(page.eval('location.href'), timeout=120)
+            # leaving JupyterLab asks "leave the page?", which Chromium blocks and reports: that is the reload's doing
+            page.errors[:] = [e for e in page.errors if "'beforeunload' confirmation" not in e]
+            page.wait_for(f"!!document.querySelector('{PANEL} .jp-Cell')", 120, what='the notebook shows again')
+            kernel_idle(page)
         dialogs = page.eval("[...document.querySelectorAll('.jp-Dialog')].map(d => d.innerText)")
         if dialogs:
             assert all('kernel' in d.lower() for d in dialogs), f'unexpected dialog: {dialogs}\n{lab_state(page, root)}'
