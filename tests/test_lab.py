@@ -144,18 +144,21 @@ def lab_state(page, root) -> str:
     return f'{state}\njupyter lab log (end):\n{log}'
 
 
-def run_first_cell(page, root):
-    """Run the notebook's first cell as a learner does: the toolbar's run button, or Shift+Enter in the cell.
+def open_and_run(browser, lab, path, workspace):
+    """Open a notebook and run its first cell as a learner does: the toolbar's run button, or Shift+Enter in the cell.
     JupyterLab may still be settling the kernel's session when the status first says idle, and then ignore the run
     or ask which kernel to use: answer a kernel dialog with its default, and try again until the cell has run.
-    Halfway, reload the page, as a person would, in case its connection to the kernel was lost."""
+    Halfway, open the notebook in a new tab and close the old one, as a person would, in case its connection to the
+    kernel was lost (a new tab, so what the old one reports as it is torn down is not counted). Returns the tab."""
+    root = lab[2]
+    page = open_in_lab(browser, lab, path, workspace)
+    kernel_idle(page)
     prompt = f"document.querySelector('{PANEL} .jp-Cell .jp-InputPrompt').innerText"
     for attempt in range(8):   # a first kernel start on a fresh install can take most of a minute on 2 cores
         if attempt == 4:
-            page.goto(page.eval('location.href'), timeout=120)
-            # leaving JupyterLab asks "leave the page?", which Chromium blocks and reports: that is the reload's doing
-            page.errors[:] = [e for e in page.errors if "'beforeunload' confirmation" not in e]
-            page.wait_for(f"!!document.querySelector('{PANEL} .jp-Cell')", 120, what='the notebook shows again')
+            browser.send('Target.closeTarget', {'targetId': page.target})
+            page.settle(3)   # let the server see the old tab's connections close before the new tab opens its own
+            page = open_in_lab(browser, lab, path, workspace)
             kernel_idle(page)
         dialogs = page.eval("[...document.querySelectorAll('.jp-Dialog')].map(d => d.innerText)")
         if dialogs:
@@ -166,7 +169,9 @@ def run_first_cell(page, root):
         else:
             page.click(f'{PANEL} .jp-Cell .cm-content')
             page.press('Enter', shift=True)
-        try: return page.wait_for(f"/\\[[*0-9]+\\]/.test({prompt})", 5 + 5 * attempt, what='the cell runs')
+        try:
+            page.wait_for(f"/\\[[*0-9]+\\]/.test({prompt})", 5 + 5 * attempt, what='the cell runs')
+            return page
         except TimeoutError:
             try: kernel_idle(page)
             except TimeoutError: raise AssertionError(f'the kernel is not idle: {lab_state(page, root)}') from None
@@ -174,9 +179,7 @@ def run_first_cell(page, root):
 
 
 def test_widgets_render_and_respond(browser, lab):
-    page = open_in_lab(browser, lab, 'scratch/widgets.ipynb', 'widgets')
-    kernel_idle(page)
-    run_first_cell(page, lab[2])
+    page = open_and_run(browser, lab, 'scratch/widgets.ipynb', 'widgets')
     out = "document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .jp-OutputArea')"
     page.wait_for(f"!!({out} && {out}.querySelector('.widget-slider .noUi-handle'))", 60, what='the slider is drawn')
     page.wait_for(f"{out}.innerText.includes('5 squared is 25')", 30, what='the interactive output')
