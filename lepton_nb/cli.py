@@ -4,11 +4,11 @@
 
 # %% ../nbs/12_cli.ipynb #7542bd81
 from __future__ import annotations
-import argparse, json, sys
+import argparse, contextlib, importlib.util, json, sys, warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-from .core import LeptonError
+from .core import LeptonError, LeptonWarning
 
 # %% auto #0
 __all__ = ['BENCH_PARTS', 'COMMANDS', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan',
@@ -178,6 +178,17 @@ def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULT
     for k, v in defaults.items():
         if getattr(args, k) is None: setattr(args, k, v)
 
+@contextlib.contextmanager
+def _unstarted_removed(out:Path, created:bool, args_file:str):
+    "If the run fails before it wrote anything but its settings, remove them and the folder this command created."
+    try: yield
+    except BaseException:
+        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {args_file}:
+            (out/args_file).unlink(missing_ok=True)
+            try: out.rmdir()
+            except OSError: pass
+        raise
+
 def cmd_train(args) -> dict:
     "Train a classifier and write the model, metrics and plots."
     from lepton_nb.core import get_device, save_json
@@ -197,10 +208,13 @@ def cmd_train(args) -> dict:
     if ddp: out = agree(out)           # the folder rank 0 chose
     if out.exists() and not out.is_dir(): raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
     get_device(args.device)            # an unavailable device fails here, before any data is loaded
+    if args.tensorboard and importlib.util.find_spec('tensorboard') is None:   # and a missing package
+        raise LeptonError("--tensorboard needs the tensorboard package: pip install 'lepton_nb[tensorboard]'")
     quiet = bool(ddp and ddp.rank)
     data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
                     seed=args.seed, progress=not (args.json or quiet))
     if len(data.classes) < 2: raise LeptonError(f"a classifier needs at least 2 classes, {data.source} has {len(data.classes)}")
+    created = not out.exists()
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
     if not quiet: save_json(_saved_options(args, _TRAIN_KEYS), out/'train_args.json')
@@ -209,10 +223,11 @@ def cmd_train(args) -> dict:
     if not quiet: print(f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train)} train / "
           f"{len(data.y_valid)} held-out images, {len(data.classes)} classes -> {out}"
                         + (f" on {ddp.world_size} processes ({ddp.backend})" if ddp else ''), file=sys.stderr)
-    learn, metrics = train_classifier(data, args.model, impl=args.impl, epochs=args.epochs, time_budget=args.time_budget,
-                                      bs=args.batch_size, lr=args.lr, device=ddp.device if ddp else args.device,
-                                      seed=args.seed, progress=not (args.json or quiet), checkpoint_every=args.checkpoint_every,
-                                      patience=args.patience, tensorboard=args.tensorboard, **run, **extra)
+    with _unstarted_removed(out, created, 'train_args.json'):
+        learn, metrics = train_classifier(data, args.model, impl=args.impl, epochs=args.epochs, time_budget=args.time_budget,
+                                          bs=args.batch_size, lr=args.lr, device=ddp.device if ddp else args.device,
+                                          seed=args.seed, progress=not (args.json or quiet), checkpoint_every=args.checkpoint_every,
+                                          patience=args.patience, tensorboard=args.tensorboard, **run, **extra)
     if ddp: metrics = finish_ddp(learn, metrics, out, ddp)
     if learn.interrupted:
         raise KeyboardInterrupt(f"stopped by {learn.interrupted}; checkpoint saved in {out}; "
@@ -358,15 +373,17 @@ def cmd_gan(args) -> dict:
                           f"{data.source} has {len(data.classes)}")
     if data.size[0] != data.size[1] or data.size[0] % 4 or not 8 <= data.size[0] <= 64:
         raise LeptonError(f"the DCGAN needs square images of 8 to 64 pixels, a multiple of 4 (use --size), got {data.size}")
+    created = not out.exists()
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
     save_json(_saved_options(args, _GAN_KEYS), out/'gan_args.json')
     print(f"training a {'' if args.unconditional else 'class-conditional '}DCGAN on {data.source}: {len(data.y_train)} "
           f"images, {len(data.classes)} classes -> {out}", file=sys.stderr)
-    trainer, metrics = train_gan(data, epochs=args.epochs, time_budget=args.time_budget, bs=args.batch_size, lr=args.lr,
-                                 width=args.width, conditional=not args.unconditional, loss=args.loss, device=args.device,
-                                 seed=args.seed, out=out, resume=args.resume, progress=not args.json,
-                                 checkpoint_every=args.checkpoint_every, n_eval=args.n_eval)
+    with _unstarted_removed(out, created, 'gan_args.json'):
+        trainer, metrics = train_gan(data, epochs=args.epochs, time_budget=args.time_budget, bs=args.batch_size, lr=args.lr,
+                                     width=args.width, conditional=not args.unconditional, loss=args.loss, device=args.device,
+                                     seed=args.seed, out=out, resume=args.resume, progress=not args.json,
+                                     checkpoint_every=args.checkpoint_every, n_eval=args.n_eval)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"stopped by {trainer.interrupted}; checkpoint saved in {out}; "
                                 f"continue with: lepton gan --resume --out {out}")
@@ -540,6 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 # %% ../nbs/12_cli.ipynb #fd109758
+def _one_line_warnings(name:str, show):
+    "A `warnings.showwarning` that prints a `LeptonWarning` as `lepton NAME: warning: ...` and passes others to `show`."
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LeptonWarning): print(f"lepton {name}: warning: {message}", file=file or sys.stderr)
+        else: show(message, category, filename, lineno, file, line)
+    return one_line
+
 def main(argv:list|None=None) -> int:
     "Entry point of the `lepton` command; returns the exit status."
     for s in (sys.stdout, sys.stderr):   # a file name that is not UTF-8 prints escaped, not as a UnicodeEncodeError
@@ -550,7 +574,9 @@ def main(argv:list|None=None) -> int:
         parser.print_help(); return 2
     name = args.command + (f" {args.gan_command}" if getattr(args, 'gan_command', None) else '')   # "gan sample"
     try:
-        result = args.func(args)
+        with warnings.catch_warnings():   # a LeptonWarning is one line, like an error; others as Python prints them
+            warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
+            result = args.func(args)
     except LeptonError as e:
         print(f"lepton {name}: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt as e:

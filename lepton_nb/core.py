@@ -12,12 +12,15 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['LeptonError', 'default_device', 'get_device', 'seed_everything', 'get_rng_states', 'set_rng_states', 'to_device',
-           'Timer', 'atomic_path', 'atomic_write', 'save_json', 'load_json', 'run_card', 'check_version']
+__all__ = ['LeptonError', 'LeptonWarning', 'default_device', 'get_device', 'seed_everything', 'get_rng_states', 'set_rng_states',
+           'to_device', 'Timer', 'atomic_path', 'atomic_write', 'save_json', 'load_json', 'run_card', 'check_version']
 
 # %% ../nbs/00_core.ipynb #834be1bf
 class LeptonError(Exception):
     "An error in the user's input or environment; the `lepton` command prints it as one line."
+
+class LeptonWarning(UserWarning):
+    "Something the user should know that does not stop the work; the `lepton` command prints it as one line."
 
 # %% ../nbs/00_core.ipynb #51262083
 def _mps_available() -> bool:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .core import LeptonError, atomic_path, get_device, load_json, save_json
+from .core import LeptonError, LeptonWarning, atomic_path, get_device, load_json, save_json
 
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'FASHION_FILES', 'FASHION_SHAPES', 'DEBIAN_FASHION_DIR', 'GET_DATA_HELP', 'MAX_PIXELS', 'read_idx',
@@ -231,7 +231,7 @@ def load_fashion_mnist(path:str|Path|None=None, # A folder to look in first (see
         t = load_fashion_mnist_raw(files)
         if cache:
             try: store_tensors(cpath, t, {'source_hash': src_hash, 'classes': FASHION_CLASSES})
-            except OSError as e: warnings.warn(f"could not write the cache {cpath}: {e}")
+            except OSError as e: warnings.warn(f"could not write the cache {cpath}: {e}", LeptonWarning)
     return ImageData(t['x_train'], t['y_train'], t['x_test'], t['y_test'], list(FASHION_CLASSES),
                      source=f"fashion-mnist ({Path(files['x_train']).parent})", source_hash=src_hash)
 
@@ -365,13 +365,21 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
     else:
         extra = sorted(set(dirs) - set(classes))
         if extra: raise LeptonError(f"{root}: class folders not in the training data: {', '.join(extra)}")
-    items = []
+    items, inside = [], os.path.realpath(root)
     for ci, c in enumerate(classes):
         d = root/c
         if not d.is_dir(): continue
-        files = []
-        for dp, dns, fns in os.walk(d, followlinks=False):
-            dns[:] = sorted(n for n in dns if not n.startswith('.'))
+        files, read = [], set()
+        for dp, dns, fns in os.walk(d, followlinks=True):
+            read.add(os.path.realpath(dp))
+            keep = []
+            for n in sorted(n for n in dns if not n.startswith('.')):
+                real = os.path.realpath(Path(dp)/n)
+                back = os.path.islink(Path(dp)/n) and (real == inside or real.startswith(inside + os.sep)
+                                                       or inside.startswith(real + os.sep))
+                if back or real in read: files.append(Path(dp)/n)   # listed, and skipped with its reason when decoded
+                else: keep.append(n); read.add(real)
+            dns[:] = keep
             files += [Path(dp)/f for f in sorted(fns) if not f.startswith('.')]
         if not files: raise LeptonError(f"{d}: class folder '{c}' is empty")
         items += [(f, ci) for f in files]
@@ -380,6 +388,7 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
 # %% ../nbs/05_data.ipynb #e24fda99
 def _decode_one(args):
     path, size, channels = args
+    if path.is_dir(): return path, None, "a linked folder, not followed: it leads back into the data or to a folder already read", None, None
     try: raw = path.read_bytes()
     except OSError as e: return path, None, f"unreadable ({e.strerror or e})", None, None
     digest = hashlib.sha1(raw).hexdigest()
@@ -500,7 +509,7 @@ def load_image_folder(root:str|Path, # Training folder, root/<class>/<image>
         if cache:
             meta = {'source_hash': src_hash, 'report': report, 'skipped': [(str(f), r) for f, r in skipped]}
             try: store_tensors(cpath, {'x': x, 'y': y, 'is_val': is_val.to(torch.uint8)}, meta)
-            except OSError as e: warnings.warn(f"could not write the cache {cpath}: {e}")
+            except OSError as e: warnings.warn(f"could not write the cache {cpath}: {e}", LeptonWarning)
     if val is None:
         bad = {str(p) for p, _ in skipped}
         rels = [p.relative_to(root).as_posix() for p, _ in items if str(p) not in bad]
@@ -514,7 +523,7 @@ def load_image_folder(root:str|Path, # Training folder, root/<class>/<image>
         assign = stratified_split(rels, y.tolist(), valid_pct, seed, prior)
         if cache:
             try: save_json({'root': str(root), 'seed': seed, 'valid_pct': valid_pct, 'files': assign}, spath)
-            except OSError as e: warnings.warn(f"could not write the split {spath}: {e}")
+            except OSError as e: warnings.warn(f"could not write the split {spath}: {e}", LeptonWarning)
         is_val = torch.tensor([assign[r] == 'valid' for r in rels], dtype=torch.bool)
         report = {**report, 'split_file': str(spath)}
     if is_val.sum() == 0: raise LeptonError(f"{root}: no validation images (give --val DIR, or more images per class)")

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .core import (LeptonError, atomic_path, get_device, get_rng_states, load_json, run_card, save_json,
+from .core import (LeptonError, LeptonWarning, atomic_path, get_device, get_rng_states, load_json, run_card, save_json,
                             seed_everything, set_rng_states)
 from .data import ImageData, TensorLoader, cache_dir
 from .gan_losses import d_loss, d_loss_hinge, d_loss_lsgan, g_loss, g_loss_hinge, g_loss_lsgan
@@ -238,7 +238,7 @@ def fid_classifier(data:ImageData, # The data the GAN learns (its train split tr
             if all(info.get(k) == v for k, v in want.items()):
                 model, cfg = load_model(d, dev)
                 return model, cfg, info
-        except LeptonError as e: warnings.warn(f"retraining the metric's classifier: the cached one is unusable ({e})")
+        except LeptonError as e: warnings.warn(f"retraining the metric's classifier: the cached one is unusable ({e})", LeptonWarning)
     # one CPU thread: the same classifier (and so the same FID scale) on every run on this kind of machine, whatever the load
     with num_threads(FID_RECIPE['threads'] if dev.type == 'cpu' else None):
         learn, m = train_classifier(data, 'fast', epochs=epochs, label_smoothing=0.0, seed=FID_RECIPE['seed'], device=dev, progress=progress)

@@ -52,6 +52,18 @@ def test_folder_with_bad_files(cache, tmp_path):
     assert 'corrupt.jpg' in r.stdout and 'text.png' in r.stdout
 
 
+def test_unwritable_cache_is_a_one_line_warning(cache, tmp_path):
+    "A cache that cannot be written does not stop the work: the data loads, and each warning is one line, not Python's two."
+    make_folder(tmp_path/'imgs')
+    cache.write_text('a file where the cache folder would be\n')
+    r = lepton('data', '--data', tmp_path/'imgs', '--json')
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr
+    assert last_json(r.stdout)['train_size'] + last_json(r.stdout)['valid_size'] == 22
+    lines = r.stderr.strip().splitlines()
+    assert [l.split(str(cache))[0] for l in lines] == ['lepton data: warning: could not write the cache ',
+                                                        'lepton data: warning: could not write the split '], r.stderr
+
+
 def test_data_folder_whose_name_is_not_utf8(cache, tmp_path):
     "Folders named in another encoding (bytes that are not UTF-8): the data folder loads and caches; a class trains and plots."
     root = tmp_path/os.fsdecode(b'fotos-\xe9t\xe9')

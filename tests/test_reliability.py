@@ -226,12 +226,12 @@ def _awkward_files(d:Path) -> dict:
     (d/'notes.txt').write_text('not an image\n')
     os.symlink('loop-b.png', d/'loop-a.png'); os.symlink('loop-a.png', d/'loop-b.png')   # a symlink loop
     os.symlink('nowhere.png', d/'dangling.png')
-    os.symlink('.', d/'self')                                         # a folder link to itself: not followed
+    os.symlink('.', d/'self')                                         # a folder link to itself: listed, not followed
     (d/os.fsdecode(b'latin1-\xe9t\xe9.png')).write_bytes(b'GIF89a?')  # a name that is not UTF-8, and a bad file
     return {'huge.png': True, 'bomb.png': False, 'animated.gif': True, 'animated.png': True, 'cmyk.jpg': True,
             'deep16.tif': True, 'exif6.jpg': True, 'png-named.jpg': True, 'zero.png': False, 'truncated.png': False,
             'header-only.png': False, 'notes.txt': False, 'loop-a.png': False, 'loop-b.png': False,
-            'dangling.png': False, os.fsdecode(b'latin1-\xe9t\xe9.png'): False}
+            'dangling.png': False, 'self': False, os.fsdecode(b'latin1-\xe9t\xe9.png'): False}
 
 @pytest.fixture(scope='module')
 def zoo(fm, tmp_path_factory):
@@ -254,7 +254,7 @@ def test_awkward_files_load_or_are_listed(zoo, env):
     assert s['classes'] == ['ankle boot 靴', 'sac à main']
     assert 'too large' in skipped['bomb.png'] and 'unreadable' in skipped['loop-a.png']
     assert 'unreadable' in skipped['dangling.png'] and 'not an image' in skipped['zero.png']
-    assert 'truncated' in skipped['truncated.png']
+    assert 'truncated' in skipped['truncated.png'] and 'linked folder, not followed' in skipped['self']
     for name in ('bomb.png', 'loop-a.png', 'truncated.png', 'latin1-'): assert name in r.stdout   # the listing names them
 
 def test_awkward_files_decode_right(zoo):

@@ -142,6 +142,27 @@ def test_resume_restores_every_saved_option(tmp_path):
     args = build_parser().parse_args(['train'])                            # a new run: the switch is off unless given
     assert args.tensorboard is None and build_parser().parse_args(['train', '--tensorboard']).tensorboard is True
 
+def test_a_run_that_fails_before_it_starts_leaves_no_folder(folders, cache, tmp_path, monkeypatch, capsys):
+    """An error found once the run folder and its settings are written (a missing package, say) removes what this
+    command wrote: no run folder with settings and nothing else is left behind. A folder that was there is kept."""
+    import lepton_nb.cnn, lepton_nb.gan
+    from lepton_nb.cli import main
+    from lepton_nb.core import LeptonError
+    def refuse(*a, **k): raise LeptonError('refused for the test')
+    monkeypatch.setattr(lepton_nb.cnn, 'train_classifier', refuse); monkeypatch.setattr(lepton_nb.gan, 'train_gan', refuse)
+    data = ['--data', str(folders/'train'), '--val', str(folders/'val')]
+    for cmd in (['train'], ['gan']):
+        assert main([*cmd, *data, '--out', str(tmp_path/'new')]) == 2
+        assert 'refused for the test' in capsys.readouterr().err and not (tmp_path/'new').exists(), cmd
+    (tmp_path/'mine').mkdir()
+    assert main(['train', *data, '--out', str(tmp_path/'mine')]) == 2
+    assert [p.name for p in (tmp_path/'mine').iterdir()] == ['train_args.json']   # the user's folder stays
+    monkeypatch.undo()
+    try: import tensorboard                                 # the same through the command, when the package is missing
+    except ImportError:
+        r = lepton('train', *data, '--epochs', '1', '--tensorboard', '--out', tmp_path/'tb')
+        assert_one_line_error(r, 'tensorboard'); assert not (tmp_path/'tb').exists()
+
 def test_interrupted_benchmark_is_one_line(folders, cache, tmp_path):
     "Ctrl-C during a training with no run folder (a benchmark, a metric's classifier) ends the command in one line, 130."
     import shutil
