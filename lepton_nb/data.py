@@ -388,9 +388,10 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
 # %% ../nbs/05_data.ipynb #e24fda99
 def _decode_one(args):
     path, size, channels = args
-    if path.is_dir(): return path, None, "a linked folder, not followed: it leads back into the data or to a folder already read", None, None
     try: raw = path.read_bytes()
-    except OSError as e: return path, None, f"unreadable ({e.strerror or e})", None, None
+    except OSError as e:
+        if path.is_dir(): return path, None, "a linked folder, not followed: it leads back into the data or to a folder already read", None, None
+        return path, None, f"unreadable ({e.strerror or e})", None, None
     digest = hashlib.sha1(raw).hexdigest()
     try:
         with warnings.catch_warnings():
