@@ -165,7 +165,9 @@ def open_and_run(browser, lab, path, workspace):
             assert all('kernel' in d.lower() for d in dialogs), f'unexpected dialog: {dialogs}\n{lab_state(page, root)}'
             page.click('.jp-Dialog .jp-mod-accept')
             page.wait_for("!document.querySelector('.jp-Dialog')", 30, what='the kernel dialog closes')
-        if attempt % 2 == 0: page.click(f'{PANEL} .jp-Toolbar [data-command="notebook:run-cell-and-select-next"]')
+        if attempt % 2 == 0:   # select the cell (which makes its notebook the active one), then the run button
+            page.click(f'{PANEL} .jp-Cell .jp-InputPrompt')
+            page.click(f'{PANEL} .jp-Toolbar [data-command="notebook:run-cell-and-select-next"]')
         else:
             page.click(f'{PANEL} .jp-Cell .cm-content')
             page.press('Enter', shift=True)
@@ -186,10 +188,20 @@ def test_widgets_render_and_respond(browser, lab):
     text = page.eval(f'{out}.innerText')
     # the kernel runs this checkout's package (make lab installs it in editable mode)
     assert str(ROOT/'lepton_nb'/'__init__.py') in text, text
-    # moving the slider reaches the kernel and comes back
-    page.eval(f"{out}.querySelector('.widget-slider .noUi-handle').focus()")
-    page.press('ArrowRight')
-    page.wait_for(f"{out}.innerText.includes('6 squared is 36')", 30, what='the output follows the slider')
+    # moving the slider reaches the kernel and comes back. Click the handle first, as a person would: Shift+Enter on the
+    # last cell opens a new cell in edit mode, which may take the keyboard focus after the output is drawn
+    handle = f"{PANEL} .jp-Cell .jp-OutputArea .widget-slider .noUi-handle"
+    readout = f"document.querySelector('{PANEL} .jp-Cell .jp-OutputArea .widget-readout').innerText"
+    for attempt in range(4):
+        page.click(handle)
+        page.press('ArrowRight')
+        try: page.wait_for(f"{readout} !== '5'", 5 + 5 * attempt, what='the slider moves'); break
+        except TimeoutError:
+            if attempt == 3: raise AssertionError(f'the slider did not move: {lab_state(page, lab[2])}') from None
+    n = int(page.eval(readout))
+    assert 6 <= n <= 10, n
+    try: page.wait_for(f"{out}.innerText.includes('{n} squared is {n * n}')", 30, what='the output follows the slider')
+    except TimeoutError: raise AssertionError(f'the output did not follow the slider to {n}: {lab_state(page, lab[2])}') from None
     assert page.eval("document.querySelectorAll('.jp-Dialog').length") == 0
     assert 'Error displaying widget' not in page.eval(f'{out}.innerText')
     page.screenshot(ARTIFACTS/'lab-widgets.png')
