@@ -317,19 +317,24 @@ class EarlyStoppingCB(Callback):
 
 class NonFiniteGuardCB(Callback):
     "Stop with a clear error when the training loss is nan or inf; no checkpoint is written after that."
-    order = 30
-    def __init__(self, every:int|None=None): self.every = every
+    order = 30   # before CheckpointCB (60), so an epoch-end check comes before the epoch-end save
+    def __init__(self, every:int|None=None): self.every = every   # Read the flag every this many steps (None: 1 on CPU, 25 on a GPU)
     def before_fit(self):
         self.n = self.every or (1 if self.learn.device.type == 'cpu' else 25)
         self.bad = torch.zeros((), dtype=torch.bool, device=self.learn.device)
-    def after_loss(self):
-        if not self.learn.training: return
-        self.bad |= ~torch.isfinite(self.learn.loss.detach())
-        if self.learn.step % self.n == 0 and self.bad.item():
+    def check(self) -> bool:
+        "Read the flag (on a GPU this waits for the device); on a non-finite loss mark the learner as failed. True if all is well."
+        if self.learn.error is None and self.bad.item():
             self.learn.error = LeptonError(
                 f"the training loss became non-finite (nan or inf) by step {self.learn.step + 1} of epoch {self.learn.epoch + 1}: "
                 "training stopped and the last good checkpoint was kept; try a lower --lr")
-            raise CancelFitException()
+        return self.learn.error is None
+    def after_loss(self):
+        if not self.learn.training: return
+        self.bad |= ~torch.isfinite(self.learn.loss.detach())
+        if self.learn.step % self.n == 0 and not self.check(): raise CancelFitException()
+    def after_epoch(self):   # a run can end fewer than `every` steps after the loss went bad
+        if not self.check(): raise CancelFitException()
 
 # %% ../nbs/07_learner.ipynb #184981a5
 CHECKPOINT_VERSION = 1
@@ -401,9 +406,18 @@ class CheckpointCB(Callback):
             for p in d.iterdir():
                 if p.name.startswith(stem) and p.name.endswith('.tmp'): p.unlink(missing_ok=True)
     def save(self):
+        "Write the checkpoint, unless the run has failed: a guard's flag not read yet is read first, and the weights must be finite."
+        guard = self.learn.cb(NonFiniteGuardCB)
+        if guard is not None: guard.check()
+        if self.learn.error is None and not all(torch.isfinite(p).all() for p in self.learn.model.parameters()):
+            self.learn.error = LeptonError(   # the last step's update overflowed, though its loss was still finite
+                f"the weights became non-finite (nan or inf) by step {self.learn.step} of epoch {self.learn.epoch + 1}: "
+                "training stopped and the last good checkpoint was kept; try a lower --lr")
         if self.learn.error is None: save_checkpoint(self.learn, self.path); self.last = self.learn.elapsed()
     def after_batch(self):
-        if self.every is not None and self.learn.training and self.learn.elapsed() - self.last >= self.every: self.save()
+        if self.every is not None and self.learn.training and self.learn.elapsed() - self.last >= self.every:
+            self.save()
+            if self.learn.error is not None: raise CancelFitException()
     def after_epoch(self): self.save()
     def after_cancel_fit(self): self.save()
 
@@ -464,13 +478,14 @@ def bench_overhead(make_model, # () -> a fresh model
             loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
         if dev.type == 'cuda': torch.cuda.synchronize()
         return time.perf_counter() - t
-    def learner(d):
+    def learner(d):   # the whole fit, as a user waits for it: the bar, the epoch-end checkpoint and a device sync included
         torch.manual_seed(0); m = make_model().to(dev)
         learn = Learner(m, dl, lr=lr, device=dev, cbs=[ProgressCB(file=io.StringIO()), OneCycleCB(lr), NonFiniteGuardCB(),
                                                        TimeBudgetCB(1e9), CheckpointCB(Path(d)/'ck.pt', every_seconds=None)])
+        t = time.perf_counter()
         learn.fit(1)
         if dev.type == 'cuda': torch.cuda.synchronize()
-        return learn.train_time
+        return time.perf_counter() - t
     with tempfile.TemporaryDirectory() as d:
         plain(); learner(d)                      # warm-up
         ps, ls = [], []
