@@ -156,8 +156,11 @@ def grad_bytes(model:nn.Module) -> int:
     "Bytes all-reduced per step by DDP: every trainable parameter's gradient (same dtype as the parameter)."
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
-def ring_allreduce_seconds(nbytes:float, n:int, # Buffer size in bytes, number of workers in the ring
-                           bandwidth:float, latency:float) -> float: # Bytes per second of the slowest link; seconds per step
+def ring_allreduce_seconds(nbytes:float, # Buffer size in bytes
+                           n:int, # Number of workers in the ring
+                           bandwidth:float, # Bytes per second of the slowest link
+                           latency:float, # Seconds per step
+                          ) -> float:
     "Time of a ring all-reduce (eq. ring-allreduce): 2(N-1)/N S/beta + 2(N-1) alpha."
     if n < 1: raise LeptonError(f"a ring needs at least one worker, got {n}")
     if n == 1: return 0.0
@@ -206,7 +209,7 @@ def measure_allreduce(sizes:list=(4_000, 400_000, 1_700_000, 2_800_000, 8_000_00
 # %% ../nbs/11_distributed.ipynb #bdba8373
 def split_non_iid(y:torch.Tensor, # Labels of the training set
                   n_clients:int=10, classes_per_client:int=2, seed:int=0) -> list[torch.Tensor]:
-    "Client k gets classes k*m, k*m+1, ..., k*m+m-1 (mod C) for m classes per client; each class's examples are shared equally among its clients."
+    "Client k gets classes `k*m`, `k*m+1`, ..., `k*m+m-1` (mod C) for m classes per client; each class's examples are shared equally among its clients."
     C = int(y.max()) + 1
     if not 1 <= classes_per_client <= C: raise LeptonError(f"classes_per_client must be 1..{C}, got {classes_per_client}")
     if n_clients * classes_per_client < C:
