@@ -19,6 +19,9 @@ def confusion_matrix(preds:torch.Tensor, # Predicted class per example (N,), or 
                     ) -> torch.Tensor:
     "K x K counts, rows = true class, columns = predicted class (eq. confusion)."
     if preds.ndim == 2: preds = preds.argmax(1)
+    elif preds.is_floating_point():   # .long() would silently turn probabilities such as 0.9 into class 0
+        raise LeptonError("preds must be class indices (N,) or scores (N, K), got floating-point values of shape "
+                          f"{tuple(preds.shape)}; for one probability per example, threshold it first: (p > 0.5).long()")
     preds, targets = preds.reshape(-1).long(), targets.reshape(-1).long()
     if preds.shape != targets.shape: raise LeptonError(f"{len(preds)} predictions but {len(targets)} targets")
     if len(targets) and (min(preds.min(), targets.min()) < 0 or max(preds.max(), targets.max()) >= n_classes):

@@ -52,9 +52,9 @@ def hinge_loss(scores:torch.Tensor, # Scores s = w.x + b, any shape
 
 # %% ../nbs/03_svm.ipynb #a1126490
 def _check_multiclass(scores, y):
-    "N x C float scores, N integer labels in 0..C-1."
+    "N x K float scores, N integer labels in 0..K-1."
     if not isinstance(scores, torch.Tensor) or not scores.is_floating_point() or scores.ndim != 2:
-        raise LeptonError(f"scores must be a floating-point N x C tensor, got {_describe(scores)}")
+        raise LeptonError(f"scores must be a floating-point N x K tensor, got {_describe(scores)}")
     n, c = scores.shape
     if c < 2: raise LeptonError(f"need at least 2 classes, scores have {c} column(s)")
     if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
@@ -63,8 +63,8 @@ def _check_multiclass(scores, y):
     if n and (y.min() < 0 or y.max() >= c):
         raise LeptonError(f"labels must be class indices in 0..{c-1}, found {(y.min() if y.min() < 0 else y.max()).item()}")
 
-def multiclass_hinge_loss(scores:torch.Tensor, # Scores, N x C
-                          y:torch.Tensor, # True classes, N integers in 0..C-1
+def multiclass_hinge_loss(scores:torch.Tensor, # Scores, N x K
+                          y:torch.Tensor, # True classes, N integers in 0..K-1
                           kind:str='ww', # 'ww' Weston-Watkins (eq. ww) or 'cs' Crammer-Singer (eq. cs)
                           margin:float=1.0, # The margin Delta the true score must win by
                           reduction:str='mean', # 'mean', 'sum' or 'none' (per sample), as in PyTorch
@@ -73,8 +73,8 @@ def multiclass_hinge_loss(scores:torch.Tensor, # Scores, N x C
     if kind not in ('ww', 'cs'): raise LeptonError(f"unknown kind {kind!r}: use 'ww' (Weston-Watkins) or 'cs' (Crammer-Singer)")
     _check_reduction(reduction); _check_multiclass(scores, y)
     s_y = scores.gather(1, y.long()[:, None])                  # N x 1: the true class's score
-    viol = margin - s_y + scores                               # N x C: Delta - s_y + s_j
-    is_y = F.one_hot(y.long(), scores.shape[1]).bool()         # N x C: j == y, left out of the sum and the max
+    viol = margin - s_y + scores                               # N x K: Delta - s_y + s_j
+    is_y = F.one_hot(y.long(), scores.shape[1]).bool()         # N x K: j == y, left out of the sum and the max
     if kind == 'ww': l = F.relu(viol).masked_fill(is_y, 0).sum(1)           # sum_{j!=y} max(0, Delta - s_y + s_j)
     else: l = F.relu(viol.masked_fill(is_y, -math.inf).amax(1))             # max(0, Delta + max_{j!=y} s_j - s_y)
     return _reduce(l, reduction)
@@ -83,7 +83,7 @@ def multiclass_hinge_loss(scores:torch.Tensor, # Scores, N x C
 class LinearSVM(nn.Module):
     "A linear SVM `s = W x + b`, trained on the mean hinge loss plus `lam/2 ||W||^2` (eq. svm-primal)."
     def __init__(self, n_features:int, # Inputs per sample (images are flattened)
-                 n_classes:int=2, # 2: one score, labels -1/+1 (eq. hinge); more: one score per class, labels 0..C-1
+                 n_classes:int=2, # 2: one score, labels -1/+1 (eq. hinge); more: one score per class, labels 0..K-1
                  kind:str='ww', # Many classes: 'ww' (eq. ww), 'cs' (eq. cs) or 'ovr' (one binary hinge per class)
                  margin:float=1.0, # The margin Delta of 'ww' and 'cs'
                 ):
@@ -96,10 +96,10 @@ class LinearSVM(nn.Module):
         self.history = []
 
     def forward(self, x:torch.Tensor) -> torch.Tensor:
-        "Scores: N (two classes) or N x C."
+        "Scores: N (two classes) or N x K."
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.n_features:
             raise LeptonError(f"expected N samples of {self.n_features} features, got a tensor of shape {tuple(x.shape)}")
-        s = self.linear(x.flatten(1))                            # N x D -> N x (1 or C)
+        s = self.linear(x.flatten(1))                            # N x D -> N x (1 or K)
         return s[:, 0] if self.n_classes == 2 else s
 
     def loss(self, scores:torch.Tensor, y:torch.Tensor, reduction:str='mean') -> torch.Tensor:
@@ -107,7 +107,7 @@ class LinearSVM(nn.Module):
         if self.n_classes == 2: return hinge_loss(scores, y, reduction)
         if self.kind == 'ovr':
             _check_reduction(reduction); _check_multiclass(scores, y)
-            y_pm = 2 * F.one_hot(y.long(), self.n_classes).to(scores.dtype) - 1     # N x C: +1 for y, -1 elsewhere
+            y_pm = 2 * F.one_hot(y.long(), self.n_classes).to(scores.dtype) - 1     # N x K: +1 for y, -1 elsewhere
             return _reduce(hinge_loss(scores, y_pm, 'none').sum(1), reduction)
         return multiclass_hinge_loss(scores, y, self.kind, self.margin, reduction)
 
@@ -124,7 +124,7 @@ class LinearSVM(nn.Module):
         else: _check_multiclass(torch.zeros(len(y), self.n_classes), y)
 
     def fit(self, x:torch.Tensor, # Features, N x D (or N x C x H x W, flattened), already normalised
-            y:torch.Tensor, # Labels: -1/+1 for two classes, 0..C-1 for more
+            y:torch.Tensor, # Labels: -1/+1 for two classes, 0..K-1 for more
             epochs:int=10, # Passes over the data
             bs:int=256, # Mini-batch size
             lr:float=0.01, # Peak step size; a cosine takes it to 0 by the last step
@@ -156,7 +156,7 @@ class LinearSVM(nn.Module):
 
     @torch.no_grad()
     def predict(self, x:torch.Tensor) -> torch.Tensor:
-        "Predicted labels (-1/+1, or 0..C-1), on the device `x` came from."
+        "Predicted labels (-1/+1, or 0..K-1), on the device `x` came from."
         s = self(x.to(self.linear.weight.device))
         out = torch.where(s >= 0, 1, -1) if self.n_classes == 2 else s.argmax(1)
         return out.to(x.device)
