@@ -72,7 +72,7 @@ def _print_data_summary(data, out=None):
     r = s.get('report', {})
     if r:
         p(f"  folder check: {r['files']} files, {r['decoded']} decoded, {r['skipped']} skipped; "
-          f"largest/smallest class = {r['imbalance_ratio']}; modes {r['modes']}; {r['n_sizes']} different sizes")
+          f"largest/smallest class = {r['imbalance_ratio']}; modes {r['modes']}; {'one image size' if r['n_sizes'] == 1 else str(r['n_sizes']) + ' image sizes'}")
         for g in r['duplicate_groups'][:10]: p(f"  duplicate files (same bytes): {', '.join(g)}")
         if len(r['duplicate_groups']) > 10: p(f"  ... and {len(r['duplicate_groups']) - 10} more groups of duplicates")
         for g in r['duplicates_across_classes'][:10]: p(f"  warning: the same image is in several classes: {', '.join(g)}")
@@ -389,7 +389,7 @@ def cmd_gan(args) -> dict:
                                 f"continue with: lepton gan --resume --out {out}")
     print(f"FID {metrics['fid']:.3f} (real floor {metrics['fid_floor']:.3f})  classifier score "
           f"{metrics['classifier_score']:.2f} (real {metrics['classifier_score_real']:.2f})  smallest class share "
-          f"{metrics['coverage_min']:.3f}  after {metrics['epochs']:g} epochs, {metrics['train_seconds']:.1f} s of "
+          f"{metrics['coverage_min']:.3f}  after {round(metrics['epochs'], 1):g} epochs, {metrics['train_seconds']:.1f} s of "
           f"training on {metrics['device']} ({metrics['stop_reason']})")
     print(f"wrote {out}/: " + ' '.join(sorted(p.name for p in out.iterdir() if p.is_file())))
     return metrics

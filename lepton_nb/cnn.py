@@ -400,7 +400,7 @@ def plot_predictions_grid(results:list, ncols:int=3):
 # %% ../nbs/08_cnn.ipynb #a38c65a2
 def export_image_folder(data:ImageData, root:str|Path, classes:list|None=None, n_per_class:int=100, split:str='train',
                         offset:int=0) -> Path:
-    "Write images of `data` as PNG files in root/<class>/ (for examples and tests)."
+    "Write images of `data` as PNG files in `root/<class>/` (for examples and tests)."
     from PIL import Image
     root = Path(root); x, y = (data.x_train, data.y_train) if split == 'train' else (data.x_valid, data.y_valid)
     for c in classes or data.classes:

@@ -722,6 +722,8 @@ def plot_gan_history(log:torch.Tensor, # The per-step log of `GANTrainer`
                      floor:float|None=None, # FID of real images, drawn as a line
                      smooth:int|None=None):
     "Losses and D(x), D(G(z)) per step (smoothed), and the FID per epoch beside its floor; returns the figure."
+    from matplotlib.ticker import FuncFormatter, LogLocator   # the FID axis: 2, 3, 5 between the powers of ten, as plain numbers
+    fmt = FuncFormatter(lambda v, _: f'{v:g}')
     ncol = 3 if any('fid' in h for h in history) else 2
     fig, axs = plt.subplots(1, ncol, figsize=(4.2 * ncol, 3.2))
     k = smooth or max(1, len(log) // 100)
@@ -732,12 +734,14 @@ def plot_gan_history(log:torch.Tensor, # The per-step log of `GANTrainer`
     for j, (name, c) in enumerate((('D(x)', 'tab:green'), ('D(G(z))', 'tab:red')), 2):
         axs[1].plot(s, _smooth(log[:, j], k), color=c, label=name)
     axs[1].axhline(0.5, color='grey', lw=0.8, ls=':'); axs[1].set_ylim(0, 1)
-    axs[1].set_xlabel('step'); axs[1].set_title(f'discriminator outputs (mean of {k} steps)'); axs[1].legend()
+    axs[1].set_xlabel('step'); axs[1].set_title('discriminator outputs' + (f' (mean of {k} steps)' if k > 1 else '')); axs[1].legend()
     if ncol == 3:
         hs = [h for h in history if 'fid' in h]
         axs[2].plot([h['train_seconds'] for h in hs], [h['fid'] for h in hs], 'o-', label='GAN')
         if floor is not None: axs[2].axhline(floor, color='tab:green', ls='--', label=f'floor (real) {floor:.2f}')
-        axs[2].set_yscale('log'); axs[2].set_xlabel('seconds of training'); axs[2].set_title('FID (classifier features)'); axs[2].legend()
+        axs[2].set_yscale('log'); axs[2].yaxis.set_minor_locator(LogLocator(subs=(2, 3, 5)))
+        axs[2].yaxis.set_major_formatter(fmt); axs[2].yaxis.set_minor_formatter(fmt)
+        axs[2].tick_params(axis='y', which='minor', labelsize=7); axs[2].set_xlabel('seconds of training'); axs[2].set_title('FID (classifier features)'); axs[2].legend()
     fig.tight_layout()
     return fig
 
@@ -751,7 +755,8 @@ def plot_coverage(coverage:dict, # class -> share of the generated samples
     if real is not None: ax.bar(x + 0.2, [real[c] for c in names], 0.4, label='real (held out)', alpha=0.6)
     ax.axhline(min_share, color='tab:red', ls='--', lw=1, label=f'{min_share:.0%}')
     ax.set_xticks(x.tolist()); ax.set_xticklabels(names, rotation=30, ha='right', fontsize=8)
-    ax.set_ylabel('share of samples'); ax.legend(fontsize=8); fig.tight_layout()
+    ax.set_ylim(0, 1.35 * max([min_share, *coverage.values(), *(real or {}).values()]))   # room above the bars for the legend
+    ax.set_ylabel('share of samples'); ax.legend(fontsize=8, loc='upper center', ncol=3); fig.tight_layout()
     return fig
 
 def plot_samples(x:torch.Tensor, # uint8 images
@@ -772,7 +777,7 @@ def plot_samples(x:torch.Tensor, # uint8 images
 
 def plot_progress(grids:list, # uint8 sample batches, one per epoch (`GANTrainer.grids`)
                   history:list|None=None, per_row:int=10, max_rows:int=8):
-    "The fixed latent batch after each epoch, one row per epoch (the first `per_row` samples)."
+    "The fixed latent batch after each epoch, one row per epoch (the first `per_row` samples); at most `max_rows` epochs, evenly spread, the title says which."
     idx = list(range(len(grids)))
     if len(idx) > max_rows: idx = sorted({round(i * (len(grids) - 1) / (max_rows - 1)) for i in range(max_rows)})
     step = max(1, len(grids[0]) // per_row) if grids else 1
@@ -781,7 +786,9 @@ def plot_progress(grids:list, # uint8 sample batches, one per epoch (`GANTrainer
     fig = plot_samples(torch.cat(rows), ncols=per_row)
     ax = fig.axes[0]; h = rows[0].shape[2] + 2
     ax.set_yticks([2 + r * h + h / 2 - 1 for r in range(len(rows))])
-    ax.set_yticklabels([f"epoch {history[i]['epoch']}" if history else f"epoch {i + 1}" for i in idx], fontsize=8)
+    ax.set_yticklabels([f"epoch {round(history[i]['epoch'], 1):g}" if history else f"epoch {i + 1}" for i in idx], fontsize=8)
+    if len(idx) < len(grids): ax.set_title(f"{len(idx)} of {len(grids)} epochs, evenly spread", fontsize=9)
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/09_gan.ipynb #0a83578e
@@ -858,12 +865,12 @@ def write_gan_artifacts(trainer:GANTrainer, metrics:dict, data:ImageData, out:st
     save_json(metrics, out/'metrics.json')
     save_json(run_card(trainer.device, metrics['seed'], data=data.source, data_hash=data.source_hash), out/'run_card.json')
     def savefig(fig, name):
-        with atomic_path(out/name) as tmp: fig.savefig(tmp, format='png', dpi=110)
+        with atomic_path(out/name) as tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')   # no label clipped
         plt.close(fig)
     x = trainer.fixed_samples()
     k = trainer.G_out.n_classes
     savefig(plot_samples(x, trainer.y_fixed if k else None, data.classes, ncols=len(x) // k if k else 8,
-                         title=f"after {metrics['epochs']:g} epochs, {metrics['train_seconds']:.0f} s" +
+                         title=f"after {round(metrics['epochs'], 1):g} epochs, {metrics['train_seconds']:.0f} s" +
                                (f": FID {metrics['fid']:.2f} (floor {metrics['fid_floor']:.2f})" if 'fid' in metrics else '')), 'samples.png')
     savefig(plot_gan_history(trainer.log, trainer.history, metrics.get('fid_floor')), 'losses.png')
     if trainer.grids: savefig(plot_progress(trainer.grids, trainer.history), 'progress.png')

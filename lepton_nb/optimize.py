@@ -74,8 +74,10 @@ def phase_ms(prof) -> dict:
 def _prunable(model:nn.Module) -> list[tuple[nn.Module, str]]:
     return [(m, 'weight') for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
-def prune_weights(model:nn.Module, sparsity:float, # Share of the conv and linear weights set to zero, 0 <= s < 1
-                  scope:str='global') -> nn.Module: # 'global' (one ranking over all layers) or 'layer' (each layer alone)
+def prune_weights(model:nn.Module, # Pruned in place
+                  sparsity:float, # Share of the conv and linear weights set to zero, 0 <= s < 1
+                  scope:str='global', # 'global' (one ranking over all layers) or 'layer' (each layer alone)
+                 ) -> nn.Module:
     "Magnitude pruning of every conv and linear weight, in place, with torch.nn.utils.prune (eq. magnitude-prune)."
     if not 0 <= sparsity < 1: raise LeptonError(f"sparsity must be in [0, 1), got {sparsity}")
     params = _prunable(model)
@@ -137,8 +139,10 @@ def _show_curve(rows, base):
     ax.legend(fontsize=7); ax.grid(alpha=0.3); plt.tight_layout(); plt.show()
 
 # %% ../nbs/10_optimize.ipynb #d0d8d920
-def shrink_seed_cnn(model:nn.Sequential, keep_channels:float=0.5, # Share of the 32 conv filters kept
-                    keep_hidden:float=0.5) -> nn.Sequential: # Share of the 128 hidden units kept
+def shrink_seed_cnn(model:nn.Sequential, # A trained seed CNN (`seed_cnn`)
+                    keep_channels:float=0.5, # Share of the 32 conv filters kept
+                    keep_hidden:float=0.5, # Share of the 128 hidden units kept
+                   ) -> nn.Sequential:
     "A smaller copy of a seed CNN without its weakest filters (L1 norm) and hidden units (L2 norm) (eq. filter-norm)."
     kinds = [type(m) for m in model]
     if kinds != [nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear, nn.ReLU, nn.Linear]:
@@ -197,9 +201,11 @@ def _ao():
                           "(pip install torchao) instead") from None
     return tq, prepare_fx, convert_fx
 
-def quantize_int8(model:nn.Module, mode:str='static', # 'static' (weights and activations) or 'dynamic' (linear layers' weights)
+def quantize_int8(model:nn.Module, # The float model (left unchanged)
+                  mode:str='static', # 'static' (weights and activations) or 'dynamic' (linear layers' weights)
                   calib:torch.Tensor|None=None, # Normalised input images for calibration (static only), N x C x H x W
-                  backend:str='x86') -> nn.Module: # Kernel set: x86 (fbgemm + oneDNN) or qnnpack (ARM)
+                  backend:str='x86', # Kernel set: x86 (fbgemm + oneDNN) or qnnpack (ARM)
+                 ) -> nn.Module:
     "An int8 copy of `model` for CPU inference (eq. affine-quant), with torch.ao.quantization."
     tq, prepare_fx, convert_fx = _ao()
     m = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)

@@ -8,7 +8,8 @@
 2. Links: nbdev writes links to API names as absolute addresses of the published site; they become links to the
    notebook (`00_core.ipynb#get_device`), which both renderers write as that page's file name, so they also work
    offline. A link to a numbered notebook that does not exist yet (a planned chapter) becomes plain text. Outputs
-   of live widgets (sliders, progress bars) are dropped: a static page cannot run them.
+   of live widgets (sliders, progress bars) are dropped: a static page cannot run them. Signatures are written as
+   Python writes them (`class`, `*args`, `**kw`, no `NoneType`, no markdown links inside code; see `tidy_signature`).
 3. Render with Quarto where `quarto` is installed (the command `nbdev_docs` runs, without its rewrite of README.md,
    which `make readme` owns), else with smalldocs, taught Quarto's `output-file` so that pages get Quarto's names
    (`00_core.ipynb` -> `core.html`) and nbdev's links hold on both.
@@ -123,6 +124,57 @@ def planned_links(nbs:Path) -> list[str]:
 WIDGET = 'application/vnd.jupyter.widget-view+json'
 PRIVATE_LINK_RE = re.compile(r'\[(`_\w[\w.]*`)\]\([^)\s]*\)')
 
+# The signatures `show_doc` writes, with this nbdev and fastcore, read wrong in three ways: a class is written as a
+# `def`, `*args`/`**kw` as `args:VAR_POSITIONAL`/`kw:VAR_KEYWORD` (and the comment of a last `**kw` lands after the
+# return type, as if it described the result), and a parameter with no annotation and a default of None gets the type
+# `NoneType`. Links to API names inside the code block are markdown that a code block shows as written.
+SIG_RE = re.compile(r'(### ([\w.]+)\n+```python\n)(.*?)(```)', re.S)
+CODE_LINK_RE = re.compile(r'\[(`[^`\n]+`)\]\([^)\s]*\)')
+
+def class_names() -> set[str]:
+    "The names of the classes the package defines (their entries are written as `class`)."
+    import importlib, inspect, pkgutil
+    import lepton_nb
+    out = set()
+    for m in pkgutil.iter_modules(lepton_nb.__path__):
+        mod = importlib.import_module(f'lepton_nb.{m.name}')
+        out |= {n for n, o in vars(mod).items() if inspect.isclass(o) and getattr(o, '__module__', '') == mod.__name__}
+    return out
+
+SHOW_DOC_SRC = '#| echo: false\n#| output: asis\nshow_doc('
+SOURCE_LINE_RE = re.compile(r'\[source\]\([^)#]*#L(\d+)\)')
+
+def in_source_order(cells:list) -> bool:
+    """nbdev adds the `show_doc` cells of an export cell's names in reverse order (each goes in just after the cell).
+    Sort each run of them by the line of the definition (their "source" link). True if anything moved."""
+    def line(c):
+        md = ''.join(''.join(o.get('data', {}).get('text/markdown', '')) for o in c.get('outputs', []))
+        m = SOURCE_LINE_RE.search(md)
+        return int(m.group(1)) if m else None
+    moved, i = False, 0
+    while i < len(cells):
+        j = i
+        while j < len(cells) and cells[j]['cell_type'] == 'code' and ''.join(cells[j]['source']).startswith(SHOW_DOC_SRC): j += 1
+        run = cells[i:j]
+        if len(run) > 1 and all(line(c) is not None for c in run):
+            srt = sorted(run, key=line)
+            if srt != run: cells[i:j], moved = srt, True
+        i = max(j, i + 1)
+    return moved
+
+def tidy_signature(md:str, classes:set[str]) -> str:
+    "Rewrite the signature code blocks of one `show_doc` output as Python would write them (see above)."
+    def one(m):
+        head, name, code, end = m.groups()
+        code = re.sub(r'(\w+):VAR_KEYWORD\n\)(->[^\n]*?|): # ([^\n]*)', r'**\1, # \3\n)\2:', code)
+        code = re.sub(r'(\w+):VAR_POSITIONAL', r'*\1', code)
+        code = re.sub(r'(\w+):VAR_KEYWORD', r'**\1', code)
+        code = re.sub(r'(\w+):NoneType=None', r'\1=None', code)
+        code = CODE_LINK_RE.sub(r'\1', code)
+        if name in classes: code = re.sub(r'^(\s*)def ' + re.escape(name) + r'\(', r'\1class ' + name + '(', code, count=1, flags=re.M)
+        return head + code + end
+    return SIG_RE.sub(one, md)
+
 def prepare_pages(proc:Path, nbs:Path, site_url:str) -> None:
     """In `_proc/`: nbdev's absolute links to the site become links to notebooks; links to planned notebooks, text.
     Each page also gets `order:` (index first, then by file name), which both renderers' `auto` sidebar sorts by."""
@@ -130,6 +182,7 @@ def prepare_pages(proc:Path, nbs:Path, site_url:str) -> None:
     order = {nb: i for i, nb in enumerate(sorted(nbs_list, key=lambda p: (p.parent.as_posix(), p.stem != 'index', p.name)))}
     by_page = {page_name(nb): nb for nb in nbs_list}
     self_re = re.compile(re.escape(site_url.rstrip('/')) + r'/([\w./-]+\.html)(#[^)\s"\'>]*)?')
+    classes = class_names()
     for nb in nbs_list:
         f = proc/nb
         if not f.exists(): continue
@@ -147,6 +200,7 @@ def prepare_pages(proc:Path, nbs:Path, site_url:str) -> None:
         if front is not None and ''.join(front['source']).startswith('---\n') and not re.search(r'^order:', ''.join(front['source']), re.M):
             front['source'] = '---\n' + f'order: {order[nb]}\n' + ''.join(front['source'])[4:]
             changed = True
+        if in_source_order(d['cells']): changed = True
         for c in d['cells']:
             # a live widget (a slider, a tqdm bar in Jupyter) cannot run on a static page, and its text stand-in reads as
             # debris there (`interactive(children=...`, a bar frozen at 0%); the page shows the plots drawn beside it
@@ -158,7 +212,7 @@ def prepare_pages(proc:Path, nbs:Path, site_url:str) -> None:
             for o in c.get('outputs', []):
                 md = o.get('data', {}).get('text/markdown')
                 if md is None: continue
-                src = ''.join(md); new = fix(src)
+                src = ''.join(md); new = tidy_signature(fix(src), classes)
                 if new != src: o['data']['text/markdown'], changed = new, True
         if changed: f.write_text(json.dumps(d, indent=1, ensure_ascii=False), encoding='utf-8')
 

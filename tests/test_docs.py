@@ -141,6 +141,34 @@ def test_api_links_are_repointed(tmp_path):
     assert 'href="a.html#learner"><code>Learner.fit<' in a and 'href="a.html#relu">the section<' in a
 
 
+def test_signatures_read_as_python(site):
+    "API entries: a class as `class`, `*args`/`**kw` as Python writes them, no `NoneType`, no markdown inside code."
+    classes = B.class_names()
+    assert {'Learner', 'LeptonError', 'Timer'} <= classes and 'get_device' not in classes
+    for page in sorted(site.glob('*.html')):
+        html = page.read_text(encoding='utf-8')
+        for bad in ('VAR_POSITIONAL', 'VAR_KEYWORD', 'NoneType'): assert bad not in html, (page.name, bad)
+        for code in re.findall(r'<code class="sourceCode python">(.*?)</code>', html, re.S):
+            text = re.sub(r'<[^>]+>', '', code)
+            assert not re.search(r'\[`[^`]+`\]\(', text), (page.name, text[:200])
+            m = re.match(r'\s*def (\w+)\(', text)
+            assert not (m and m.group(1) in classes), (page.name, m and m.group(1))
+    core = (site/'core.html').read_text(encoding='utf-8')   # entries in the order of their definitions
+    assert core.index('id="leptonerror"') < core.index('id="leptonwarning"') and core.index('id="get_rng_states"') < core.index('id="set_rng_states"')
+
+
+def test_signature_tidying():
+    "`tidy_signature` on what this nbdev writes: a class, `**kw` with its comment after the return type, NoneType, a link."
+    md = ('### Thing\n\n```python\n\ndef Thing(\n    args:VAR_POSITIONAL, device:NoneType=None, # Where (None: [`get_device`](00_core.ipynb#get_device))\n'
+          '    kw:VAR_KEYWORD\n)->dict: # Anything else\n\n\n```\n\n*Doc.*')
+    out = B.tidy_signature(md, {'Thing'})
+    assert 'class Thing(\n    *args, device=None, # Where (None: `get_device`)\n    **kw, # Anything else\n)->dict:\n' in out, out
+    assert B.tidy_signature(md, set()).count('def Thing(') == 1
+    cells = [{'cell_type': 'code', 'source': B.SHOW_DOC_SRC + f'{n})', 'outputs': [{'data': {'text/markdown': f'[source](x.py#L{l})'}}]}
+             for n, l in (('b', 20), ('a', 3))]
+    assert B.in_source_order(cells) and [c['source'][-2] for c in cells] == ['a', 'b'] and not B.in_source_order(cells)
+
+
 def test_no_widget_stand_ins(site):
     "Live widgets' text stand-ins (an `interactive(...)` repr, a tqdm bar frozen at 0%) are not on the static pages."
     saved = [nb for nb in B.notebooks(NBS) if B.WIDGET in (NBS/nb).read_text(encoding='utf-8')]
