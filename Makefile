@@ -26,7 +26,7 @@ system-deps:
 # The main job: check the data, train the fast recipe for 2 minutes, label one test image with the saved model.
 demo: install system-deps
 	$(BIN)/lepton data
-	$(BIN)/lepton train --time-budget 120 --out runs/demo
+	$(BIN)/lepton train --time-budget 120 --out runs/demo --overwrite
 	$(BIN)/python scripts/demo_image.py runs/demo/example.png
 	$(BIN)/lepton predict runs/demo runs/demo/example.png --plot runs/demo/example_prediction.png
 

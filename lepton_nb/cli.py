@@ -133,15 +133,33 @@ def _saved_args(run:Path, name:str) -> dict:
             raise LeptonError(f"{run/name}: '{k}' has the value {v!r}, not a valid setting (fix or delete that entry)")
     return saved
 
+_KIND_FILES = {'train': ('model.safetensors', 'train_args.json'), 'gan': ('generator.safetensors', 'gan_args.json')}
+
+def _run_kind(run:Path) -> str|None:
+    "'train' or 'gan' for a folder written by `lepton train` or `lepton gan` (by its weights or saved settings), else None."
+    return next((k for k, files in _KIND_FILES.items() if any((run/f).is_file() for f in files)), None)
+
+def _check_kind(run:Path, kind:str, what:str):
+    "Refuse a run folder written by the other command, naming it (`what`: what this command needs the folder for)."
+    found = _run_kind(run)
+    if found is not None and found != kind:
+        tip = f"; to draw images from it: lepton gan sample {run}" if found == 'gan' and what == 'MODEL_DIR' else ''
+        raise LeptonError(f"{run} holds a run of lepton {found}; {what} must be a folder of lepton {kind}{tip}")
+
 def _run_dir(args, kind:str='train') -> Path:
     "The output folder: --out, or runs/<data>-<model>[-N]; when resuming, the latest unfinished run (of --data and --model where given)."
     if args.out:
         out = Path(args.out)
+        _check_kind(out, kind, '--out')   # never mix the two commands' files in one folder
         if args.resume and not (out/'checkpoint.pt').is_file():
             raise LeptonError(f"nothing to resume: no checkpoint.pt in {args.out}")
         if not args.resume and (out/'checkpoint.pt').is_file() and not _finished(out):   # never start over an interrupted run
             raise LeptonError(f"{args.out} holds an interrupted run (checkpoint.pt, no final metrics): continue it with "
                               f"--resume --out {args.out}, or give another --out")
+        weights = out/_KIND_FILES[kind][0]
+        if not args.resume and weights.is_file() and not getattr(args, 'overwrite', False):   # nor replace a finished one
+            raise LeptonError(f"{args.out} holds a finished run ({weights.name}): give another --out, or --overwrite to "
+                              "replace it")
         return out
     if args.resume:                    # any run folder of this command under runs/ whose saved arguments match
         name = 'gan_args.json' if kind == 'gan' else 'train_args.json'
@@ -170,9 +188,20 @@ def _saved_options(args, keys) -> dict:
         if d.get(k) is not None and _data_name(d[k]) != 'fashion-mnist': d[k] = str(Path(d[k]).expanduser().resolve())
     return d
 
+# What a resumed run cannot change: its data and everything that shapes the model or the sequence of steps. The budget
+# (--epochs, --time-budget), the device, checkpoints, early stopping and logging may change.
+_FIXED_ON_RESUME = ('data', 'val', 'size', 'channels', 'valid_pct', 'model', 'impl', 'width', 'seed', 'batch_size', 'lr',
+                    'unconditional', 'loss', 'n_eval')
+
 def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULTS, name='train_args.json'):
-    "On --resume, fill every option not given on the command line from the run's saved arguments (`name`)."
+    "On --resume, fill every option not given on the command line from the run's saved arguments (`name`); refuse changes to its data or model."
     saved = _saved_args(out, name)
+    given = _saved_options(args, [k for k in keys if k in _FIXED_ON_RESUME])   # data folders as absolute paths, as saved
+    for k, v in given.items():
+        same = lambda a: 'fashion-mnist' if k in ('data', 'val') and _data_name(a) == 'fashion-mnist' else a
+        if v is not None and saved.get(k) is not None and same(v) != same(saved[k]):
+            raise LeptonError(f"--{k.replace('_', '-')} {v} differs from the run's own ({saved[k]}): a resumed run keeps its "
+                              f"data and model (the budget, device and checkpoints may change); start a new run with another --out")
     for k in keys:
         if getattr(args, k) is None and saved.get(k) is not None: setattr(args, k, saved[k])
     for k, v in defaults.items():
@@ -188,6 +217,12 @@ def _unstarted_removed(out:Path, created:bool, args_file:str):
             try: out.rmdir()
             except OSError: pass
         raise
+
+def _note_skipped(data, args, quiet:bool=False):
+    "One line on files of the data that could not be read: training goes on without them, and `lepton data` lists them."
+    if data.skipped and not quiet:
+        print(f"note: {len(data.skipped)} file(s) of the data could not be read and are left out "
+              f"(lepton data --data {args.data}{' --val ' + str(args.val) if args.val else ''} lists them)", file=sys.stderr)
 
 def cmd_train(args) -> dict:
     "Train a classifier and write the model, metrics and plots."
@@ -214,6 +249,7 @@ def cmd_train(args) -> dict:
     data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
                     seed=args.seed, progress=not (args.json or quiet))
     if len(data.classes) < 2: raise LeptonError(f"a classifier needs at least 2 classes, {data.source} has {len(data.classes)}")
+    _note_skipped(data, args, quiet)
     created = not out.exists()
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
@@ -233,7 +269,8 @@ def cmd_train(args) -> dict:
         raise KeyboardInterrupt(f"stopped by {learn.interrupted}; checkpoint saved in {out}; "
                                 f"continue with: {'torchrun ... -m lepton_nb.cli train --ddp' if ddp else 'lepton train'} --resume --out {out}")
     if quiet: return None
-    print(f"test accuracy {metrics['test_accuracy']:.4f}  f1 (macro) {metrics['f1_macro']:.4f}  after "
+    print(f"test accuracy {metrics['test_accuracy']:.4f}{' (with flip averaging)' if metrics.get('tta') else ''}  "
+          f"f1 (macro) {metrics['f1_macro']:.4f}  after "
           f"{metrics['epochs']:g} epochs, {metrics['train_seconds']:.1f} s of training on {metrics['device']} "
           f"({metrics['stop_reason']})")
     print(f"wrote {out}/: " + ' '.join(sorted(p.name for p in out.iterdir() if p.is_file())))
@@ -245,13 +282,15 @@ def cmd_evaluate(args) -> dict:
     from lepton_nb.cnn import eval_settings, evaluate_model, load_model
     from lepton_nb.data import TensorLoader, _fashion_files_in, decode_folder, get_data, scan_image_folder
     from lepton_nb.metrics import classification_report
+    _check_kind(Path(args.model_dir), 'train', 'MODEL_DIR')
     model, cfg = load_model(args.model_dir, args.device)
     dev = next(model.parameters()).device
     idx_dir = _data_name(args.data) != 'fashion-mnist' and Path(args.data).is_dir() and _fashion_files_in(Path(args.data))
     if _data_name(args.data) == 'fashion-mnist' or idx_dir:   # the data set's test split (from a folder of its IDX files too)
         d = get_data(args.data if idx_dir else 'fashion-mnist')
         if d.classes != cfg['classes'] or (cfg['channels'], cfg['size']) != (1, 28):
-            raise LeptonError(f"{args.model_dir} was not trained on Fashion-MNIST (classes {cfg['classes'][:3]}...)")
+            raise LeptonError(f"{args.model_dir} was not trained on Fashion-MNIST (classes {cfg['classes'][:3]}...): give "
+                              "--data DIR, a folder of its classes")
         x, y, skipped, source = d.x_valid, d.y_valid, [], 'fashion-mnist test split'
     else:
         items, _ = scan_image_folder(args.data, cfg['classes'])
@@ -280,6 +319,7 @@ def _png_file(path, option:str) -> Path:
 def cmd_predict(args) -> dict:
     "Label images with a saved model: top-k labels and probabilities, and optionally a picture."
     from lepton_nb.cnn import plot_predictions_grid, predict
+    _check_kind(Path(args.model_dir), 'train', 'MODEL_DIR')
     if args.plot: _png_file(args.plot, '--plot')   # before any work
     results = predict(args.model_dir, args.images, top_k=args.top_k, device=args.device)
     for r in results:
@@ -361,7 +401,7 @@ def cmd_gan(args) -> dict:
     else:
         for k, v in _GAN_DEFAULTS.items():
             if getattr(args, k) is None: setattr(args, k, v)
-        out = _run_dir(SimpleNamespace(out=args.out, resume=False, data=args.data, model='gan'))
+        out = _run_dir(SimpleNamespace(out=args.out, resume=False, data=args.data, model='gan', overwrite=args.overwrite), kind='gan')
     if out.exists() and not out.is_dir(): raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
     if _data_name(args.data) != 'fashion-mnist' and (args.size % 4 or not 8 <= args.size <= 64):
         raise LeptonError(f"the DCGAN needs --size from 8 to 64, a multiple of 4, got {args.size}")
@@ -371,6 +411,7 @@ def cmd_gan(args) -> dict:
     if len(data.classes) < 2:
         raise LeptonError(f"lepton gan measures its samples with a classifier of the data, which needs at least 2 classes; "
                           f"{data.source} has {len(data.classes)}")
+    _note_skipped(data, args)
     if data.size[0] != data.size[1] or data.size[0] % 4 or not 8 <= data.size[0] <= 64:
         raise LeptonError(f"the DCGAN needs square images of 8 to 64 pixels, a multiple of 4 (use --size), got {data.size}")
     created = not out.exists()
@@ -397,16 +438,19 @@ def cmd_gan(args) -> dict:
 def cmd_gan_sample(args) -> dict:
     "Draw `--n` images from a saved generator into one PNG grid."
     from lepton_nb.gan import class_labels, generate, load_gan, make_grid, save_png
+    _check_kind(Path(args.model_dir), 'gan', 'MODEL_DIR')
     G, _, cfg = load_gan(args.model_dir, args.device)   # first: a wrong MODEL_DIR is named as such
     out = _png_file(args.out if args.out else Path(args.model_dir)/'generated.png', '--out')
-    labels = class_labels(args.n, cfg['n_classes'], cfg['classes'], args.cls)
-    x = generate(G, args.n, labels, seed=args.seed)
-    ncols = min(args.ncols, args.n) if args.ncols else (min(args.n, cfg['n_classes']) if cfg['n_classes'] and args.cls is None else min(args.n, 8))
+    per_class = cfg['n_classes'] and args.cls is None   # each column a class
+    n = args.n or (8 * cfg['n_classes'] if per_class else 64)
+    labels = class_labels(n, cfg['n_classes'], cfg['classes'], args.cls)
+    x = generate(G, n, labels, seed=args.seed)
+    ncols = min(args.ncols, n) if args.ncols else (min(n, cfg['n_classes']) if per_class else min(n, 8))
     grid = make_grid(x, ncols)
     save_png(grid, out, args.scale)
     h, w = grid.shape[1] * args.scale, grid.shape[2] * args.scale
-    print(f"wrote {out}: {args.n} samples, {-(-args.n // ncols)} x {ncols}, {w} x {h} pixels", file=sys.stderr)
-    return {'out': str(out), 'n': args.n, 'ncols': ncols, 'width': w, 'height': h, 'seed': args.seed,
+    print(f"wrote {out}: {n} samples in {-(-n // ncols)} rows of {ncols}, {w} x {h} pixels", file=sys.stderr)
+    return {'out': str(out), 'n': n, 'ncols': ncols, 'width': w, 'height': h, 'seed': args.seed,
             'labels': [cfg['classes'][int(i)] for i in labels] if labels is not None else None}
 
 # %% ../nbs/12_cli.ipynb #ddaeac5c
@@ -455,16 +499,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop training after this many seconds, then evaluate and save; the schedule fits itself to it")
     p.add_argument('--batch-size', type=_int_at_least(1), default=None, help="batch size (default: the recipe's: 256 fast, 32 seed)")
     p.add_argument('--lr', type=_positive_float, default=None, help="(peak) learning rate (default: the recipe's: 0.01 fast, 0.001 seed)")
-    p.add_argument('--width', type=_int_at_least(1), default=None,
-                   help="fast model: channels of the first convolution (default: 32; 16 when --time-budget is under 60)")
+    p.add_argument('--width', type=_int_between(1, 512), default=None,
+                   help="fast model: channels of the first convolution, 1 to 512 (default: 32; 16 when --time-budget is under 60)")
     p.add_argument('--device', default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=None, help="seed of every random generator (default: 0)")
-    p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-<model>)")
-    p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint with its saved settings")
-    p.add_argument('--patience', type=_int_at_least(1), default=None, help="early stopping: epochs without a better validation loss")
+    p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-<model>, or -2, -3... when taken)")
+    p.add_argument('--overwrite', action='store_true', help="let --out replace a finished run of lepton train (refused otherwise)")
+    p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint with its saved settings "
+                   "(the data and model stay; --epochs, --time-budget, --device may change)")
+    p.add_argument('--patience', type=_int_at_least(1), default=None,
+                   help="early stopping: stop after this many epochs without a better loss on the held-out split (for "
+                        "Fashion-MNIST its test images); the last epoch's weights are saved, not the best (default: off)")
     p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
                    help="seconds of training between checkpoints within an epoch (default: 60)")
-    p.add_argument('--tensorboard', action='store_true', default=None, help="log to DIR/tensorboard (needs: pip install tensorboard)")
+    p.add_argument('--tensorboard', action='store_true', default=None,
+                   help="log to DIR/tensorboard (needs: pip install 'lepton_nb[tensorboard]')")
     p.add_argument('--ddp', action='store_true', help="data-parallel under torchrun: torchrun --nproc_per_node=N -m "
                    "lepton_nb.cli train --ddp ... (--batch-size is the global batch; gloo on CPU, nccl on CUDA)")
     p.add_argument('--json', action='store_true', help="print metrics.json's object as the last line")
@@ -515,15 +564,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop training after this many seconds (the metric is not counted), then measure and save")
     p.add_argument('--batch-size', type=_int_at_least(1), default=None, help="batch size (default: 64)")
     p.add_argument('--lr', type=_positive_float, default=None, help="Adam learning rate of both networks (default: 0.002)")
-    p.add_argument('--width', type=_int_at_least(1), default=None, help="channels of G's last hidden and D's first layer (default: 32)")
+    p.add_argument('--width', type=_int_between(1, 512), default=None, help="channels of G's last hidden and D's first layer, 1 to 512 (default: 32)")
     p.add_argument('--loss', choices=('ns', 'saturating', 'lsgan', 'hinge'), default=None,
                    help="GAN loss of lepton_nb.gan_losses (default: ns, the non-saturating one)")
     p.add_argument('--unconditional', action='store_const', const=True, default=None, help="a plain DCGAN without class labels")
-    p.add_argument('--n-eval', type=_int_at_least(2), default=None, help="images per side of the FID (default: 10000)")
+    p.add_argument('--n-eval', type=_int_at_least(2), default=None,
+                   help="images per side of the FID, at most the held-out split's size (default: 10000)")
     p.add_argument('--device', default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=None, help="seed of every random generator (default: 0)")
-    p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-gan)")
-    p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint with its saved settings")
+    p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-gan, or -2, -3... when taken)")
+    p.add_argument('--overwrite', action='store_true', help="let --out replace a finished run of lepton gan (refused otherwise)")
+    p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint with its saved settings "
+                   "(the data and networks stay; --epochs, --time-budget, --device may change)")
     p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
                    help="seconds of training between checkpoints within an epoch (default: 60)")
     p.add_argument('--json', action='store_true', help="print metrics.json's object as the last line")
@@ -535,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "examples:\n  lepton gan sample runs/fashion-mnist-gan --n 64 --out samples.png\n"
                                     "  lepton gan sample runs/fashion-mnist-gan --n 8 --class Sneaker --seed 3 --out s.png")
     q.add_argument('model_dir', metavar='MODEL_DIR', help="a folder written by lepton gan")
-    q.add_argument('--n', type=_int_between(1, 100_000), default=64, help="how many images, 1 to 100000")
+    q.add_argument('--n', type=_int_between(1, 100_000), default=None,
+                   help="how many images, 1 to 100000 (default: 8 of each class, one column per class; else 64)")
     q.add_argument('--out', default=None, metavar='FILE.png', help="the PNG to write (default: MODEL_DIR/generated.png)")
     q.add_argument('--class', dest='cls', default=None, metavar='NAME', help="class-conditional generator: only this class (name or index)")
     q.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=0, help="seed of the noise")
@@ -564,12 +617,22 @@ def _one_line_warnings(name:str, show):
         else: show(message, category, filename, lineno, file, line)
     return one_line
 
+def _command_parser(parser, args):
+    "The parser of the sub-command `args` chose (`lepton train`, `lepton gan sample`...), whose errors name it."
+    p = parser
+    for dest in ('command', 'gan_command'):
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or getattr(args, dest, None) not in subs[0].choices: break
+        p = subs[0].choices[getattr(args, dest)]
+    return p
+
 def main(argv:list|None=None) -> int:
     "Entry point of the `lepton` command; returns the exit status."
     for s in (sys.stdout, sys.stderr):   # a file name that is not UTF-8 prints escaped, not as a UnicodeEncodeError
         if hasattr(s, 'reconfigure'): s.reconfigure(errors='backslashreplace')
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra: _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")   # lepton train: error: ...
     if not getattr(args, 'func', None):
         parser.print_help(); return 2
     name = args.command + (f" {args.gan_command}" if getattr(args, 'gan_command', None) else '')   # "gan sample"

@@ -381,6 +381,8 @@ def plot_prediction(result:dict, ax_img=None, ax_bar=None):
     labels = [t['label'] for t in result['top_k']][::-1]; ps = [t['probability'] for t in result['top_k']][::-1]
     ax_bar.barh(labels, ps, color=['tab:blue'] * (len(ps) - 1) + ['tab:orange']); ax_bar.set_xlim(0, 1)
     ax_bar.set_xlabel('probability'); ax_bar.tick_params(labelsize=8)
+    name = Path(str(result.get('file', ''))).name   # which file, when several are shown
+    if name and not name.startswith('image '): ax_bar.set_title(name if len(name) <= 32 else name[:29] + '...', fontsize=8)
     ax_img.figure.tight_layout()
     return ax_img.figure
 

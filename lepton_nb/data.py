@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_data.ipynb #8cd3ed63
 from __future__ import annotations
-import gzip, hashlib, json, os, struct, sys, warnings
+import gzip, hashlib, json, os, stat, struct, sys, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -287,6 +287,11 @@ def _normalise_mode(im:Image.Image, background:int=0) -> Image.Image:
 # %% ../nbs/05_data.ipynb #09d2aff9
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # PIL's own refusal point, about 179 million pixels (13,400 x 13,400): likely decompression bombs
 
+def _not_regular(path:Path) -> bool:
+    "A pipe, socket or device: reading one could wait forever (a folder or a missing file is not this case)."
+    try: return not (stat.S_ISREG(m := os.stat(path).st_mode) or stat.S_ISDIR(m))
+    except OSError: return False
+
 def load_image(path:str|Path, # An image file of any format and mode PIL reads
                size:int|tuple|None=28, # Output size (square if an int); None keeps the file's size
                channels:int|None=1, # 1 (grey) or 3 (RGB); None keeps the file's mode after normalising
@@ -294,6 +299,7 @@ def load_image(path:str|Path, # An image file of any format and mode PIL reads
               ) -> torch.Tensor:
     "Decode one image to a uint8 C x H x W tensor: EXIF rotation, first frame, one mode, one size."
     path = Path(path)
+    if _not_regular(path): raise LeptonError(f"{path}: not a regular file (a pipe, socket or device)")
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)
         try:
@@ -361,6 +367,11 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
     if not root.is_dir(): raise LeptonError(f"{root}: not a folder (expected root/<class>/<image> folders)")
     dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith('.'))
     if not dirs: raise LeptonError(f"{root}: no class folders inside (expected root/<class>/<image>)")
+    split = {d.lower() for d in dirs} <= {'train', 'training', 'val', 'valid', 'validation', 'test', 'testing'}
+    if classes is None and split and len(dirs) > 1:   # photos/ holding train/ and val/: not two classes named so
+        tr = next((d for d in dirs if d.lower().startswith('train')), dirs[0]); va = next(d for d in dirs if d != tr)
+        raise LeptonError(f"{root}: its folders ({', '.join(dirs)}) look like splits of a data set, not classes: use "
+                          f"{root/tr} as the data and {root/va} as its validation folder (lepton: --data {root/tr} --val {root/va})")
     if classes is None: classes = dirs
     else:
         extra = sorted(set(dirs) - set(classes))
@@ -388,6 +399,7 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
 # %% ../nbs/05_data.ipynb #e24fda99
 def _decode_one(args):
     path, size, channels = args
+    if _not_regular(path): return path, None, "not a regular file (a pipe, socket or device)", None, None
     try: raw = path.read_bytes()
     except OSError as e:
         if path.is_dir(): return path, None, "a linked folder, not followed: it leads back into the data or to a folder already read", None, None
@@ -406,6 +418,7 @@ def _pick_channels(items:list, sample:int=200) -> int:
     grey = colour = 0
     step = max(1, len(items) // sample)
     for p, _ in items[::step]:
+        if _not_regular(p): continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
@@ -432,16 +445,19 @@ def decode_folder(items:list, # (file, class index) pairs from `scan_image_folde
         it = ex.map(_decode_one, [(p, size, channels) for p, _ in items], chunksize=16)
         for i, r in enumerate(tqdm(it, total=len(items), desc='decoding images', disable=not progress, leave=False, delay=2)):
             results[i] = r
-    xs, ys, skipped, by_hash, modes, sizes = [], [], [], {}, Counter(), Counter()
+    xs, ys, skipped, skipped_class, by_hash, modes, sizes = [], [], [], [], {}, Counter(), Counter()
     for (p, ci), (_, t, err, digest, info) in zip(items, results):
         if info and info[0]: modes[info[0]] += 1; sizes[f"{info[1][0]}x{info[1][1]}"] += 1
-        if err: skipped.append((p, err)); continue
+        if err: skipped.append((p, err)); skipped_class.append(ci); continue
         xs.append(t); ys.append(ci)
         by_hash.setdefault(digest, []).append((p, ci))
     counts = Counter(ys)
     if not xs: raise LeptonError(f"no readable images among {len(items)} files")
     for ci, c in enumerate(classes):
-        if counts[ci] == 0 and require_all: raise LeptonError(f"class '{c}' has no readable images ({sum(1 for _, k in items if k == ci)} files, all skipped)")
+        if counts[ci] == 0 and require_all:
+            bad = [f"{Path(p).name} ({r})" for (p, r), k in zip(skipped, skipped_class) if k == ci]
+            raise LeptonError(f"class '{c}' has no readable images: all {len(bad)} of its files were skipped: "
+                              + '; '.join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else ''))
     dups = [[str(p) for p, _ in g] for g in by_hash.values() if len(g) > 1]
     cross = [g for g in by_hash.values() if len({ci for _, ci in g}) > 1]
     n = [counts[ci] for ci in range(len(classes))]

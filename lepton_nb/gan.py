@@ -239,6 +239,8 @@ def fid_classifier(data:ImageData, # The data the GAN learns (its train split tr
                 model, cfg = load_model(d, dev)
                 return model, cfg, info
         except LeptonError as e: warnings.warn(f"retraining the metric's classifier: the cached one is unusable ({e})", LeptonWarning)
+    if progress: print(f"training the classifier that scores the samples ({epochs} epochs; once per data set, cached for "
+                       "later runs)", file=sys.stderr)
     # one CPU thread: the same classifier (and so the same FID scale) on every run on this kind of machine, whatever the load
     with num_threads(FID_RECIPE['threads'] if dev.type == 'cpu' else None):
         learn, m = train_classifier(data, 'fast', epochs=epochs, label_smoothing=0.0, seed=FID_RECIPE['seed'], device=dev, progress=progress)
@@ -275,6 +277,9 @@ class GANScorer:
         tr = torch.randperm(len(data.y_train), generator=g)[:self.n]
         self.y_ref = data.y_valid[ref].cpu()             # a conditional generator is asked for the reference set's own class mix
         f, logits = self.features(data.x_valid[ref])
+        if self.n <= f.shape[1]:   # the covariance of n <= F features is singular: the FID then mostly measures the sample size
+            warnings.warn(f"the FID compares {self.n} images a side, no more than the classifier's {f.shape[1]} features: "
+                          "it is not comparable with FIDs of larger sets (more held-out images help)", LeptonWarning)
         self.mu, self.cov = feature_stats(f)
         self.real_score, self.real_coverage = classifier_score(logits), class_coverage(logits, len(self.classes))
         self.floor = frechet_distance(*feature_stats(self.features(data.x_train[tr])[0]), self.mu, self.cov)
@@ -643,8 +648,9 @@ def class_labels(n:int, n_classes:int, classes:list|None=None, which=None) -> to
         return None
     if which is None: return torch.arange(n) % n_classes
     if isinstance(which, str) and not which.isdigit():
-        if not classes or which not in classes: raise LeptonError(f"unknown class {which!r}: choose from {', '.join(classes or [])}")
-        which = classes.index(which)
+        folded = [c.casefold() for c in classes or []]   # 'bag' finds 'Bag'
+        if which.casefold() not in folded: raise LeptonError(f"unknown class {which!r}: choose from {', '.join(classes or [])}")
+        which = classes.index(which) if which in classes else folded.index(which.casefold())
     which = int(which)
     if not 0 <= which < n_classes: raise LeptonError(f"class index must be 0 to {n_classes - 1}, got {which}")
     return torch.full((n,), which, dtype=torch.long)

@@ -234,7 +234,11 @@ class ProgressCB(Callback):
 
 # %% ../nbs/07_learner.ipynb #f83e98e4
 def one_cycle(p:float, # Progress, 0 to 1
-              lr_max:float, pct_start:float=0.25, div:float=25.0, final_div:float=1e4) -> float:
+              lr_max:float, # The peak learning rate
+              pct_start:float=0.25, # Share of the run spent warming up (fastai's default)
+              div:float=25.0, # The run starts at lr_max / div (fastai's default)
+              final_div:float=1e4, # ... and ends at lr_max / final_div (fastai ends 10 times lower, at 1e5)
+             ) -> float:
     "The one-cycle learning rate at progress `p` (eq. one-cycle)."
     cos = lambda a, b, t: b + (a - b) / 2 * (1 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
     if p < pct_start: return cos(lr_max / div, lr_max, p / pct_start)

@@ -84,7 +84,7 @@ def plot_confusion(cm, # K x K counts (tensor or nested list)
     cm = torch.as_tensor(cm).double()
     v = cm / cm.sum(1, keepdim=True).clamp_min(1) if normalize else cm
     k = len(classes)
-    if ax is None: _, ax = plt.subplots(figsize=(1.0 + 0.62*k, 0.8 + 0.55*k))
+    if ax is None: _, ax = plt.subplots(figsize=(max(4.4, 1.0 + 0.62*k), max(3.8, 0.8 + 0.55*k)))   # room for the title with few classes
     ax.imshow(v.numpy(), cmap='Blues', vmin=0, vmax=1 if normalize else None)
     ax.set_xticks(range(k), [str(c) for c in classes], rotation=45, ha='right', fontsize=8)
     ax.set_yticks(range(k), [str(c) for c in classes], fontsize=8)

@@ -132,6 +132,26 @@ def test_empty_class_folder_is_an_error(cache, tmp_path):
     assert_one_line_error(lepton('data', '--data', tmp_path), "class folder 'b' is empty")
 
 
+def test_a_pipe_is_skipped_not_waited_on(cache, tmp_path):
+    "A named pipe among the images (reading one would wait forever) is listed as skipped; load_image (what predict reads with) refuses one."
+    make_folder(tmp_path/'imgs')
+    os.mkfifo(tmp_path/'imgs'/'trouser'/'pipe.png')
+    r = lepton('data', '--data', tmp_path/'imgs', '--json', timeout=120)
+    assert r.returncode == 0, r.stderr
+    skipped = {Path(k['file']).name: k['reason'] for k in last_json(r.stdout)['skipped']}
+    assert skipped['pipe.png'] == 'not a regular file (a pipe, socket or device)'
+    with pytest.raises(LeptonError, match='not a regular file'): D.load_image(tmp_path/'imgs'/'trouser'/'pipe.png')
+
+
+def test_a_class_of_unreadable_files_names_them(cache, tmp_path):
+    "When every file of a class is unreadable, the error names them with their reasons: the report a user needs."
+    (tmp_path/'a').mkdir(); (tmp_path/'b').mkdir()
+    Image.new('L', (8, 8)).save(tmp_path/'a'/'x.png')
+    (tmp_path/'b'/'one.png').write_text('not an image'); (tmp_path/'b'/'two.jpg').write_bytes(b'')
+    assert_one_line_error(lepton('data', '--data', tmp_path), "class 'b' has no readable images: all 2 of its files were "
+                          "skipped: one.png (not an image file (unrecognised format)); two.jpg")
+
+
 KILLER = r'''
 import sys, time, safetensors.torch as st
 real = st.save_file

@@ -62,8 +62,11 @@ def test_gan_sample_png(run, env, tmp_path):
     assert r.returncode == 0, r.stderr
     im = Image.open(tmp_path/'b.png')
     assert im.size == (5 * 30 + 2, 30 + 2) and im.mode == 'L'
-    r2 = lepton('gan', 'sample', out, '--n', '5', '--class', 'Sneaker', '--scale', '1', '--out', tmp_path/'c.png', env=env)
-    assert (tmp_path/'b.png').read_bytes() == (tmp_path/'c.png').read_bytes()    # the same seed, the same picture
+    r2 = lepton('gan', 'sample', out, '--n', '5', '--class', 'sneaker', '--scale', '1', '--out', tmp_path/'c.png', env=env)
+    assert (tmp_path/'b.png').read_bytes() == (tmp_path/'c.png').read_bytes()    # the same seed (and class, in any case): the same picture
+    r = lepton('gan', 'sample', out, '--out', tmp_path/'d.png', '--json', env=env)   # the default: 8 of each class, a column each
+    assert r.returncode == 0 and 'in 8 rows of 3' in r.stderr, r.stderr
+    assert last_json(r.stdout)['n'] == 24 and Image.open(tmp_path/'d.png').size == (2 * (3 * 30 + 2), 2 * (8 * 30 + 2))
 
 @pytest.mark.parametrize('args, msg', [
     (['gan', '--epochs', '0'], 'must be at least 1'),

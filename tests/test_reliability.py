@@ -599,7 +599,7 @@ def test_out_that_is_a_file(small, cache, tmp_path):
     assert_clean_error(*cli('train', '--data', small/'train', '--epochs', '1', '--out', tmp_path/'taken')[::2], 'not a folder')
 
 @pytest.mark.parametrize('args,msg', [
-    (['--width', '600'], 'width must be 1..512'),
+    (['--width', '600'], 'argument --width: must be at most 512'),
     (['--size', '4'], 'must be at least 8'),
     (['--lr', '1e308'], 'learning rate'),
     (['--valid-pct', '1.5'], 'must be between 0 and 1'),

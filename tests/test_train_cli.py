@@ -85,6 +85,35 @@ def test_bad_input_around_a_run_is_one_line(folders, cache, tmp_path):
     (out/'config.json').write_text(json.dumps({**cfg, 'size': 512, 'width': 512, 'hidden': 8192}))
     assert_one_line_error(lepton('predict', out, folders/'sneaker.jpg'), 'model.safetensors')   # before any allocation
 
+def test_run_folders_are_not_replaced_or_mixed(folders, cache, tmp_path):
+    """A finished run is not replaced without --overwrite; a folder of the other command (train, gan) is refused by either
+    one; --resume keeps the run's data; a folder holding train/ and val/ is not taken for two classes; unknown options
+    are named by the sub-command; files that cannot be read are noted, not dropped in silence."""
+    out = tmp_path/'run'
+    common = ['--data', folders/'train', '--val', folders/'val', '--epochs', '1', '--batch-size', '64', '--width', '8', '--out', out]
+    r = lepton('train', *common)
+    assert r.returncode == 0, r.stderr
+    assert 'note: 2 file(s) of the data could not be read' in r.stderr and f'lepton data --data {folders/"train"}' in r.stderr
+    assert 'test accuracy' in r.stdout and '(with flip averaging)' in r.stdout
+    weights = (out/'model.safetensors').read_bytes()
+    assert_one_line_error(lepton('train', *common), 'finished run (model.safetensors)')
+    assert (out/'model.safetensors').read_bytes() == weights
+    assert_one_line_error(lepton('gan', '--data', folders/'train', '--epochs', '1', '--out', out), 'holds a run of lepton train')
+    assert_one_line_error(lepton('gan', 'sample', out), 'must be a folder of lepton gan')
+    assert_one_line_error(lepton('train', '--resume', '--out', out, '--data', folders/'val'), "differs from the run's own")
+    assert_one_line_error(lepton('train', '--resume', '--out', out, '--width', '16'), "--width 16 differs")
+    r = lepton('train', *common, '--overwrite')
+    assert r.returncode == 0, r.stderr
+    gan = tmp_path/'gan'; gan.mkdir(); (gan/'gan_args.json').write_text('{}')   # a GAN run's folder, as far as the check goes
+    for cmd in (('predict', gan, folders/'sneaker.jpg'), ('evaluate', gan), ('train', *common[:-1], gan)):
+        assert_one_line_error(lepton(*cmd), 'holds a run of lepton gan')
+    assert 'lepton gan sample' in lepton('predict', gan, folders/'sneaker.jpg').stderr
+    assert_one_line_error(lepton('train', '--data', folders, '--epochs', '1'), 'look like splits of a data set')
+    r = lepton('train', '--bogus')
+    assert_one_line_error(r, 'unrecognized arguments: --bogus'); assert r.stderr.startswith('lepton train: error:')
+    r = lepton('gan', 'sample', gan, '--bogus')
+    assert_one_line_error(r, 'unrecognized arguments'); assert r.stderr.startswith('lepton gan sample: error:')
+
 def test_evaluate_repeats_the_training_evaluation(folders, cache, tmp_path):
     "The seed recipe is evaluated without flips and bf16: `lepton evaluate` reads that from config.json and agrees."
     out = tmp_path/'seed'
