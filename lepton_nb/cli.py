@@ -8,7 +8,8 @@ import argparse, contextlib, importlib.util, json, sys, warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-from .core import LeptonError, LeptonWarning
+try: from lepton_nb.core import LeptonError, LeptonWarning   # this imports torch: a second or two in which Ctrl-C may come
+except KeyboardInterrupt: print('lepton: interrupted', file=sys.stderr); sys.exit(130)
 
 # %% auto #0
 __all__ = ['BENCH_PARTS', 'COMMANDS', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan',

@@ -132,6 +132,19 @@ def test_empty_class_folder_is_an_error(cache, tmp_path):
     assert_one_line_error(lepton('data', '--data', tmp_path), "class folder 'b' is empty")
 
 
+@pytest.mark.parametrize('after', [0.5, 1.0])
+def test_ctrl_c_while_starting_is_one_line(cache, after):
+    "Ctrl-C in the first seconds (torch still importing, or the data loading) ends in one line and status 130, no traceback."
+    import shutil
+    from helpers import BIN
+    p = subprocess.Popen([shutil.which('lepton', path=str(BIN)) or 'lepton', 'data'], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(after); p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+    assert 'interrupted' in err
+
+
 def test_a_pipe_is_skipped_not_waited_on(cache, tmp_path):
     "A named pipe among the images (reading one would wait forever) is listed as skipped; load_image (what predict reads with) refuses one."
     make_folder(tmp_path/'imgs')
