@@ -200,9 +200,11 @@ def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULT
     given = _saved_options(args, [k for k in keys if k in _FIXED_ON_RESUME])   # data folders as absolute paths, as saved
     for k, v in given.items():
         same = lambda a: 'fashion-mnist' if k in ('data', 'val') and _data_name(a) == 'fashion-mnist' else a
-        if v is not None and saved.get(k) is not None and same(v) != same(saved[k]):
-            raise LeptonError(f"--{k.replace('_', '-')} {v} differs from the run's own ({saved[k]}): a resumed run keeps its "
-                              f"data and model (the budget, device and checkpoints may change); start a new run with another --out")
+        if v is None or k not in saved or same(v) == same(saved[k]): continue
+        if k in ('data', 'val') and saved[k] is not None and not Path(saved[k]).exists(): continue   # the data moved: its new place
+        raise LeptonError(f"--{k.replace('_', '-')} {v} differs from the run's own ({'the default' if saved[k] is None else saved[k]}): "
+                          "a resumed run keeps its data and model (the budget, device and checkpoints may change); start a "
+                          "new run with another --out")
     for k in keys:
         if getattr(args, k) is None and saved.get(k) is not None: setattr(args, k, saved[k])
     for k, v in defaults.items():
@@ -254,6 +256,12 @@ def cmd_train(args) -> dict:
     created = not out.exists()
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
+    if args.width is None and args.model == 'fast':   # the recipe's width depends on the budget: fixed by the first one
+        from lepton_nb.cnn import _recipe
+        first = _saved_args(out, 'train_args.json').get('time_budget') if args.resume else args.time_budget
+        args.width = _recipe('fast', first).get('width')
+    if args.overwrite and not args.resume:   # the replaced run's checkpoint and metrics must not pass for this run's
+        for f in ('checkpoint.pt', 'metrics.json'): (out/f).unlink(missing_ok=True)
     if not quiet: save_json(_saved_options(args, _TRAIN_KEYS), out/'train_args.json')
     extra = {'width': args.width} if args.width else {}
     run = train_kwargs(ddp, out, args.resume) if ddp else dict(out=out, resume=args.resume)
@@ -418,6 +426,8 @@ def cmd_gan(args) -> dict:
     created = not out.exists()
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
+    if args.overwrite and not args.resume:   # the replaced run's checkpoint and metrics must not pass for this run's
+        for f in ('checkpoint.pt', 'metrics.json'): (out/f).unlink(missing_ok=True)
     save_json(_saved_options(args, _GAN_KEYS), out/'gan_args.json')
     print(f"training a {'' if args.unconditional else 'class-conditional '}DCGAN on {data.source}: {len(data.y_train)} "
           f"images, {len(data.classes)} classes -> {out}", file=sys.stderr)

@@ -369,7 +369,8 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
     if not dirs: raise LeptonError(f"{root}: no class folders inside (expected root/<class>/<image>)")
     split = {d.lower() for d in dirs} <= {'train', 'training', 'val', 'valid', 'validation', 'test', 'testing'}
     if classes is None and split and len(dirs) > 1:   # photos/ holding train/ and val/: not two classes named so
-        tr = next((d for d in dirs if d.lower().startswith('train')), dirs[0]); va = next(d for d in dirs if d != tr)
+        tr = next((d for d in dirs if d.lower().startswith('train')), dirs[0])
+        va = next((d for d in dirs if d.lower().startswith('val')), next(d for d in dirs if d != tr))   # val before test
         raise LeptonError(f"{root}: its folders ({', '.join(dirs)}) look like splits of a data set, not classes: use "
                           f"{root/tr} as the data and {root/va} as its validation folder (lepton: --data {root/tr} --val {root/va})")
     if classes is None: classes = dirs

@@ -326,17 +326,20 @@ class NonFiniteGuardCB(Callback):
     def before_fit(self):
         self.n = self.every or (1 if self.learn.device.type == 'cpu' else 25)
         self.bad = torch.zeros((), dtype=torch.bool, device=self.learn.device)
-    def check(self) -> bool:
-        "Read the flag (on a GPU this waits for the device); on a non-finite loss mark the learner as failed. True if all is well."
-        if self.learn.error is None and self.bad.item():
+    def check(self, steps:int|None=None) -> bool:
+        """Read the flag (on a GPU this waits for the device); if a loss was non-finite, mark the learner as failed (`steps`:
+        the steps run so far, for the message). True if all is well. Only the flag decides, so under DDP, whose callback
+        agrees the flag across ranks at every step, every rank stops on the same step."""
+        bad = bool(self.bad.item())
+        if bad and self.learn.error is None:
             self.learn.error = LeptonError(
-                f"the training loss became non-finite (nan or inf) by step {self.learn.step + 1} of epoch {self.learn.epoch + 1}: "
+                f"the training loss became non-finite (nan or inf) by step {self.learn.step if steps is None else steps}: "
                 "training stopped and the last good checkpoint was kept; try a lower --lr")
-        return self.learn.error is None
+        return not bad
     def after_loss(self):
         if not self.learn.training: return
         self.bad |= ~torch.isfinite(self.learn.loss.detach())
-        if self.learn.step % self.n == 0 and not self.check(): raise CancelFitException()
+        if self.learn.step % self.n == 0 and not self.check(self.learn.step + 1): raise CancelFitException()
     def after_epoch(self):   # a run can end fewer than `every` steps after the loss went bad
         if not self.check(): raise CancelFitException()
 
@@ -415,13 +418,13 @@ class CheckpointCB(Callback):
         if guard is not None: guard.check()
         if self.learn.error is None and not all(torch.isfinite(p).all() for p in self.learn.model.parameters()):
             self.learn.error = LeptonError(   # the last step's update overflowed, though its loss was still finite
-                f"the weights became non-finite (nan or inf) by step {self.learn.step} of epoch {self.learn.epoch + 1}: "
+                f"the weights became non-finite (nan or inf) by step {self.learn.step}: "
                 "training stopped and the last good checkpoint was kept; try a lower --lr")
         if self.learn.error is None: save_checkpoint(self.learn, self.path); self.last = self.learn.elapsed()
+    # A failed save does not stop the run here: under DDP only rank 0 saves, and one rank stopping alone would leave the
+    # others waiting. Non-finite weights give a non-finite loss at the next step, and the guard stops every rank then.
     def after_batch(self):
-        if self.every is not None and self.learn.training and self.learn.elapsed() - self.last >= self.every:
-            self.save()
-            if self.learn.error is not None: raise CancelFitException()
+        if self.every is not None and self.learn.training and self.learn.elapsed() - self.last >= self.every: self.save()
     def after_epoch(self): self.save()
     def after_cancel_fit(self): self.save()
 

@@ -76,3 +76,42 @@ def test_ddp_errors(folder, cache, tmp_path):
     assert r.returncode != 0
     assert 'global batch size 33 is not divisible by 2 processes' in r.stderr
     assert not (tmp_path/'odd'/'model.safetensors').exists()
+
+
+NAN_RUN = r"""
+import datetime, sys, torch, torch.nn as nn, torch.distributed as dist
+from lepton_nb.learner import Learner, NonFiniteGuardCB, CheckpointCB
+from lepton_nb.distributed import DDPCB
+from lepton_nb.data import TensorLoader
+dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=60))
+rank = dist.get_rank()
+torch.manual_seed(0)
+dl = TensorLoader(torch.randint(0, 255, (400, 1, 4, 4), dtype=torch.uint8), torch.randint(0, 2, (400,)), 10, device='cpu')
+class M(nn.Module):                                  # its loss turns nan at the third training step
+    def __init__(s): super().__init__(); s.l = nn.Linear(16, 2); s.n = 0
+    def forward(s, x):
+        s.n += s.training
+        o = s.l(x.flatten(1))
+        return o * float('nan') if s.n == 3 and s.training else o
+cbs = [NonFiniteGuardCB(every=25), DDPCB()] + ([CheckpointCB(sys.argv[1], every_seconds=0)] if rank == 0 else [])
+learn = Learner(M(), dl, lr=1e-3, device='cpu', cbs=cbs)
+try: learn.fit(2); res = 'finished'
+except Exception as e: res = f"{type(e).__name__} at step {learn.step}: {str(e)[:200]}"
+open(f"{sys.argv[1]}.rank{rank}", 'w').write(res)   # one file per rank: their prints would interleave
+dist.barrier(); dist.destroy_process_group()
+"""
+
+def test_ddp_non_finite_loss_stops_every_rank_together(tmp_path):
+    "A nan loss on a GPU-like schedule (the guard reads its flag every 25 steps) with rank 0 checkpointing every step:"
+    " every rank stops with the guard's error on the same step, and the checkpoint holds the last finite weights."
+    (tmp_path/'nan_run.py').write_text(NAN_RUN)
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        str(tmp_path/'nan_run.py'), str(tmp_path/'ck.pt')], capture_output=True, text=True, timeout=300,
+                       env=env, cwd=tmp_path)
+    res = [(tmp_path/f'ck.pt.rank{k}').read_text() if (tmp_path/f'ck.pt.rank{k}').exists() else '' for k in (0, 1)]
+    assert all(t.startswith('LeptonError at step 25: ') and 'non-finite' in t for t in res), (res, r.stderr[-3000:])
+    assert r.returncode == 0, r.stderr[-3000:]
+    st = torch.load(tmp_path/'ck.pt', weights_only=True)
+    assert st['step'] == 2 and all(torch.isfinite(v).all() for v in st['model'].values())
+

@@ -102,8 +102,17 @@ def test_run_folders_are_not_replaced_or_mixed(folders, cache, tmp_path):
     assert_one_line_error(lepton('gan', 'sample', out), 'must be a folder of lepton gan')
     assert_one_line_error(lepton('train', '--resume', '--out', out, '--data', folders/'val'), "differs from the run's own")
     assert_one_line_error(lepton('train', '--resume', '--out', out, '--width', '16'), "--width 16 differs")
-    r = lepton('train', *common, '--overwrite')
+    assert_one_line_error(lepton('train', '--resume', '--out', out, '--lr', '0.5'), "differs from the run's own (the default)")
+    assert_one_line_error(lepton('train', '--resume', '--out', out, '--val', folders/'train'), "differs from the run's own")
+    short = tmp_path/'short'      # the fast recipe's width depends on the budget (16 under 60 s): the first budget fixes it
+    assert lepton('train', '--data', folders/'train', '--time-budget', '1', '--batch-size', '64', '--out', short).returncode == 0
+    assert json.loads((short/'train_args.json').read_text())['width'] == 16
+    r = lepton('train', '--resume', '--out', short, '--time-budget', '2')
     assert r.returncode == 0, r.stderr
+    (out/'checkpoint.pt').write_bytes(b'the replaced run'); (out/'metrics.json').write_text('{}')
+    r = lepton('train', *common, '--overwrite')                 # the replaced run's checkpoint and metrics go first
+    assert r.returncode == 0, r.stderr
+    assert (out/'checkpoint.pt').read_bytes() != b'the replaced run' and json.loads((out/'metrics.json').read_text())
     gan = tmp_path/'gan'; gan.mkdir(); (gan/'gan_args.json').write_text('{}')   # a GAN run's folder, as far as the check goes
     for cmd in (('predict', gan, folders/'sneaker.jpg'), ('evaluate', gan), ('train', *common[:-1], gan)):
         assert_one_line_error(lepton(*cmd), 'holds a run of lepton gan')
