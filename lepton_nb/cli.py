@@ -227,6 +227,15 @@ def _note_skipped(data, args, quiet:bool=False):
         print(f"note: {len(data.skipped)} file(s) of the data could not be read and are left out "
               f"(lepton data --data {args.data}{' --val ' + str(args.val) if args.val else ''} lists them)", file=sys.stderr)
 
+def _unused_options(args) -> list[str]:
+    "Options given on the command line that this run will not use, each as a line to print (nothing is refused)."
+    out, fm = [], _data_name(args.data) == 'fashion-mnist' and not args.resume
+    if args.model == 'seed' and args.width is not None: out.append("--width is the fast model's; the seed model has the article's sizes")
+    if args.val is not None and args.valid_pct is not None: out.append("--valid-pct is not used: --val gives the validation images")
+    if fm and (args.size not in (None, 28) or args.channels not in (None, 1)):
+        out.append("--size and --channels are for image folders: Fashion-MNIST stays 28x28 grey")
+    return out
+
 def cmd_train(args) -> dict:
     "Train a classifier and write the model, metrics and plots."
     from lepton_nb.core import get_device, save_json
@@ -236,6 +245,7 @@ def cmd_train(args) -> dict:
     if args.ddp:                       # under torchrun: join the process group; rank 0 alone writes and prints
         from lepton_nb.distributed import agree, finish_ddp, init_ddp, train_kwargs
         ddp = init_ddp(args.device or _TRAIN_DEFAULTS['device'])
+    unused = _unused_options(args)     # what the command line gave, before saved settings and defaults fill the rest
     if args.resume:
         out = _run_dir(SimpleNamespace(out=args.out, resume=True, data=args.data, model=args.model))
         _merge_resume_args(args, out)
@@ -253,6 +263,7 @@ def cmd_train(args) -> dict:
                     seed=args.seed, progress=not (args.json or quiet))
     if len(data.classes) < 2: raise LeptonError(f"a classifier needs at least 2 classes, {data.source} has {len(data.classes)}")
     _note_skipped(data, args, quiet)
+    for u in ([] if quiet else unused): print(f"note: {u}", file=sys.stderr)
     created = not out.exists()
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
@@ -331,6 +342,8 @@ def cmd_predict(args) -> dict:
     _check_kind(Path(args.model_dir), 'train', 'MODEL_DIR')
     if args.plot: _png_file(args.plot, '--plot')   # before any work
     results = predict(args.model_dir, args.images, top_k=args.top_k, device=args.device)
+    if results and args.top_k > len(results[0]['top_k']):
+        print(f"note: the model knows {len(results[0]['top_k'])} classes, so --top-k {args.top_k} shows all of them", file=sys.stderr)
     for r in results:
         print(f"{r['file']}: " + '  '.join(f"{t['label']} {t['probability']:.3f}" for t in r['top_k']))
     if args.plot:

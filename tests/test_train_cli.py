@@ -117,11 +117,23 @@ def test_run_folders_are_not_replaced_or_mixed(folders, cache, tmp_path):
     for cmd in (('predict', gan, folders/'sneaker.jpg'), ('evaluate', gan), ('train', *common[:-1], gan)):
         assert_one_line_error(lepton(*cmd), 'holds a run of lepton gan')
     assert 'lepton gan sample' in lepton('predict', gan, folders/'sneaker.jpg').stderr
+    r = lepton('predict', out, folders/'sneaker.jpg', '--top-k', '5')
+    assert r.returncode == 0 and 'note: the model knows 3 classes, so --top-k 5 shows all of them' in r.stderr, r.stderr
     assert_one_line_error(lepton('train', '--data', folders, '--epochs', '1'), 'look like splits of a data set')
     r = lepton('train', '--bogus')
     assert_one_line_error(r, 'unrecognized arguments: --bogus'); assert r.stderr.startswith('lepton train: error:')
     r = lepton('gan', 'sample', gan, '--bogus')
     assert_one_line_error(r, 'unrecognized arguments'); assert r.stderr.startswith('lepton gan sample: error:')
+
+def test_options_a_run_will_not_use_are_noted():
+    "Options that would be silently ignored get a note line each; nothing is refused for them."
+    from lepton_nb.cli import _unused_options, build_parser
+    notes = lambda *a: _unused_options(build_parser().parse_args(['train', *a]))
+    assert notes('--data', 'photos/train', '--val', 'photos/val') == [] and notes('--width', '8') == []
+    assert notes('--model', 'seed', '--width', '8') == ["--width is the fast model's; the seed model has the article's sizes"]
+    assert notes('--data', 'photos/train', '--val', 'photos/val', '--valid-pct', '0.3') == ["--valid-pct is not used: --val gives the validation images"]
+    assert notes('--size', '64') == notes('--channels', '3') == ["--size and --channels are for image folders: Fashion-MNIST stays 28x28 grey"]
+    assert notes('--data', 'photos/train', '--size', '64') == [] and notes('--resume', '--size', '64') == []
 
 def test_evaluate_repeats_the_training_evaluation(folders, cache, tmp_path):
     "The seed recipe is evaluated without flips and bf16: `lepton evaluate` reads that from config.json and agrees."
