@@ -292,14 +292,8 @@ def _not_regular(path:Path) -> bool:
     try: return not (stat.S_ISREG(m := os.stat(path).st_mode) or stat.S_ISDIR(m))
     except OSError: return False
 
-def load_image(path:str|Path, # An image file of any format and mode PIL reads
-               size:int|tuple|None=28, # Output size (square if an int); None keeps the file's size
-               channels:int|None=1, # 1 (grey) or 3 (RGB); None keeps the file's mode after normalising
-               background:int=0, # Grey level behind transparent pixels
-              ) -> torch.Tensor:
-    "Decode one image to a uint8 C x H x W tensor: EXIF rotation, first frame, one mode, one size."
-    path = Path(path)
-    if _not_regular(path): raise LeptonError(f"{path}: not a regular file (a pipe, socket or device)")
+def _decode_image(path:Path, size, channels, background:int=0) -> torch.Tensor:
+    "`load_image` without its check that `path` is a regular file (callers that have checked: the folder decoder)."
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)
         try:
@@ -328,6 +322,16 @@ def load_image(path:str|Path, # An image file of any format and mode PIL reads
             raise LeptonError(f"damaged or truncated image ({e})") from None
     t = torch.from_numpy(a.copy())
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+def load_image(path:str|Path, # An image file of any format and mode PIL reads
+               size:int|tuple|None=28, # Output size (square if an int); None keeps the file's size
+               channels:int|None=1, # 1 (grey) or 3 (RGB); None keeps the file's mode after normalising
+               background:int=0, # Grey level behind transparent pixels
+              ) -> torch.Tensor:
+    "Decode one image to a uint8 C x H x W tensor: EXIF rotation, first frame, one mode, one size."
+    path = Path(path)
+    if _not_regular(path): raise LeptonError(f"{path}: not a regular file (a pipe, socket or device)")
+    return _decode_image(path, size, channels, background)
 
 # %% ../nbs/05_data.ipynb #fd3d4f3f
 def make_messy_folder(root:str|Path, # Where to create the folder
@@ -411,7 +415,7 @@ def _decode_one(args):
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
             with Image.open(path) as im: mode, wh = im.mode, im.size
     except Exception: mode, wh = None, None
-    try: return path, load_image(path, size, channels), None, digest, (mode, wh)
+    try: return path, _decode_image(path, size, channels), None, digest, (mode, wh)   # checked above: a regular file
     except LeptonError as e: return path, None, str(e), digest, (mode, wh)
 
 def _pick_channels(items:list, sample:int=200) -> int:
