@@ -190,13 +190,17 @@ def _saved_options(args, keys) -> dict:
     return d
 
 # What a resumed run cannot change: its data and everything that shapes the model or the sequence of steps. The budget
-# (--epochs, --time-budget), the device, checkpoints, early stopping and logging may change.
+# (--epochs, --time-budget), the device, checkpoints, early stopping's patience and logging may change; early stopping
+# cannot be turned on, since it holds out training images.
 _FIXED_ON_RESUME = ('data', 'val', 'size', 'channels', 'valid_pct', 'model', 'impl', 'width', 'seed', 'batch_size', 'lr',
                     'unconditional', 'loss', 'n_eval')
 
 def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULTS, name='train_args.json'):
     "On --resume, fill every option not given on the command line from the run's saved arguments (`name`); refuse changes to its data or model."
     saved = _saved_args(out, name)
+    if getattr(args, 'patience', None) is not None and 'patience' in keys and saved.get('patience') is None:
+        raise LeptonError("--patience on a run that started without early stopping: it would hold out training images the "
+                          "run has trained on; start a new run with another --out")
     given = _saved_options(args, [k for k in keys if k in _FIXED_ON_RESUME])   # data folders as absolute paths, as saved
     for k, v in given.items():
         same = lambda a: 'fashion-mnist' if k in ('data', 'val') and _data_name(a) == 'fashion-mnist' else a
@@ -276,8 +280,13 @@ def cmd_train(args) -> dict:
     if not quiet: save_json(_saved_options(args, _TRAIN_KEYS), out/'train_args.json')
     extra = {'width': args.width} if args.width else {}
     run = train_kwargs(ddp, out, args.resume) if ddp else dict(out=out, resume=args.resume)
-    if not quiet: print(f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train)} train / "
-          f"{len(data.y_valid)} held-out images, {len(data.classes)} classes -> {out}"
+    n_watch = 0
+    if args.patience:                  # the images early stopping watches come out of the training split
+        from lepton_nb.cnn import holdout_split
+        n_watch = len(holdout_split(data.y_train, 0.1, args.seed)[1])
+    if not quiet: print(f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train) - n_watch} train"
+          + (f" (+{n_watch} held out for early stopping)" if n_watch else '')
+          + f" / {len(data.y_valid)} held-out images, {len(data.classes)} classes -> {out}"
                         + (f" on {ddp.world_size} processes ({ddp.backend})" if ddp else ''), file=sys.stderr)
     with _unstarted_removed(out, created, 'train_args.json'):
         learn, metrics = train_classifier(data, args.model, impl=args.impl, epochs=args.epochs, time_budget=args.time_budget,
@@ -532,8 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint with its saved settings "
                    "(the data and model stay; --epochs, --time-budget, --device may change)")
     p.add_argument('--patience', type=_int_at_least(1), default=None,
-                   help="early stopping: stop after this many epochs without a better loss on the held-out split (for "
-                        "Fashion-MNIST its test images); the last epoch's weights are saved, not the best (default: off)")
+                   help="early stopping: hold out a tenth of each class of the training images, stop after this many "
+                        "epochs without a better loss on them, and save the best epoch's weights (default: off)")
     p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
                    help="seconds of training between checkpoints within an epoch (default: 60)")
     p.add_argument('--tensorboard', action='store_true', default=None,

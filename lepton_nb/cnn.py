@@ -23,9 +23,9 @@ from .svm import LinearSVM
 # %% auto #0
 __all__ = ['ARCHS', 'RECIPES', 'CONFIG_FORMAT', 'layers', 'seed_cnn', 'fast_cnn', 'random_flip', 'flip_tta', 'check_config',
            'model_config', 'eval_settings', 'build_model', 'save_model', 'load_weights_strict', 'load_model',
-           'evaluate_model', 'train_classifier', 'plot_predictions', 'write_artifacts', 'predict', 'plot_prediction',
-           'plot_predictions_grid', 'export_image_folder', 'EvalEveryCB', 'time_to_accuracy', 'cnn_features',
-           'svm_on_features']
+           'evaluate_model', 'holdout_split', 'train_classifier', 'plot_predictions', 'write_artifacts', 'predict',
+           'plot_prediction', 'plot_predictions_grid', 'export_image_folder', 'EvalEveryCB', 'time_to_accuracy',
+           'cnn_features', 'svm_on_features']
 
 # %% ../nbs/08_cnn.ipynb #b03462ec
 def layers(impl:str='torch') -> SimpleNamespace:
@@ -236,6 +236,21 @@ def evaluate_model(model:nn.Module, data_or_dl, n_classes:int, device=None, tta:
             conf.update(p, yb); probs.append(p.cpu())
     return conf.compute(), torch.cat(probs)
 
+def holdout_split(y:torch.Tensor, # Labels
+                  pct:float=0.1, # Share of each class held out (rounded; at least one of each class of two or more)
+                  seed:int=0, # Changes which examples are held out
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Indices of the examples kept and of those held out: `pct` of each class, drawn with `seed`, each list sorted."
+    if not 0 < pct < 1: raise LeptonError(f"the share held out must be between 0 and 1, got {pct}")
+    g, y, held = torch.Generator().manual_seed(seed), y.cpu(), []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        n = min(max(round(len(idx) * pct), 1), len(idx) - 1)   # a class of one image stays whole
+        held.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+    held = torch.cat(held).sort().values
+    keep = torch.ones(len(y), dtype=torch.bool); keep[held] = False
+    return torch.nonzero(keep).flatten(), held
+
 # %% ../nbs/08_cnn.ipynb #0c6c3090
 def train_classifier(data:ImageData, # From `get_data`
                      model:str='fast', # Recipe and architecture: 'seed' (the article's) or 'fast'
@@ -249,7 +264,8 @@ def train_classifier(data:ImageData, # From `get_data`
                      resume:bool=False, # Continue from `out`/checkpoint.pt
                      progress:bool=True, # Progress bars and per-epoch lines on standard error
                      checkpoint_every:float=60.0, # Seconds of training between mid-epoch checkpoints
-                     patience:int|None=None, # Early stopping on the validation loss (None: off)
+                     patience:int|None=None, # Early stopping: stop when the loss on training images held out has not improved for this many epochs, and keep the best epoch's weights (None: off)
+                     monitor_pct:float=0.1, # With `patience`: the share of each class of the training images held out for it
                      tensorboard:bool=False, # Log to `out`/tensorboard
                      cbs:list=(), # Extra callbacks
                      **recipe_overrides, # Any other recipe key (width, label_smoothing, augment, amp, ...)
@@ -271,10 +287,17 @@ def train_classifier(data:ImageData, # From `get_data`
     check_config(cfg, 'model settings')   # the limits `save_model` enforces, checked before training, not after it
     net = build_model(cfg).to(dev)
     if r['channels_last']: net = net.to(memory_format=torch.channels_last)
-    bs = min(r['bs'], len(data.y_train))
-    tr = TensorLoader(data.x_train, data.y_train, bs, shuffle=True, seed=seed, device=dev, mean=data.mean, std=data.std,
-                      channels_last=r['channels_last'], drop_last=len(data.y_train) >= 2 * bs)
-    va = TensorLoader(data.x_valid, data.y_valid, 1024, device=dev, mean=data.mean, std=data.std, channels_last=r['channels_last'])
+    x_tr, y_tr, watch = data.x_train, data.y_train, None
+    if patience:   # early stopping watches training images held out: choosing the epoch by the test split would flatter it
+        keep, held = holdout_split(data.y_train, monitor_pct, seed)
+        if not len(held): raise LeptonError("early stopping holds out some training images to watch, and no class has two: "
+                                            "add images, or leave --patience out")
+        x_tr, y_tr, watch = data.x_train[keep], data.y_train[keep], (data.x_train[held], data.y_train[held])
+    bs = min(r['bs'], len(y_tr))
+    tr = TensorLoader(x_tr, y_tr, bs, shuffle=True, seed=seed, device=dev, mean=data.mean, std=data.std,
+                      channels_last=r['channels_last'], drop_last=len(y_tr) >= 2 * bs)
+    te = TensorLoader(data.x_valid, data.y_valid, 1024, device=dev, mean=data.mean, std=data.std, channels_last=r['channels_last'])
+    va = te if watch is None else TensorLoader(*watch, 1024, device=dev, mean=data.mean, std=data.std, channels_last=r['channels_last'])
     opt = (torch.optim.AdamW(net.parameters(), r['lr'], weight_decay=r['weight_decay']) if r['opt'] == 'adamw'
            else torch.optim.Adam(net.parameters(), r['lr'], weight_decay=r['weight_decay']))
     loss = (lambda p, y: F.cross_entropy(p, y, label_smoothing=r['label_smoothing'])) if r['label_smoothing'] else F.cross_entropy
@@ -294,16 +317,23 @@ def train_classifier(data:ImageData, # From `get_data`
     if learn.interrupted:                            # stopped by Ctrl-C / SIGTERM
         if out is None: raise KeyboardInterrupt(f"stopped by {learn.interrupted}")   # no checkpoint: the caller's work ends here
         return learn, {}                             # the checkpoint is written, no final metrics: the caller says how to resume
-    m, probs = evaluate_model(learn.model, va, len(data.classes), dev, tta=r['tta'], amp=r['amp'])
+    m, probs = evaluate_model(learn.model, te, len(data.classes), dev, tta=r['tta'], amp=r['amp'])
     done = learn.epoch + learn.iter / max(len(tr), 1)
     metrics = {'test_accuracy': m['accuracy'], 'precision_macro': m['precision_macro'], 'recall_macro': m['recall_macro'],
                'f1_macro': m['f1_macro'], 'epochs': round(done, 3), 'train_seconds': round(learn.train_time, 2),
                'wall_seconds': round(time.perf_counter() - t0, 2), 'device': str(dev), 'seed': seed, 'model': model,
-               'impl': impl, 'data': data.source, 'n_train': len(data.y_train), 'n_test': len(data.y_valid),
+               'impl': impl, 'data': data.source, 'n_train': len(y_tr), 'n_test': len(data.y_valid),
                'evaluated_on': 'the held-out split (Fashion-MNIST: the 10,000 test images)', 'tta': r['tta'],
                'stop_reason': learn.stop_reason or 'epochs done', 'recipe': r, 'classes': list(data.classes),
                'per_class': {c: {'precision': p, 'recall': rc, 'f1': f} for c, p, rc, f in zip(data.classes, m['precision'], m['recall'], m['f1'])},
                'confusion': m['confusion'], 'history': learn.history}
+    if watch is not None:
+        es = learn.cb(EarlyStoppingCB)
+        metrics['early_stopping'] = {'watched': f"valid_loss on {len(watch[1])} training images held out ({monitor_pct:.0%} of "
+                                                 "each class, not trained on); the history's valid figures are theirs",
+                                     'patience': patience, 'best_epoch': es.best_epoch, 'best_valid_loss': es.best,
+                                     'weights_kept': es.kept}
+        if es.at_end is not None: metrics['early_stopping']['valid_loss_of_the_last_weights'] = es.at_end   # stopped mid-epoch
     learn.final_probs = probs
     if out is not None: write_artifacts(learn, cfg, metrics, data, out)
     return learn, metrics
@@ -340,7 +370,12 @@ def write_artifacts(learn:Learner, cfg:dict, metrics:dict, data:ImageData, out:s
     def savefig(fig, name):
         with atomic_path(out/name) as tmp: fig.savefig(tmp, format='png', dpi=110)
         plt.close(fig)
-    if learn.history: savefig(plot_history(learn.history, ('accuracy', 'f1_macro')), 'curves.png')
+    if learn.history:
+        title = ("valid: training images held out for early stopping" if 'early_stopping' in metrics else
+                 f"valid: the held-out split ({metrics['n_test']} images)")
+        kept = metrics.get('early_stopping', {}).get('weights_kept')
+        savefig(plot_history(learn.history, ('accuracy', 'f1_macro'), title=title, mark=kept if isinstance(kept, int) else None),
+                'curves.png')
     savefig(plot_confusion(metrics['confusion'], data.classes), 'confusion.png')
     savefig(plot_predictions(data.x_valid, learn.final_probs, data.classes, data.y_valid.cpu()), 'predictions.png')
 

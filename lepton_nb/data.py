@@ -243,7 +243,9 @@ def show_images(x:torch.Tensor, # uint8 or float images, N x C x H x W
                 axs=None):
     "Show a grid of images with optional titles; returns the figure."
     import matplotlib.pyplot as plt
-    n = len(x); nrows = max(1, -(-n // ncols))
+    n = len(x)
+    if axs is None: ncols = max(1, min(ncols, n))   # two images make a figure two images wide, not eight
+    nrows = max(1, -(-n // ncols))
     if axs is None:
         fig, axs = plt.subplots(nrows, ncols, figsize=(ncols*size, nrows*size*(1.25 if labels else 1)), squeeze=False)
     axs = np.asarray(axs).ravel()

@@ -106,14 +106,18 @@ class DDPCB(Callback):
         if isinstance(l.model, _DDP): self._sync_buffers(); l.model = l.model.module
         l.train_dl = self.dl
         l.__dict__.pop('elapsed', None)
+    def agreement(self) -> dict:
+        """How far the ranks' final weights agree (every rank calls it; `finish_ddp` does, after the callbacks' `after_fit`,
+        so that weights early stopping restored are the ones compared)."""
+        l = self.learn
         flat = torch.cat([t.detach().float().reshape(-1) for t in l.model.state_dict().values()]).to(_comm_device(l))
         hi, lo = flat.clone(), flat.clone()
         dist.all_reduce(hi, dist.ReduceOp.MAX); dist.all_reduce(lo, dist.ReduceOp.MIN)
         hashes = [None] * self.world
         dist.all_gather_object(hashes, weights_sha256(l.model))
-        l.ddp = {'world_size': self.world, 'backend': dist.get_backend(), 'threads_per_rank': torch.get_num_threads(),
-                 'batch_per_rank': l.train_dl.bs // self.world if hasattr(l.train_dl, 'bs') else None,
-                 'max_weight_difference_across_ranks': (hi - lo).abs().max().item(), 'weights_sha256_per_rank': hashes}
+        return {'world_size': self.world, 'backend': dist.get_backend(), 'threads_per_rank': torch.get_num_threads(),
+                'batch_per_rank': l.train_dl.bs // self.world if hasattr(l.train_dl, 'bs') else None,
+                'max_weight_difference_across_ranks': (hi - lo).abs().max().item(), 'weights_sha256_per_rank': hashes}
 
 # %% ../nbs/11_distributed.ipynb #e8f3355a
 def init_ddp(device=None, # 'auto', 'cpu', 'cuda'...: CUDA gets one GPU per process (cuda:LOCAL_RANK) and nccl
@@ -145,8 +149,9 @@ def train_kwargs(ctx:SimpleNamespace, out:Path, resume:bool) -> dict:
 
 def finish_ddp(learn:Learner, metrics:dict, out:Path|None, ctx:SimpleNamespace) -> dict:
     "Add the ranks' agreement to `metrics` (rewriting rank 0's metrics.json) and leave the process group."
-    if metrics and getattr(learn, 'ddp', None):
-        metrics['ddp'] = learn.ddp
+    cb = learn.cb(DDPCB)
+    if metrics and cb is not None:   # every rank has metrics, or none has (an interrupt is agreed)
+        metrics['ddp'] = cb.agreement()
         if ctx.rank == 0 and out is not None and (Path(out)/'metrics.json').is_file(): save_json(metrics, Path(out)/'metrics.json')
     if dist.is_initialized(): dist.destroy_process_group()
     return metrics

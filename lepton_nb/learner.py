@@ -57,7 +57,7 @@ class Learner:
         self.epoch = self.iter = self.step = self.n_epochs = 0
         self.train_time, self.history, self.record = 0.0, [], {}
         self.autocast = contextlib.nullcontext   # MixedPrecisionCB replaces it
-        self.training, self.error, self.interrupted, self.stop_reason = False, None, None, None
+        self.training, self.error, self.interrupted, self.stop_reason, self.crashed = False, None, None, None, None
 
     def add_cb(self, cb:Callback):
         cb.learn = self; self.cbs.append(cb); self.cbs.sort(key=lambda c: c.order); self._build_hooks(); return cb
@@ -153,7 +153,7 @@ class Learner:
         "Train until `n_epochs` epochs are done, a callback cancels, or an interrupt arrives."
         if not isinstance(n_epochs, int) or n_epochs < 0: raise LeptonError(f"epochs must be a non-negative integer, got {n_epochs}")
         extra = [self.add_cb(c) for c in cbs]
-        self.n_epochs, self.error, self.interrupted, self.stop_reason = n_epochs, None, None, None
+        self.n_epochs, self.error, self.interrupted, self.stop_reason, self.crashed = n_epochs, None, None, None, None
         try:
             with self._signals():
                 try:
@@ -171,6 +171,8 @@ class Learner:
                         except CancelEpochException: self.epoch, self.iter = self.epoch + 1, 0
                 except CancelFitException:
                     self('after_cancel_fit')
+                except BaseException as e:   # a real failure: `after_fit` still runs, and can tell (`crashed`)
+                    self.crashed = e; raise
                 finally:
                     self('after_fit')
         finally:
@@ -210,8 +212,11 @@ class ProgressCB(Callback):
     order = 50
     def __init__(self, every:int=20, # Update the loss shown every this many batches
                  file=None, # Where to draw (default: standard error)
-                 leave:bool=False):
-        self.every, self.file, self.leave = every, file, leave
+                 leave:bool=False,
+                 min_interval:float=1.0, # Seconds between two epoch lines (epochs of a few images are not all printed)
+                ):
+        self.every, self.file, self.leave, self.min_interval = every, file, leave, min_interval
+    def before_fit(self): self.last_line, self.shown = -math.inf, 0   # when and which epoch was last printed
     def before_epoch(self):
         from tqdm.auto import tqdm
         n = len(self.learn.train_dl) if hasattr(self.learn.train_dl, '__len__') else None
@@ -224,13 +229,19 @@ class ProgressCB(Callback):
         return f"{e}/{self.learn.n_epochs}" if self.learn.n_epochs < 10_000 else f"{e}"
     def _close(self):
         if getattr(self, 'bar', None) is not None: self.bar.close(); self.bar = None
-    def after_epoch(self):
-        self._close()
-        r = self.learn.record
+    def _print(self, r):
         parts = [f"epoch {self._of(r['epoch'])}"] + [f"{k} {v:.4f}" for k, v in r.items()
                  if k not in ('epoch', 'train_seconds', 'lr') and isinstance(v, float)] + [f"{r.get('train_seconds', 0):.1f}s"]
         print('  '.join(parts), file=self.file or sys.stderr, flush=True)
-    def after_fit(self): self._close()
+        self.last_line, self.shown = time.perf_counter(), r['epoch']
+    def after_epoch(self):
+        self._close()
+        if time.perf_counter() - self.last_line >= self.min_interval or self.learn.epoch >= self.learn.n_epochs:
+            self._print(self.learn.record)
+    def after_fit(self):   # the last finished epoch's line, if it was held back, or its after_epoch never came (a stop)
+        self._close()
+        h = self.learn.history
+        if h and h[-1]['epoch'] > self.shown: self._print(h[-1])
 
 # %% ../nbs/07_learner.ipynb #f83e98e4
 def one_cycle(p:float, # Progress, 0 to 1
@@ -301,23 +312,48 @@ class TimeBudgetCB(Callback):
     def after_batch(self): self._check()
 
 class EarlyStoppingCB(Callback):
-    "Stop when `monitor` has not improved by `min_delta` for `patience` epochs."
+    "Stop when `monitor` has not improved by `min_delta` for `patience` epochs; then go back to the best weights seen."
     order = 40
-    def __init__(self, monitor:str='valid_loss', patience:int=3, min_delta:float=0.0, mode:str='min'):
-        self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
-        self.best, self.wait = None, 0
+    def __init__(self, monitor:str='valid_loss', # A key of each epoch's record
+                 patience:int=3, # Epochs without an improvement before stopping
+                 min_delta:float=0.0, # A smaller change is not an improvement
+                 mode:str='min', # 'min' for a loss, 'max' for an accuracy
+                 restore_best:bool=True, # At the end of the run, keep the best weights rather than the last
+                ):
+        if mode not in ('min', 'max'): raise LeptonError(f"mode must be 'min' or 'max', got {mode!r}")
+        if not isinstance(patience, int) or patience < 1: raise LeptonError(f"patience must be a positive integer, got {patience}")
+        self.monitor, self.patience, self.min_delta, self.mode, self.restore_best = monitor, patience, min_delta, mode, restore_best
+        self.best, self.wait, self.best_epoch, self.weights, self.kept, self.at_end = None, 0, None, None, None, None
     def _better(self, v): return self.best is None or (v < self.best - self.min_delta if self.mode == 'min' else v > self.best + self.min_delta)
     def after_epoch(self):
-        v = self.learn.history[-1].get(self.monitor)
+        r = self.learn.history[-1]; v = r.get(self.monitor)
         if v is None: return
-        if self._better(v): self.best, self.wait = v, 0
+        if self._better(v):
+            self.best, self.wait, self.best_epoch = v, 0, r['epoch']
+            if self.restore_best: self.weights = {k: t.detach().clone() for k, t in self.learn.model.state_dict().items()}
         else:
             self.wait += 1
             if self.wait >= self.patience:
-                self.learn.stop_reason = f"{self.monitor} did not improve for {self.patience} epochs"
+                self.learn.stop_reason = f"{self.monitor} did not improve for {self.patience} epoch{'s' * (self.patience > 1)}"
                 raise CancelFitException()
-    def state_dict(self): return {'best': self.best, 'wait': self.wait}
-    def load_state_dict(self, d): self.best, self.wait = d['best'], d['wait']
+    def after_fit(self):
+        "Keep the best epoch's weights, unless the run was interrupted (it will resume) or failed, or the last weights are as good."
+        l = self.learn
+        self.kept = 'last'
+        if not self.restore_best or self.weights is None or l.interrupted or l.error is not None or l.crashed: return
+        if l.iter and l.valid_dl is not None:   # stopped within an epoch (a time budget): the weights now are not validated yet
+            v = self.at_end = l.validate().get(self.monitor)
+            if v is not None and self._better(v): return
+        elif l.history and l.history[-1]['epoch'] == self.best_epoch: return   # the last epoch was the best
+        l.model.load_state_dict(self.weights)
+        self.kept = self.best_epoch
+        l.stop_reason = f"{l.stop_reason or 'epochs done'}; the weights of epoch {self.best_epoch} ({self.monitor} {self.best:.4f}) were kept"
+    def state_dict(self): return {'best': self.best, 'wait': self.wait, 'best_epoch': self.best_epoch, 'weights': self.weights}
+    def load_state_dict(self, d):
+        if 'best_epoch' not in d:   # written before early stopping kept weights, when it watched the held-out split
+            raise LeptonError("the checkpoint's early stopping is of an older version (it watched the held-out split, which "
+                              "is now left for the final figures): start a new run")
+        self.best, self.wait, self.best_epoch, self.weights = d['best'], d['wait'], d['best_epoch'], d['weights']
 
 class NonFiniteGuardCB(Callback):
     "Stop with a clear error when the training loss is nan or inf; no checkpoint is written after that."
@@ -455,6 +491,8 @@ class TensorBoardCB(Callback):
 # %% ../nbs/07_learner.ipynb #a807812b
 def plot_history(history:list, # `learn.history`: one dict per epoch
                  metrics:tuple=('accuracy',), # Record keys plotted on the second axis
+                 title:str|None=None, # Over both panels (for example, which images the validation figures are of)
+                 mark:int|None=None, # An epoch to mark with a dotted line (for example, the one whose weights were kept)
                 ):
     "Training and validation loss, and the chosen metrics, per epoch; returns the figure."
     import matplotlib.pyplot as plt
@@ -466,6 +504,15 @@ def plot_history(history:list, # `learn.history`: one dict per epoch
     for k in metrics:
         if any(k in h for h in history): axs[1].plot(ep, [h.get(k, float('nan')) for h in history], 'o-', label=k)
     axs[1].set_xlabel('epoch'); axs[1].legend()
+    for ax in axs: ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))   # epochs are whole numbers
+    vals = [h[k] for h in history for k in metrics if isinstance(h.get(k), (int, float))]
+    if len(ep) == 1:   # one point: no curve to zoom in on
+        for ax in axs: ax.set_xlim(ep[0] - 1, ep[0] + 1); ax.set_xticks(ep)
+        if vals and 0 <= min(vals) and max(vals) <= 1: axs[1].set_ylim(0, 1.02)
+    if mark is not None:
+        for ax in axs: ax.axvline(mark, ls=':', c='grey', label=f'epoch {mark}: weights kept')
+        axs[0].legend()
+    if title: fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

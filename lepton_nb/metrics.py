@@ -65,12 +65,20 @@ class Confusion:
 def classification_report(m:dict, # The result of `metrics_from_confusion` or `Confusion.compute`
                           classes:list, # Class names
                          ) -> str:
-    "A per-class table of precision, recall, F1 and support, then accuracy and the macro averages."
-    w = max(12, max(len(str(c)) for c in classes) + 2)
+    """A per-class table of precision, recall, F1 and support, then accuracy and the macro averages. A class with no
+    examples here shows n/a where its ratio has no denominator, and a second macro line averages the classes present."""
+    present = [i for i, s in enumerate(m['support']) if s > 0]
+    part = f'macro avg, {len(present)} present' if 0 < len(present) < len(classes) else None   # K-class averages count absent classes as 0
+    w = max(12, max(len(str(c)) for c in classes) + 2, len(part or '') + 2)
+    cell = lambda v, defined=True: f"{v:>10.4f}" if defined else f"{'n/a':>10}"
+    predicted = torch.as_tensor(m['confusion']).sum(0).tolist() if 'confusion' in m else [1] * len(classes)
     lines = [f"{'class':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
-    for c, p, r, f, s in zip(classes, m['precision'], m['recall'], m['f1'], m['support']):
-        lines.append(f"{str(c):<{w}}{p:>10.4f}{r:>10.4f}{f:>10.4f}{s:>10d}")
+    for c, p, r, f, s, k in zip(classes, m['precision'], m['recall'], m['f1'], m['support'], predicted):
+        lines.append(f"{str(c):<{w}}{cell(p, k > 0 or s > 0)}{cell(r, s > 0)}{cell(f, s > 0)}{s:>10d}")
     lines.append(f"{'macro avg':<{w}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}{m['f1_macro']:>10.4f}{m['n']:>10d}")
+    if part:
+        mean = lambda v: sum(v[i] for i in present) / len(present)
+        lines.append(f"{part:<{w}}{cell(mean(m['precision']))}{cell(mean(m['recall']))}{cell(mean(m['f1']))}{m['n']:>10d}")
     lines.append(f"{'accuracy':<{w}}{'':>20}{m['accuracy']:>10.4f}{m['n']:>10d}")
     return '\n'.join(lines)
 

@@ -115,3 +115,14 @@ def test_ddp_non_finite_loss_stops_every_rank_together(tmp_path):
     st = torch.load(tmp_path/'ck.pt', weights_only=True)
     assert st['step'] == 2 and all(torch.isfinite(v).all() for v in st['model'].values())
 
+
+def test_ddp_early_stopping_checks_the_weights_it_saves(folder, cache, tmp_path):
+    "Early stopping may put back an earlier epoch's weights: the ranks' agreement is measured on those, the saved ones."
+    r = torchrun('train', '--ddp', '--data', folder/'train', '--val', folder/'val', '--model', 'seed', '--batch-size', '32',
+                 '--lr', '0.05', '--epochs', '30', '--patience', '1', '--out', tmp_path/'es', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path/'es'/'metrics.json').read_text())
+    h, es = m['ddp']['weights_sha256_per_rank'], m['early_stopping']
+    assert es['weights_kept'] == es['best_epoch'] < len(m['history']), es   # an earlier epoch's weights were put back
+    assert h[0] == h[1] == weights_sha256(load_model(tmp_path/'es', 'cpu')[0]), es
+    assert es['patience'] == 1 and m['n_train'] == 540 and m['n_test'] == 200

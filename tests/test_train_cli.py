@@ -191,6 +191,27 @@ def test_resume_restores_every_saved_option(tmp_path):
     assert (args.model, args.epochs, args.tensorboard, args.seed, args.impl) == ('seed', 6, True, 3, 'torch')
     args = build_parser().parse_args(['train'])                            # a new run: the switch is off unless given
     assert args.tensorboard is None and build_parser().parse_args(['train', '--tensorboard']).tensorboard is True
+    # early stopping's patience may change on resume, but it cannot be turned on: it holds out training images
+    from lepton_nb.core import LeptonError
+    with pytest.raises(LeptonError, match='started without early stopping'):
+        _merge_resume_args(build_parser().parse_args(['train', '--resume', '--patience', '2']), tmp_path)
+    save_json({'model': 'seed', 'patience': 3}, tmp_path/'train_args.json')
+    args = build_parser().parse_args(['train', '--resume', '--patience', '5'])
+    _merge_resume_args(args, tmp_path)
+    assert args.patience == 5
+
+def test_early_stopping_watches_held_out_training_images(folders, cache, tmp_path):
+    "--patience trains on nine tenths of each class, watches the rest, and still reports the held-out split's accuracy."
+    r = lepton('train', '--data', folders/'train', '--val', folders/'val', '--epochs', '30', '--patience', '1', '--lr', '0.05',
+               '--batch-size', '64', '--width', '8', '--out', tmp_path/'es', '--json')
+    assert r.returncode == 0, r.stderr
+    m = last_json(r.stdout)
+    assert (m['n_train'], m['n_test']) == (540, 180) and '540 train (+60 held out for early stopping) / 180' in r.stderr
+    es, h = m['early_stopping'], m['history']
+    assert '60 training images held out' in es['watched'] and es['patience'] == 1
+    # at a high learning rate on 540 images the watched loss soon rises: the run stops and goes back to the best epoch
+    assert len(h) < 30 and es['weights_kept'] == es['best_epoch'] < len(h), (es, len(h))
+    assert es['best_valid_loss'] == min(e['valid_loss'] for e in h) and 'were kept' in m['stop_reason']
 
 def test_a_run_that_fails_before_it_starts_leaves_no_folder(folders, cache, tmp_path, monkeypatch, capsys):
     """An error found once the run folder and its settings are written (a missing package, say) removes what this
