@@ -411,7 +411,7 @@ def plot_prediction(result:dict, ax_img=None, ax_bar=None):
     import matplotlib.pyplot as plt
     if ax_img is None: fig, (ax_img, ax_bar) = plt.subplots(1, 2, figsize=(6, 2.4), gridspec_kw={'width_ratios': [1, 1.4]})
     im = result['image']
-    ax_img.imshow(im[0] if im.shape[0] == 1 else im.permute(1, 2, 0), cmap='gray' if im.shape[0] == 1 else None)
+    ax_img.imshow((im[0] if im.shape[0] == 1 else im.permute(1, 2, 0)).numpy(), cmap='gray' if im.shape[0] == 1 else None)
     ax_img.set_title(f"predicted: {result['label']}", fontsize=9); ax_img.axis('off')
     labels = [t['label'] for t in result['top_k']][::-1]; ps = [t['probability'] for t in result['top_k']][::-1]
     ax_bar.barh(labels, ps, color=['tab:blue'] * (len(ps) - 1) + ['tab:orange']); ax_bar.set_xlim(0, 1)

@@ -255,8 +255,8 @@ def show_images(x:torch.Tensor, # uint8 or float images, N x C x H x W
         im = x[i].detach().float().cpu()
         if x.dtype == torch.uint8: im = im / 255
         im = im.clamp(0, 1)
-        if im.shape[0] == 1: ax.imshow(im[0], cmap='gray', vmin=0, vmax=1)
-        else: ax.imshow(im.permute(1, 2, 0))
+        if im.shape[0] == 1: ax.imshow(im[0].numpy(), cmap='gray', vmin=0, vmax=1)
+        else: ax.imshow(im.permute(1, 2, 0).numpy())
         if labels is not None: ax.set_title(str(labels[i]), fontsize=8)
     fig = axs[0].figure
     fig.tight_layout()

@@ -771,7 +771,7 @@ def plot_samples(x:torch.Tensor, # uint8 images
     grid = make_grid(x, ncols, pad=2, pad_value=255)
     nrows = -(-len(x) // ncols)
     fig, ax = plt.subplots(figsize=(0.5 * ncols + 1.2, 0.5 * nrows + 0.4))
-    ax.imshow(grid[0] if grid.shape[0] == 1 else grid.permute(1, 2, 0), cmap='gray', vmin=0, vmax=255)
+    ax.imshow((grid[0] if grid.shape[0] == 1 else grid.permute(1, 2, 0)).numpy(), cmap='gray', vmin=0, vmax=255)
     ax.set_xticks([]); ax.set_yticks([])
     if labels is not None and classes is not None and ncols > 0:
         h = x.shape[2] + 2

@@ -26,3 +26,19 @@ def assert_one_line_error(r, contains:str=''):
     assert 'Traceback' not in r.stderr, r.stderr
     assert len(err.splitlines()) == 1, r.stderr
     assert contains.lower() in err.lower(), err
+
+def lepton_here(*args, cwd=None):
+    """Call the command's `main` in this process (in a fresh temporary folder unless `cwd` is given), with its output
+    captured: no interpreter and PyTorch start-up, for commands that end before any training (refusals). Returns an
+    object with `returncode`, `stdout` and `stderr`, like `lepton`'s CompletedProcess."""
+    import contextlib, io, tempfile
+    from types import SimpleNamespace
+    from lepton_nb.cli import main
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd or tempfile.mkdtemp(prefix='lepton-test-'))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try: rc = main([str(a) for a in args])
+            except SystemExit as e: rc = e.code if isinstance(e.code, int) else 1   # argparse's errors exit
+    finally: os.chdir(here)
+    return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import BIN, assert_one_line_error, last_json, lepton
+from helpers import BIN, assert_one_line_error, last_json, lepton, lepton_here
 import lepton_nb.data as D
 from lepton_nb.cnn import export_image_folder
 
@@ -57,9 +57,9 @@ def test_train_predict_evaluate_on_folders(folders, cache, tmp_path):
 def test_bad_input_around_a_run_is_one_line(folders, cache, tmp_path):
     """Overlapping --val, a --plot that is not a new PNG, an unwritable place, a damaged train_args.json, a config that asks for
     more than its weights file holds, an interrupted run given again without --resume: each a one-line error, nothing lost."""
-    assert_one_line_error(lepton('data', '--data', folders/'train', '--val', folders/'train'), 'overlap')
-    assert_one_line_error(lepton('data', '--data', folders, '--val', folders/'val'), 'overlap')
-    assert_one_line_error(lepton('data', '--data', '~no-such-user-here/x'), 'unknown user')
+    assert_one_line_error(lepton_here('data', '--data', folders/'train', '--val', folders/'train'), 'overlap')
+    assert_one_line_error(lepton_here('data', '--data', folders, '--val', folders/'val'), 'overlap')
+    assert_one_line_error(lepton_here('data', '--data', '~no-such-user-here/x'), 'unknown user')
     out = tmp_path/'run'
     r = lepton('train', '--data', folders/'train', '--val', folders/'val', '--epochs', '1', '--batch-size', '64', '--width', '8',
                '--out', out, '--json')
@@ -69,21 +69,21 @@ def test_bad_input_around_a_run_is_one_line(folders, cache, tmp_path):
     script = tmp_path/'mine.py'; script.write_text('print(1)\n')
     for plot, msg in ((script, 'must end in .png'), (tmp_path, 'must end in .png'), (tmp_path/'new.png'/'x.png', 'no such folder'),
                       (Path('/proc/lepton-test.png'), 'lepton-test.png')):
-        assert_one_line_error(lepton('predict', out, folders/'sneaker.jpg', '--plot', plot), msg)
+        assert_one_line_error(lepton_here('predict', out, folders/'sneaker.jpg', '--plot', plot), msg)
     assert script.read_text() == 'print(1)\n'
     # an interrupted run (a checkpoint and no final metrics) is not started over without --resume
     saved = {f: (out/f).read_bytes() for f in ('checkpoint.pt', 'train_args.json')}
     (out/'metrics.json').unlink()
-    assert_one_line_error(lepton('train', '--data', folders/'train', '--epochs', '1', '--out', out), 'interrupted run')
+    assert_one_line_error(lepton_here('train', '--data', folders/'train', '--epochs', '1', '--out', out), 'interrupted run')
     assert all((out/f).read_bytes() == b for f, b in saved.items())
     args = json.loads(saved['train_args.json'])
     assert Path(args['data']).is_absolute() and args['data'] == str(folders.resolve()/'train')   # --resume works from anywhere
     for bad in ('[1]', json.dumps({**args, 'lr': 'x'}), json.dumps({**args, 'epochs': True})):
         (out/'train_args.json').write_text(bad)
-        assert_one_line_error(lepton('train', '--resume', '--out', out), 'train_args.json')
+        assert_one_line_error(lepton_here('train', '--resume', '--out', out), 'train_args.json')
     cfg = json.loads((out/'config.json').read_text())
     (out/'config.json').write_text(json.dumps({**cfg, 'size': 512, 'width': 512, 'hidden': 8192}))
-    assert_one_line_error(lepton('predict', out, folders/'sneaker.jpg'), 'model.safetensors')   # before any allocation
+    assert_one_line_error(lepton_here('predict', out, folders/'sneaker.jpg'), 'model.safetensors')   # before any allocation
 
 def test_run_folders_are_not_replaced_or_mixed(folders, cache, tmp_path):
     """A finished run is not replaced without --overwrite; a folder of the other command (train, gan) is refused by either
@@ -96,14 +96,14 @@ def test_run_folders_are_not_replaced_or_mixed(folders, cache, tmp_path):
     assert 'note: 2 file(s) of the data could not be read' in r.stderr and f'lepton data --data {folders/"train"}' in r.stderr
     assert 'test accuracy' in r.stdout and '(with flip averaging)' in r.stdout
     weights = (out/'model.safetensors').read_bytes()
-    assert_one_line_error(lepton('train', *common), 'finished run (model.safetensors)')
+    assert_one_line_error(lepton_here('train', *common), 'finished run (model.safetensors)')
     assert (out/'model.safetensors').read_bytes() == weights
-    assert_one_line_error(lepton('gan', '--data', folders/'train', '--epochs', '1', '--out', out), 'holds a run of lepton train')
-    assert_one_line_error(lepton('gan', 'sample', out), 'must be a folder of lepton gan')
-    assert_one_line_error(lepton('train', '--resume', '--out', out, '--data', folders/'val'), "differs from the run's own")
-    assert_one_line_error(lepton('train', '--resume', '--out', out, '--width', '16'), "--width 16 differs")
-    assert_one_line_error(lepton('train', '--resume', '--out', out, '--lr', '0.5'), "differs from the run's own (the default)")
-    assert_one_line_error(lepton('train', '--resume', '--out', out, '--val', folders/'train'), "differs from the run's own")
+    assert_one_line_error(lepton_here('gan', '--data', folders/'train', '--epochs', '1', '--out', out), 'holds a run of lepton train')
+    assert_one_line_error(lepton_here('gan', 'sample', out), 'must be a folder of lepton gan')
+    assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--data', folders/'val'), "differs from the run's own")
+    assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--width', '16'), "--width 16 differs")
+    assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--lr', '0.5'), "differs from the run's own (the default)")
+    assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--val', folders/'train'), "differs from the run's own")
     short = tmp_path/'short'      # the fast recipe's width depends on the budget (16 under 60 s): the first budget fixes it
     assert lepton('train', '--data', folders/'train', '--time-budget', '1', '--batch-size', '64', '--out', short).returncode == 0
     assert json.loads((short/'train_args.json').read_text())['width'] == 16
@@ -115,11 +115,11 @@ def test_run_folders_are_not_replaced_or_mixed(folders, cache, tmp_path):
     assert (out/'checkpoint.pt').read_bytes() != b'the replaced run' and json.loads((out/'metrics.json').read_text())
     gan = tmp_path/'gan'; gan.mkdir(); (gan/'gan_args.json').write_text('{}')   # a GAN run's folder, as far as the check goes
     for cmd in (('predict', gan, folders/'sneaker.jpg'), ('evaluate', gan), ('train', *common[:-1], gan)):
-        assert_one_line_error(lepton(*cmd), 'holds a run of lepton gan')
+        assert_one_line_error(lepton_here(*cmd), 'holds a run of lepton gan')
     assert 'lepton gan sample' in lepton('predict', gan, folders/'sneaker.jpg').stderr
     r = lepton('predict', out, folders/'sneaker.jpg', '--top-k', '5')
     assert r.returncode == 0 and 'note: the model knows 3 classes, so --top-k 5 shows all of them' in r.stderr, r.stderr
-    assert_one_line_error(lepton('train', '--data', folders, '--epochs', '1'), 'look like splits of a data set')
+    assert_one_line_error(lepton_here('train', '--data', folders, '--epochs', '1'), 'look like splits of a data set')
     r = lepton('train', '--bogus')
     assert_one_line_error(r, 'unrecognized arguments: --bogus'); assert r.stderr.startswith('lepton train: error:')
     r = lepton('gan', 'sample', gan, '--bogus')
