@@ -94,6 +94,9 @@ class DDPCB(Callback):
         for b in self.learn.model.module.buffers() if isinstance(self.learn.model, _DDP) else self.learn.model.buffers():
             dist.broadcast(b.data, 0)
     def before_validate(self): self._sync_buffers()
+    def after_validate(self):   # rank 0's loss everywhere, also for a validation outside an epoch's end (early stopping's last)
+        t = torch.tensor([self.learn.record['valid_loss']], dtype=torch.float64, device=_comm_device(self.learn))
+        dist.broadcast(t, 0); self.learn.record['valid_loss'] = t.item()
     def after_epoch(self):
         r, dev = self.learn.record, _comm_device(self.learn)   # the same dict as history[-1]: updated in place
         if 'train_loss' in r:                      # the mean over all ranks' shards: the single-process run's figure
