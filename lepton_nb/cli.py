@@ -520,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "examples:\n  lepton train --time-budget 20\n  lepton train --model seed\n"
                        "  lepton train --data photos/train --val photos/val --out runs/photos\n"
                        "  lepton train --resume                  # continue the latest interrupted run in runs/\n"
+                       "  lepton train --model seed --epochs 30 --patience 3   # stop when a held-out tenth stops improving\n"
                        "  torchrun --nproc_per_node=2 -m lepton_nb.cli train --ddp --model seed   # 2 processes")
     _add_data_args(p)
     for a in p._actions:   # on --resume, unset options come from the run's train_args.json
