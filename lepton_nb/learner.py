@@ -216,7 +216,8 @@ class ProgressCB(Callback):
                  min_interval:float=1.0, # Seconds between two epoch lines (epochs of a few images are not all printed)
                 ):
         self.every, self.file, self.leave, self.min_interval = every, file, leave, min_interval
-    def before_fit(self): self.last_line, self.shown = -math.inf, 0   # when and which epoch was last printed
+    def before_fit(self):   # when and which epoch was last printed (a resumed run's earlier epochs count as shown)
+        self.last_line, self.shown = -math.inf, self.learn.history[-1]['epoch'] if self.learn.history else 0
     def before_epoch(self):
         from tqdm.auto import tqdm
         n = len(self.learn.train_dl) if hasattr(self.learn.train_dl, '__len__') else None
