@@ -282,8 +282,8 @@ def cmd_train(args) -> dict:
     run = train_kwargs(ddp, out, args.resume) if ddp else dict(out=out, resume=args.resume)
     n_watch = 0
     if args.patience:                  # the images early stopping watches come out of the training split
-        from lepton_nb.cnn import holdout_split
-        n_watch = len(holdout_split(data.y_train, 0.1, args.seed)[1])
+        from lepton_nb.cnn import MONITOR_PCT, holdout_split
+        n_watch = len(holdout_split(data.y_train, MONITOR_PCT, args.seed)[1])   # the split train_classifier makes
     if not quiet: print(f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train) - n_watch} train"
           + (f" (+{n_watch} held out for early stopping)" if n_watch else '')
           + f" / {len(data.y_valid)} held-out images, {len(data.classes)} classes -> {out}"

@@ -21,11 +21,11 @@ from .metrics import Confusion, classification_report, plot_confusion
 from .svm import LinearSVM
 
 # %% auto #0
-__all__ = ['ARCHS', 'RECIPES', 'CONFIG_FORMAT', 'layers', 'seed_cnn', 'fast_cnn', 'random_flip', 'flip_tta', 'check_config',
-           'model_config', 'eval_settings', 'build_model', 'save_model', 'load_weights_strict', 'load_model',
-           'evaluate_model', 'holdout_split', 'train_classifier', 'plot_predictions', 'write_artifacts', 'predict',
-           'plot_prediction', 'plot_predictions_grid', 'export_image_folder', 'EvalEveryCB', 'time_to_accuracy',
-           'cnn_features', 'svm_on_features']
+__all__ = ['ARCHS', 'RECIPES', 'CONFIG_FORMAT', 'MONITOR_PCT', 'layers', 'seed_cnn', 'fast_cnn', 'random_flip', 'flip_tta',
+           'check_config', 'model_config', 'eval_settings', 'build_model', 'save_model', 'load_weights_strict',
+           'load_model', 'evaluate_model', 'holdout_split', 'train_classifier', 'plot_predictions', 'write_artifacts',
+           'predict', 'plot_prediction', 'plot_predictions_grid', 'export_image_folder', 'EvalEveryCB',
+           'time_to_accuracy', 'cnn_features', 'svm_on_features']
 
 # %% ../nbs/08_cnn.ipynb #b03462ec
 def layers(impl:str='torch') -> SimpleNamespace:
@@ -236,6 +236,8 @@ def evaluate_model(model:nn.Module, data_or_dl, n_classes:int, device=None, tta:
             conf.update(p, yb); probs.append(p.cpu())
     return conf.compute(), torch.cat(probs)
 
+MONITOR_PCT = 0.1   # the share of each class of the training images that early stopping holds out and watches
+
 def holdout_split(y:torch.Tensor, # Labels
                   pct:float=0.1, # Share of each class held out (rounded; at least one of each class of two or more)
                   seed:int=0, # Changes which examples are held out
@@ -265,7 +267,7 @@ def train_classifier(data:ImageData, # From `get_data`
                      progress:bool=True, # Progress bars and per-epoch lines on standard error
                      checkpoint_every:float=60.0, # Seconds of training between mid-epoch checkpoints
                      patience:int|None=None, # Early stopping: stop when the loss on training images held out has not improved for this many epochs, and keep the best epoch's weights (None: off)
-                     monitor_pct:float=0.1, # With `patience`: the share of each class of the training images held out for it
+                     monitor_pct:float=MONITOR_PCT, # With `patience`: the share of each class of the training images held out for it
                      tensorboard:bool=False, # Log to `out`/tensorboard
                      cbs:list=(), # Extra callbacks
                      **recipe_overrides, # Any other recipe key (width, label_smoothing, augment, amp, ...)
