@@ -102,10 +102,10 @@ def _add_data_args(p, val=True):
 
 # %% ../nbs/12_cli.ipynb #384f4095
 _TRAIN_KEYS = ('data', 'val', 'size', 'channels', 'valid_pct', 'model', 'impl', 'epochs', 'time_budget', 'batch_size',
-               'lr', 'device', 'seed', 'patience', 'checkpoint_every', 'width', 'tensorboard')
+               'lr', 'device', 'seed', 'patience', 'watch', 'checkpoint_every', 'width', 'tensorboard')
 _TRAIN_DEFAULTS = dict(data='fashion-mnist', val=None, size=28, channels=None, valid_pct=0.2, model='fast', impl='torch',
                        epochs=None, time_budget=None, batch_size=None, lr=None, device='auto', seed=0, patience=None,
-                       checkpoint_every=60.0, width=None, tensorboard=False)
+                       watch='valid_loss', checkpoint_every=60.0, width=None, tensorboard=False)
 
 def _data_name(data) -> str:
     if data is None or str(data).lower() in ('fashion-mnist', 'fashion_mnist', 'fmnist'): return 'fashion-mnist'
@@ -118,7 +118,7 @@ def _finished(run:Path) -> bool:
     m, c = run/'metrics.json', run/'checkpoint.pt'
     return m.is_file() and (not c.is_file() or m.stat().st_mtime_ns >= c.stat().st_mtime_ns)
 
-_SAVED_TYPES = {**{k: (str,) for k in ('data', 'val', 'model', 'impl', 'device', 'loss')},
+_SAVED_TYPES = {**{k: (str,) for k in ('data', 'val', 'model', 'impl', 'device', 'loss', 'watch')},
                 **{k: (bool,) for k in ('tensorboard', 'unconditional')},
                 **{k: (int, float) for k in ('valid_pct', 'time_budget', 'lr', 'checkpoint_every')},
                 **{k: (int,) for k in ('size', 'channels', 'epochs', 'batch_size', 'seed', 'patience', 'width', 'n_eval')}}
@@ -191,9 +191,9 @@ def _saved_options(args, keys) -> dict:
 
 # What a resumed run cannot change: its data and everything that shapes the model or the sequence of steps. The budget
 # (--epochs, --time-budget), the device, checkpoints, early stopping's patience and logging may change; early stopping
-# cannot be turned on, since it holds out training images.
+# cannot be turned on, since it holds out training images, and keeps what it watches (--watch).
 _FIXED_ON_RESUME = ('data', 'val', 'size', 'channels', 'valid_pct', 'model', 'impl', 'width', 'seed', 'batch_size', 'lr',
-                    'unconditional', 'loss', 'n_eval')
+                    'watch', 'unconditional', 'loss', 'n_eval')
 
 def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULTS, name='train_args.json'):
     "On --resume, fill every option not given on the command line from the run's saved arguments (`name`); refuse changes to its data or model."
@@ -236,6 +236,8 @@ def _unused_options(args) -> list[str]:
     out, fm = [], _data_name(args.data) == 'fashion-mnist' and not args.resume
     if args.model == 'seed' and args.width is not None: out.append("--width is the fast model's; the seed model has the article's sizes")
     if args.val is not None and args.valid_pct is not None: out.append("--valid-pct is not used: --val gives the validation images")
+    if getattr(args, 'watch', None) is not None and args.patience is None and not args.resume:
+        out.append("--watch is early stopping's: it is not used without --patience")
     if fm and (args.size not in (None, 28) or args.channels not in (None, 1)):
         out.append("--size and --channels are for image folders: Fashion-MNIST stays 28x28 grey")
     return out
@@ -292,7 +294,7 @@ def cmd_train(args) -> dict:
         learn, metrics = train_classifier(data, args.model, impl=args.impl, epochs=args.epochs, time_budget=args.time_budget,
                                           bs=args.batch_size, lr=args.lr, device=ddp.device if ddp else args.device,
                                           seed=args.seed, progress=not (args.json or quiet), checkpoint_every=args.checkpoint_every,
-                                          patience=args.patience, tensorboard=args.tensorboard, **run, **extra)
+                                          patience=args.patience, monitor=args.watch, tensorboard=args.tensorboard, **run, **extra)
     if ddp: metrics = finish_ddp(learn, metrics, out, ddp)
     if learn.interrupted:
         raise KeyboardInterrupt(f"stopped by {learn.interrupted}; checkpoint saved in {out}; "
@@ -521,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "  lepton train --data photos/train --val photos/val --out runs/photos\n"
                        "  lepton train --resume                  # continue the latest interrupted run in runs/\n"
                        "  lepton train --model seed --epochs 30 --patience 3   # stop when a held-out tenth stops improving\n"
+                       "  lepton train --epochs 30 --patience 3 --watch accuracy   # ... judged by its accuracy\n"
                        "  torchrun --nproc_per_node=2 -m lepton_nb.cli train --ddp --model seed   # 2 processes")
     _add_data_args(p)
     for a in p._actions:   # on --resume, unset options come from the run's train_args.json
@@ -543,7 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the data and model stay; --epochs, --time-budget, --device may change)")
     p.add_argument('--patience', type=_int_at_least(1), default=None,
                    help="early stopping: hold out a tenth of each class of the training images, stop after this many "
-                        "epochs without a better loss on them, and save the best epoch's weights (default: off)")
+                        "epochs without a better --watch figure on them, and save the best epoch's weights (default: off)")
+    p.add_argument('--watch', choices=('valid_loss', 'accuracy', 'f1_macro'), default=None,
+                   help="what early stopping watches on the held-out tenth: its loss, accuracy or macro F1 (default: valid_loss)")
     p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
                    help="seconds of training between checkpoints within an epoch (default: 60)")
     p.add_argument('--tensorboard', action='store_true', default=None,

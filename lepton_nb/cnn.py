@@ -21,11 +21,11 @@ from .metrics import Confusion, classification_report, plot_confusion
 from .svm import LinearSVM
 
 # %% auto #0
-__all__ = ['ARCHS', 'RECIPES', 'CONFIG_FORMAT', 'MONITOR_PCT', 'layers', 'seed_cnn', 'fast_cnn', 'random_flip', 'flip_tta',
-           'check_config', 'model_config', 'eval_settings', 'build_model', 'save_model', 'load_weights_strict',
-           'load_model', 'evaluate_model', 'holdout_split', 'train_classifier', 'plot_predictions', 'write_artifacts',
-           'predict', 'plot_prediction', 'plot_predictions_grid', 'export_image_folder', 'EvalEveryCB',
-           'time_to_accuracy', 'cnn_features', 'svm_on_features']
+__all__ = ['ARCHS', 'RECIPES', 'CONFIG_FORMAT', 'MONITOR_PCT', 'MONITORS', 'layers', 'seed_cnn', 'fast_cnn', 'random_flip',
+           'flip_tta', 'check_config', 'model_config', 'eval_settings', 'build_model', 'save_model',
+           'load_weights_strict', 'load_model', 'evaluate_model', 'holdout_split', 'train_classifier',
+           'plot_predictions', 'write_artifacts', 'predict', 'plot_prediction', 'plot_predictions_grid',
+           'export_image_folder', 'EvalEveryCB', 'time_to_accuracy', 'cnn_features', 'svm_on_features']
 
 # %% ../nbs/08_cnn.ipynb #b03462ec
 def layers(impl:str='torch') -> SimpleNamespace:
@@ -237,6 +237,7 @@ def evaluate_model(model:nn.Module, data_or_dl, n_classes:int, device=None, tta:
     return conf.compute(), torch.cat(probs)
 
 MONITOR_PCT = 0.1   # the share of each class of the training images that early stopping holds out and watches
+MONITORS = {'valid_loss': 'min', 'accuracy': 'max', 'f1_macro': 'max'}   # what early stopping may watch, and which way is better
 
 def holdout_split(y:torch.Tensor, # Labels
                   pct:float=0.1, # Share of each class held out (rounded; at least one of each class of two or more)
@@ -266,7 +267,8 @@ def train_classifier(data:ImageData, # From `get_data`
                      resume:bool=False, # Continue from `out`/checkpoint.pt
                      progress:bool=True, # Progress bars and per-epoch lines on standard error
                      checkpoint_every:float=60.0, # Seconds of training between mid-epoch checkpoints
-                     patience:int|None=None, # Early stopping: stop when the loss on training images held out has not improved for this many epochs, and keep the best epoch's weights (None: off)
+                     patience:int|None=None, # Early stopping: stop when `monitor` on training images held out has not improved for this many epochs, and keep the best epoch's weights (None: off)
+                     monitor:str='valid_loss', # With `patience`: what it watches, 'valid_loss', 'accuracy' or 'f1_macro'
                      monitor_pct:float=MONITOR_PCT, # With `patience`: the share of each class of the training images held out for it
                      tensorboard:bool=False, # Log to `out`/tensorboard
                      cbs:list=(), # Extra callbacks
@@ -290,6 +292,7 @@ def train_classifier(data:ImageData, # From `get_data`
     net = build_model(cfg).to(dev)
     if r['channels_last']: net = net.to(memory_format=torch.channels_last)
     x_tr, y_tr, watch = data.x_train, data.y_train, None
+    if monitor not in MONITORS: raise LeptonError(f"early stopping watches {' or '.join(map(repr, MONITORS))}, not {monitor!r}")
     if patience:   # early stopping watches training images held out: choosing the epoch by the test split would flatter it
         keep, held = holdout_split(data.y_train, monitor_pct, seed)
         if not len(held): raise LeptonError("early stopping holds out some training images to watch, and no class has two: "
@@ -309,7 +312,7 @@ def train_classifier(data:ImageData, # From `get_data`
     if r['amp']: cbs.append(MixedPrecisionCB())
     if r['augment']: cbs.append(BatchTransformCB(random_flip))
     if time_budget: cbs.append(TimeBudgetCB(time_budget))
-    if patience: cbs.append(EarlyStoppingCB('valid_loss', patience))
+    if patience: cbs.append(EarlyStoppingCB(monitor, patience, mode=MONITORS[monitor]))
     if out is not None: cbs.append(CheckpointCB(out/'checkpoint.pt', checkpoint_every))
     if tensorboard and out is not None: cbs.append(TensorBoardCB(out/'tensorboard'))
     learn = Learner(net, tr, va, loss_func=loss, opt=opt, cbs=cbs, device=dev)
@@ -331,11 +334,11 @@ def train_classifier(data:ImageData, # From `get_data`
                'confusion': m['confusion'], 'history': learn.history}
     if watch is not None:
         es = learn.cb(EarlyStoppingCB)
-        metrics['early_stopping'] = {'watched': f"valid_loss on {len(watch[1])} training images held out ({monitor_pct:.0%} of "
+        metrics['early_stopping'] = {'watched': f"{monitor} on {len(watch[1])} training images held out ({monitor_pct:.0%} of "
                                                  "each class, not trained on); the history's valid figures are theirs",
-                                     'patience': patience, 'best_epoch': es.best_epoch, 'best_valid_loss': es.best,
-                                     'weights_kept': es.kept}
-        if es.at_end is not None: metrics['early_stopping']['valid_loss_of_the_last_weights'] = es.at_end   # stopped mid-epoch
+                                     'monitor': monitor, 'patience': patience, 'best_epoch': es.best_epoch,
+                                     f'best_{monitor}': es.best, 'weights_kept': es.kept}
+        if es.at_end is not None: metrics['early_stopping'][f'{monitor}_of_the_last_weights'] = es.at_end   # stopped mid-epoch
     learn.final_probs = probs
     if out is not None: write_artifacts(learn, cfg, metrics, data, out)
     return learn, metrics

@@ -30,9 +30,12 @@ class ShardedLoader:
                  rank:int, world_size:int):
         if getattr(dl, 'world_size', 1) != 1: raise LeptonError("ShardedLoader shards a loader that is not sharded already")
         if not 0 <= rank < world_size: raise LeptonError(f"rank must be 0..{world_size - 1}, got {rank}")
-        if dl.bs % world_size: raise LeptonError(f"the global batch size {dl.bs} is not divisible by {world_size} processes")
+        whole = dl.bs >= len(dl.y)   # one batch is the whole set (a batch size cut down to a small set): equal shares of it
+        if len(dl.y) < world_size: raise LeptonError(f"{len(dl.y)} training images cannot be shared by {world_size} processes")
+        if dl.bs % world_size and not whole:
+            raise LeptonError(f"the global batch size {dl.bs} is not divisible by {world_size} processes")
         self.dl, self.rank, self.world_size = dl, rank, world_size
-        self.bs, self.device, self.drop_last = dl.bs // world_size, dl.device, dl.drop_last
+        self.bs, self.device, self.drop_last = (len(dl.y) if whole else dl.bs) // world_size, dl.device, dl.drop_last
     def set_epoch(self, epoch:int): self.dl.set_epoch(epoch)
     def indices(self) -> torch.Tensor:
         "This rank's positions in the epoch's permutation: r, r+N, r+2N, ..."
@@ -63,6 +66,15 @@ def weights_sha256(model:nn.Module) -> str:
         h.update(k.encode()); h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
+class _AgreedValidationCB(Callback):
+    "Rank 0's validation figures (the loss and what MetricsCB added) on every rank, before early stopping reads them."
+    order = 35   # after MetricsCB (10), before EarlyStoppingCB (40); DDPCB adds it
+    def after_validate(self):   # also for a validation outside an epoch's end (early stopping's last, in after_fit)
+        if not dist.is_initialized(): return
+        r = self.learn.record
+        box = [{k: v for k, v in r.items() if k not in ('epoch', 'train_loss')}]   # (train_loss: each rank's, averaged later)
+        dist.broadcast_object_list(box, 0, device=_comm_device(self.learn)); r.update(box[0])
+
 class DDPCB(Callback):
     "Data-parallel training inside `Learner`: sharded batches, DDP gradient all-reduce, one agreed clock and stop."
     order = -30   # before every other callback, so they all see the sharded loader, the wrapped model and agreed values
@@ -75,7 +87,9 @@ class DDPCB(Callback):
         if self.resume_from is not None: load_checkpoint(l, self.resume_from)
         self.dl = l.train_dl
         l.train_dl = ShardedLoader(l.train_dl, self.rank, self.world)
+        self.shard_bs = l.train_dl.bs
         l.model = _DDP(l.model, device_ids=[l.device.index] if l.device.type == 'cuda' else None)
+        if l.cb(_AgreedValidationCB) is None: l.add_cb(_AgreedValidationCB())
         self.t, self.pending = l.train_time, None
         l.elapsed = lambda: self.t                 # one clock for every rank: the slowest rank's, agreed each step
         if threading.current_thread() is threading.main_thread():   # a signal is noted here, acted on when all agree
@@ -94,9 +108,6 @@ class DDPCB(Callback):
         for b in self.learn.model.module.buffers() if isinstance(self.learn.model, _DDP) else self.learn.model.buffers():
             dist.broadcast(b.data, 0)
     def before_validate(self): self._sync_buffers()
-    def after_validate(self):   # rank 0's loss everywhere, also for a validation outside an epoch's end (early stopping's last)
-        t = torch.tensor([self.learn.record['valid_loss']], dtype=torch.float64, device=_comm_device(self.learn))
-        dist.broadcast(t, 0); self.learn.record['valid_loss'] = t.item()
     def after_epoch(self):
         r, dev = self.learn.record, _comm_device(self.learn)   # the same dict as history[-1]: updated in place
         if 'train_loss' in r:                      # the mean over all ranks' shards: the single-process run's figure
@@ -119,7 +130,7 @@ class DDPCB(Callback):
         hashes = [None] * self.world
         dist.all_gather_object(hashes, weights_sha256(l.model))
         return {'world_size': self.world, 'backend': dist.get_backend(), 'threads_per_rank': torch.get_num_threads(),
-                'batch_per_rank': l.train_dl.bs // self.world if hasattr(l.train_dl, 'bs') else None,
+                'batch_per_rank': self.shard_bs,
                 'max_weight_difference_across_ranks': (hi - lo).abs().max().item(), 'weights_sha256_per_rank': hashes}
 
 # %% ../nbs/11_distributed.ipynb #e8f3355a

@@ -349,11 +349,16 @@ class EarlyStoppingCB(Callback):
         l.model.load_state_dict(self.weights)
         self.kept = self.best_epoch
         l.stop_reason = f"{l.stop_reason or 'epochs done'}; the weights of epoch {self.best_epoch} ({self.monitor} {self.best:.4f}) were kept"
-    def state_dict(self): return {'best': self.best, 'wait': self.wait, 'best_epoch': self.best_epoch, 'weights': self.weights}
+    def state_dict(self): return {'best': self.best, 'wait': self.wait, 'best_epoch': self.best_epoch, 'weights': self.weights,
+                                  'monitor': self.monitor, 'mode': self.mode}
     def load_state_dict(self, d):
         if 'best_epoch' not in d:   # written before early stopping kept weights, when it watched the held-out split
             raise LeptonError("the checkpoint's early stopping is of an older version (it watched the held-out split, which "
                               "is now left for the final figures): start a new run")
+        was = (d.get('monitor', 'valid_loss'), d.get('mode', 'min'))   # (checkpoints from before `monitor` was saved watched the loss)
+        if was != (self.monitor, self.mode):   # a best value of another measure would be compared with this one
+            raise LeptonError(f"the checkpoint's early stopping watched {was[0]} ({was[1]}), this run watches {self.monitor} "
+                              f"({self.mode}): resume with the same measure, or start a new run")
         self.best, self.wait, self.best_epoch, self.weights = d['best'], d['wait'], d['best_epoch'], d['weights']
 
 class NonFiniteGuardCB(Callback):

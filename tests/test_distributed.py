@@ -77,6 +77,16 @@ def test_ddp_errors(folder, cache, tmp_path):
     assert 'global batch size 33 is not divisible by 2 processes' in r.stderr
     assert not (tmp_path/'odd'/'model.safetensors').exists()
 
+def test_ddp_on_a_set_smaller_than_the_batch(tmp_path):
+    "15 training images and the seed recipe's batch of 32: the batch is cut to the 15, and the 2 ranks take 7 each."
+    fm = D.load_fashion_mnist(cache=False)
+    export_image_folder(fm, tmp_path/'train', CLASSES[:3], 5); export_image_folder(fm, tmp_path/'val', CLASSES[:3], 2, split='valid')
+    r = torchrun('train', '--ddp', '--data', tmp_path/'train', '--val', tmp_path/'val', '--model', 'seed', '--epochs', '1',
+                 '--out', tmp_path/'run', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path/'run'/'metrics.json').read_text())
+    assert m['n_train'] == 15 and m['ddp']['batch_per_rank'] == 7 and len(set(m['ddp']['weights_sha256_per_rank'])) == 1
+
 
 NAN_RUN = r"""
 import datetime, sys, torch, torch.nn as nn, torch.distributed as dist
@@ -117,12 +127,29 @@ def test_ddp_non_finite_loss_stops_every_rank_together(tmp_path):
 
 
 def test_ddp_early_stopping_checks_the_weights_it_saves(folder, cache, tmp_path):
-    "Early stopping may put back an earlier epoch's weights: the ranks' agreement is measured on those, the saved ones."
+    """Early stopping may put back an earlier epoch's weights: the ranks' agreement is measured on those, the saved ones.
+    It watches accuracy here, which every rank takes from rank 0, as it does the loss."""
     r = torchrun('train', '--ddp', '--data', folder/'train', '--val', folder/'val', '--model', 'seed', '--batch-size', '32',
-                 '--lr', '0.05', '--epochs', '30', '--patience', '1', '--out', tmp_path/'es', cwd=tmp_path)
+                 '--lr', '0.05', '--epochs', '30', '--patience', '1', '--watch', 'accuracy', '--out', tmp_path/'es', cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path/'es'/'metrics.json').read_text())
     h, es = m['ddp']['weights_sha256_per_rank'], m['early_stopping']
     assert es['weights_kept'] == es['best_epoch'] < len(m['history']), es   # an earlier epoch's weights were put back
+    assert es['monitor'] == 'accuracy' and es['best_accuracy'] == max(e['accuracy'] for e in m['history']), es
+    assert m['stop_reason'].startswith('accuracy did not improve for 1 epoch'), m['stop_reason']
     assert h[0] == h[1] == weights_sha256(load_model(tmp_path/'es', 'cpu')[0]), es
     assert es['patience'] == 1 and m['n_train'] == 540 and m['n_test'] == 200
+
+def test_every_option_of_a_ddp_command_passes_through_torchrun():
+    """torchrun's own parser accepts abbreviations of its options, so an option of ours that is the start of one of its
+    (--monitor, of --monitor-interval) is refused by torchrun before lepton starts: each of ours must get through."""
+    from torch.distributed.run import get_args_parser
+    from lepton_nb.cli import build_parser
+    cmds = build_parser()._subparsers._group_actions[0].choices
+    ddp = {n: p for n, p in cmds.items() if any('--ddp' in a.option_strings for a in p._actions)}
+    assert 'train' in ddp
+    for name, p in ddp.items():
+        for o in (o for a in p._actions for o in a.option_strings if o.startswith('--')):
+            try: r = get_args_parser().parse_args(['--standalone', '--nproc_per_node=2', '-m', 'lepton_nb.cli', name, o, '1'])
+            except SystemExit: pytest.fail(f"torchrun refuses {name} {o}: it abbreviates one of torchrun's own options")
+            assert r.training_script_args == [name, o, '1'], (name, o)

@@ -134,6 +134,8 @@ def test_options_a_run_will_not_use_are_noted():
     assert notes('--data', 'photos/train', '--val', 'photos/val', '--valid-pct', '0.3') == ["--valid-pct is not used: --val gives the validation images"]
     assert notes('--size', '64') == notes('--channels', '3') == ["--size and --channels are for image folders: Fashion-MNIST stays 28x28 grey"]
     assert notes('--data', 'photos/train', '--size', '64') == [] and notes('--resume', '--size', '64') == []
+    assert notes('--watch', 'accuracy') == ["--watch is early stopping's: it is not used without --patience"]
+    assert notes('--watch', 'accuracy', '--patience', '2') == notes('--resume', '--watch', 'accuracy') == []
 
 def test_evaluate_repeats_the_training_evaluation(folders, cache, tmp_path):
     "The seed recipe is evaluated without flips and bf16: `lepton evaluate` reads that from config.json and agrees."
@@ -195,10 +197,12 @@ def test_resume_restores_every_saved_option(tmp_path):
     from lepton_nb.core import LeptonError
     with pytest.raises(LeptonError, match='started without early stopping'):
         _merge_resume_args(build_parser().parse_args(['train', '--resume', '--patience', '2']), tmp_path)
-    save_json({'model': 'seed', 'patience': 3}, tmp_path/'train_args.json')
+    save_json({'model': 'seed', 'patience': 3, 'watch': 'valid_loss'}, tmp_path/'train_args.json')
     args = build_parser().parse_args(['train', '--resume', '--patience', '5'])
     _merge_resume_args(args, tmp_path)
-    assert args.patience == 5
+    assert args.patience == 5 and args.watch == 'valid_loss'
+    with pytest.raises(LeptonError, match='--watch accuracy differs'):   # its best loss is no best accuracy
+        _merge_resume_args(build_parser().parse_args(['train', '--resume', '--watch', 'accuracy']), tmp_path)
 
 def test_early_stopping_watches_held_out_training_images(folders, cache, tmp_path):
     "--patience trains on nine tenths of each class, watches the rest, and still reports the held-out split's accuracy."
