@@ -12,7 +12,7 @@ try: from lepton_nb.core import LeptonError, LeptonWarning   # this imports torc
 except KeyboardInterrupt: print('lepton: interrupted', file=sys.stderr); sys.exit(130)
 
 # %% auto #0
-__all__ = ['BENCH_PARTS', 'COMMANDS', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan',
+__all__ = ['PLOT_MAX', 'BENCH_PARTS', 'COMMANDS', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan',
            'cmd_gan_sample', 'build_parser', 'main']
 
 # %% ../nbs/12_cli.ipynb #3f676e04
@@ -39,6 +39,11 @@ def _fraction(s):
     if not 0 < v < 1: raise argparse.ArgumentTypeError(f"must be between 0 and 1 (a share such as 0.2), got {s}")
     return v
 
+def _threads(s):
+    if s == 'auto': return s
+    try: return _int_between(1, 1024)(s)
+    except argparse.ArgumentTypeError as e: raise argparse.ArgumentTypeError(f"{e} (or auto)") from None
+
 def _positive_float(s):
     try: v = float(s)
     except ValueError: raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
@@ -59,6 +64,11 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return h + ' (default: %(default)s)'
 
 # %% ../nbs/12_cli.ipynb #8a6c7602
+def _leak_line(report:dict) -> str:
+    n = report['held_out_copies_of_training_images']
+    return (f"{n} held-out image{'s are' if n > 1 else ' is a'} byte-identical cop{'ies' if n > 1 else 'y'} of training images: "
+            "the held-out figures will flatter the model (the duplicates are listed by lepton data)")
+
 def _print_data_summary(data, out=None):
     out = out or sys.stdout
     s = data.summary()
@@ -77,6 +87,7 @@ def _print_data_summary(data, out=None):
         for g in r['duplicate_groups'][:10]: p(f"  duplicate files (same bytes): {', '.join(g)}")
         if len(r['duplicate_groups']) > 10: p(f"  ... and {len(r['duplicate_groups']) - 10} more groups of duplicates")
         for g in r['duplicates_across_classes'][:10]: p(f"  warning: the same image is in several classes: {', '.join(g)}")
+        if r.get('held_out_copies_of_training_images'): p(f"  warning: {_leak_line(r)}")
     if s['skipped']:
         p(f"  skipped {len(s['skipped'])} file(s):")
         for k in s['skipped']: p(f"    {k['file']}: {k['reason']}")
@@ -118,7 +129,7 @@ def _finished(run:Path) -> bool:
     m, c = run/'metrics.json', run/'checkpoint.pt'
     return m.is_file() and (not c.is_file() or m.stat().st_mtime_ns >= c.stat().st_mtime_ns)
 
-_SAVED_TYPES = {**{k: (str,) for k in ('data', 'val', 'model', 'impl', 'device', 'loss', 'watch')},
+_SAVED_TYPES = {**{k: (str,) for k in ('data', 'val', 'model', 'impl', 'device', 'loss', 'watch', 'data_hash')}, 'classes': (list,),
                 **{k: (bool,) for k in ('tensorboard', 'unconditional')},
                 **{k: (int, float) for k in ('valid_pct', 'time_budget', 'lr', 'checkpoint_every')},
                 **{k: (int,) for k in ('size', 'channels', 'epochs', 'batch_size', 'seed', 'patience', 'width', 'n_eval')}}
@@ -178,9 +189,22 @@ def _run_dir(args, kind:str='train') -> Path:
                                         f"and a larger --epochs or --time-budget)")
         return max(open_, key=lambda c: (c/'checkpoint.pt').stat().st_mtime)
     base = Path('runs')/f"{_data_name(args.data)}-{args.model}"
-    cands = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 1000)]
-    done = ('model.safetensors', 'generator.safetensors', 'checkpoint.pt')   # a finished or started run of either kind
-    return next(c for c in cands if not any((c/f).exists() for f in done))
+    cands = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 10_000)]
+    free = next((c for c in cands if not c.exists()), None)   # any folder there may be a run still starting, or the user's
+    if free is None: raise LeptonError(f"runs/ holds {len(cands)} folders named {base.name}[-N]: give --out DIR")
+    return free
+
+def _claim_run_dir(out:Path, pick=None) -> tuple[Path, bool]:
+    """Create the run folder; returns it, and whether this command created it. A default name (`pick`: what gives the
+    next free one) is claimed by creating it: runs started at once, which all saw the same name free, each get their own."""
+    while True:
+        try:
+            if pick is None: created = not out.exists(); out.mkdir(parents=True, exist_ok=True); return out, created
+            out.mkdir(parents=True); return out, True
+        except FileExistsError:
+            if pick is None: raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)") from None
+            out = pick()                   # taken since it was picked: the next free name
+        except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
 
 def _saved_options(args, keys) -> dict:
     "The options to save in a run folder; a folder of data by its absolute path, so --resume works from anywhere."
@@ -209,10 +233,33 @@ def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULT
         raise LeptonError(f"--{k.replace('_', '-')} {v} differs from the run's own ({'the default' if saved[k] is None else saved[k]}): "
                           "a resumed run keeps its data and model (the budget, device and checkpoints may change); start a "
                           "new run with another --out")
-    for k in keys:
-        if getattr(args, k) is None and saved.get(k) is not None: setattr(args, k, saved[k])
+    budget = [k for k in ('epochs', 'time_budget') if k in keys]   # a budget given again replaces the saved one whole:
+    new_budget = any(getattr(args, k) is not None for k in budget)   # a run of --time-budget 20 resumed with --epochs 50
+    for k in keys:                                                    # is not stopped by its old 20 s
+        if new_budget and k in budget: continue
+        if getattr(args, k) is None and saved.get(k) is not None:
+            if k in ('data', 'val') and _data_name(saved[k]) != 'fashion-mnist' and not Path(saved[k]).exists():
+                raise LeptonError(f"{saved[k]}: the run's {'data' if k == 'data' else 'validation'} folder is not there any "
+                                  f"more: if it moved, resume with --{k} NEW_PLACE")
+            setattr(args, k, saved[k])
     for k, v in defaults.items():
         if getattr(args, k) is None: setattr(args, k, v)
+
+def _check_resumed_data(out:Path, data, name:str):
+    """On --resume: the data must have the classes the run started with (a folder given at a new place could be any
+    folder); a change in its files since then gets a note. (`name`: train_args.json or gan_args.json.)"""
+    saved = _saved_args(out, name)
+    was = saved.get('classes')
+    if isinstance(was, list) and was != list(data.classes):
+        raise LeptonError(f"{data.source} has the classes {', '.join(data.classes)}; the run started on "
+                          f"{', '.join(map(str, was))}: resume it with its own data, or start a new run")
+    if saved.get('data_hash') not in (None, data.source_hash):
+        print("note: the data changed since the run started (files added, removed or edited): it resumes on the data as it "
+              "is now", file=sys.stderr)
+
+def _run_facts(data) -> dict:
+    "What a run folder's settings file records of its data, besides the options, for `_check_resumed_data`."
+    return {'classes': list(data.classes), 'data_hash': data.source_hash}
 
 @contextlib.contextmanager
 def _unstarted_removed(out:Path, created:bool, args_file:str):
@@ -226,17 +273,17 @@ def _unstarted_removed(out:Path, created:bool, args_file:str):
         raise
 
 def _note_skipped(data, args, quiet:bool=False):
-    "One line on files of the data that could not be read: training goes on without them, and `lepton data` lists them."
+    "One line on files of the data left out (unreadable, or loose): training goes on without them, and `lepton data` lists them."
     if data.skipped and not quiet:
-        print(f"note: {len(data.skipped)} file(s) of the data could not be read and are left out "
+        print(f"note: {len(data.skipped)} file(s) of the data are left out, unreadable or outside the class folders "
               f"(lepton data --data {args.data}{' --val ' + str(args.val) if args.val else ''} lists them)", file=sys.stderr)
 
 def _unused_options(args) -> list[str]:
     "Options given on the command line that this run will not use, each as a line to print (nothing is refused)."
     out, fm = [], _data_name(args.data) == 'fashion-mnist' and not args.resume
-    if args.model == 'seed' and args.width is not None: out.append("--width is the fast model's; the seed model has the article's sizes")
+    if getattr(args, 'model', None) == 'seed' and args.width is not None: out.append("--width is the fast model's; the seed model has the article's sizes")
     if args.val is not None and args.valid_pct is not None: out.append("--valid-pct is not used: --val gives the validation images")
-    if getattr(args, 'watch', None) is not None and args.patience is None and not args.resume:
+    if getattr(args, 'watch', None) is not None and getattr(args, 'patience', None) is None and not args.resume:
         out.append("--watch is early stopping's: it is not used without --patience")
     if fm and (args.size not in (None, 28) or args.channels not in (None, 1)):
         out.append("--size and --channels are for image folders: Fashion-MNIST stays 28x28 grey")
@@ -259,6 +306,7 @@ def cmd_train(args) -> dict:
         for k, v in _TRAIN_DEFAULTS.items():
             if getattr(args, k) is None: setattr(args, k, v)
         out = _run_dir(args)
+    pick = None if args.out or args.resume else (lambda: _run_dir(args))   # a default name: claimed when created
     if ddp: out = agree(out)           # the folder rank 0 chose
     if out.exists() and not out.is_dir(): raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
     get_device(args.device)            # an unavailable device fails here, before any data is loaded
@@ -269,17 +317,18 @@ def cmd_train(args) -> dict:
                     seed=args.seed, progress=not (args.json or quiet))
     if len(data.classes) < 2: raise LeptonError(f"a classifier needs at least 2 classes, {data.source} has {len(data.classes)}")
     _note_skipped(data, args, quiet)
+    if not quiet and (data.report or {}).get('held_out_copies_of_training_images'): print(f"note: {_leak_line(data.report)}", file=sys.stderr)
     for u in ([] if quiet else unused): print(f"note: {u}", file=sys.stderr)
-    created = not out.exists()
-    try: out.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
+    out, created = _claim_run_dir(out, pick) if not quiet else (out, False)
+    if ddp: out = agree(out)           # (the other ranks write nothing there)
     if args.width is None and args.model == 'fast':   # the recipe's width depends on the budget: fixed by the first one
         from lepton_nb.cnn import _recipe
         first = _saved_args(out, 'train_args.json').get('time_budget') if args.resume else args.time_budget
         args.width = _recipe('fast', first).get('width')
     if args.overwrite and not args.resume:   # the replaced run's checkpoint and metrics must not pass for this run's
         for f in ('checkpoint.pt', 'metrics.json'): (out/f).unlink(missing_ok=True)
-    if not quiet: save_json(_saved_options(args, _TRAIN_KEYS), out/'train_args.json')
+    if args.resume: _check_resumed_data(out, data, 'train_args.json')
+    if not quiet: save_json({**_saved_options(args, _TRAIN_KEYS), **_run_facts(data)}, out/'train_args.json')
     extra = {'width': args.width} if args.width else {}
     run = train_kwargs(ddp, out, args.resume) if ddp else dict(out=out, resume=args.resume)
     n_watch = 0
@@ -300,10 +349,16 @@ def cmd_train(args) -> dict:
         raise KeyboardInterrupt(f"stopped by {learn.interrupted}; checkpoint saved in {out}; "
                                 f"continue with: {'torchrun ... -m lepton_nb.cli train --ddp' if ddp else 'lepton train'} --resume --out {out}")
     if quiet: return None
+    absent = metrics.get('absent_classes', [])
+    if absent:
+        print(f"note: the held-out images hold no {', '.join(map(repr, absent[:5]))}{' ...' if len(absent) > 5 else ''} "
+              f"({len(absent)} of {len(data.classes)} classes): their figures are n/a, and the macro averages count them as 0",
+              file=sys.stderr)
     print(f"test accuracy {metrics['test_accuracy']:.4f}{' (with flip averaging)' if metrics.get('tta') else ''}  "
-          f"f1 (macro) {metrics['f1_macro']:.4f}  after "
-          f"{metrics['epochs']:g} epochs, {metrics['train_seconds']:.1f} s of training on {metrics['device']} "
-          f"({metrics['stop_reason']})")
+          f"f1 (macro) {metrics['f1_macro']:.4f}"
+          + (f" ({metrics['f1_macro_present']:.4f} over the {len(data.classes) - len(absent)} classes present)" if absent else '')
+          + f"  after {metrics['epochs']:g} epoch{'s' * (metrics['epochs'] != 1)}, {metrics['train_seconds']:.1f} s of training "
+          f"on {metrics['device']} ({metrics['stop_reason']})")
     print(f"wrote {out}/: " + ' '.join(sorted(p.name for p in out.iterdir() if p.is_file())))
     return metrics
 
@@ -347,23 +402,42 @@ def _png_file(path, option:str) -> Path:
     if not p.parent.is_dir(): raise LeptonError(f"{p.parent}: no such folder for the {option} file")
     return p
 
+def _image_args(paths:list) -> list[Path]:
+    "IMAGE arguments: a file as given; a folder stands for every file under it (hidden files and tools' folders left out)."
+    from lepton_nb.data import _is_data
+    out = []
+    for a in map(Path, paths):
+        if a.is_dir():
+            found = sorted(f for f in a.rglob('*') if all(_is_data(s) for s in f.relative_to(a).parts) and f.is_file())
+            if not found: raise LeptonError(f"{a}: a folder with no files in it")
+            out += found
+        else: out.append(a)
+    return out
+
+PLOT_MAX = 30   # images drawn by --plot (every image is labelled in the text)
+
 def cmd_predict(args) -> dict:
     "Label images with a saved model: top-k labels and probabilities, and optionally a picture."
     from lepton_nb.cnn import plot_predictions_grid, predict
     _check_kind(Path(args.model_dir), 'train', 'MODEL_DIR')
     if args.plot: _png_file(args.plot, '--plot')   # before any work
-    results = predict(args.model_dir, args.images, top_k=args.top_k, device=args.device)
-    if results and args.top_k > len(results[0]['top_k']):
+    files = _image_args(args.images)
+    skipped = [] if len(files) > 1 else None      # of several files, one that cannot be read is listed, not fatal
+    results = predict(args.model_dir, files, top_k=args.top_k or 3, device=args.device, skipped=skipped)
+    if results and args.top_k and args.top_k > len(results[0]['top_k']):
         print(f"note: the model knows {len(results[0]['top_k'])} classes, so --top-k {args.top_k} shows all of them", file=sys.stderr)
+    for f, why in skipped or []: print(f"skipped {f}: {why}", file=sys.stderr)
     for r in results:
         print(f"{r['file']}: " + '  '.join(f"{t['label']} {t['probability']:.3f}" for t in r['top_k']))
     if args.plot:
         import matplotlib; matplotlib.use('Agg')
         from lepton_nb.core import atomic_path
-        fig = plot_predictions_grid(results, ncols=min(3, len(results)))
+        if len(results) > PLOT_MAX: print(f"note: --plot draws the first {PLOT_MAX} of the {len(results)} images", file=sys.stderr)
+        fig = plot_predictions_grid(results[:PLOT_MAX], ncols=min(3, len(results)))
         with atomic_path(args.plot) as tmp: fig.savefig(tmp, format='png', dpi=110)
         print(f"wrote {args.plot}")
-    return {'predictions': [{k: v for k, v in r.items() if k != 'image'} for r in results]}
+    return {'predictions': [{k: v for k, v in r.items() if k != 'image'} for r in results],
+            'skipped': [{'file': f, 'reason': why} for f, why in skipped or []]}
 
 # %% ../nbs/12_cli.ipynb #096251e8
 BENCH_PARTS = ('conv', 'loader', 'learner', 'optimize', 'train')
@@ -416,10 +490,10 @@ def cmd_bench(args) -> dict:
 
 # %% ../nbs/12_cli.ipynb #e0af4375
 _GAN_KEYS = ('data', 'val', 'size', 'channels', 'valid_pct', 'epochs', 'time_budget', 'batch_size', 'lr', 'width',
-             'device', 'seed', 'n_eval', 'checkpoint_every', 'unconditional', 'loss')
+             'device', 'seed', 'n_eval', 'checkpoint_every', 'unconditional', 'loss', 'threads')
 _GAN_DEFAULTS = dict(data='fashion-mnist', val=None, size=28, channels=None, valid_pct=0.2, epochs=None, time_budget=None,
                      batch_size=64, lr=2e-3, width=32, device='auto', seed=0, n_eval=10_000, checkpoint_every=60.0,
-                     unconditional=False, loss='ns')
+                     unconditional=False, loss='ns', threads='auto')
 
 def cmd_gan(args) -> dict:
     "Train a DCGAN and write the generator, discriminator, metrics and plots; or, with `sample`, draw from a saved one."
@@ -428,6 +502,7 @@ def cmd_gan(args) -> dict:
     from lepton_nb.core import get_device, save_json
     from lepton_nb.data import get_data
     from lepton_nb.gan import train_gan
+    unused = _unused_options(args)     # what the command line gave, before saved settings and defaults fill the rest
     if args.resume:
         out = _run_dir(SimpleNamespace(out=args.out, resume=True, data=args.data, model=None), kind='gan')
         _merge_resume_args(args, out, _GAN_KEYS, _GAN_DEFAULTS, 'gan_args.json')
@@ -435,37 +510,42 @@ def cmd_gan(args) -> dict:
         for k, v in _GAN_DEFAULTS.items():
             if getattr(args, k) is None: setattr(args, k, v)
         out = _run_dir(SimpleNamespace(out=args.out, resume=False, data=args.data, model='gan', overwrite=args.overwrite), kind='gan')
+    pick = None if args.out or args.resume else (lambda: _run_dir(SimpleNamespace(out=None, resume=False, data=args.data, model='gan'), kind='gan'))
     if out.exists() and not out.is_dir(): raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
     if _data_name(args.data) != 'fashion-mnist' and (args.size % 4 or not 8 <= args.size <= 64):
         raise LeptonError(f"the DCGAN needs --size from 8 to 64, a multiple of 4, got {args.size}")
     get_device(args.device)            # an unavailable device fails here, before any data is loaded
     data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
                     seed=args.seed, progress=not args.json)
-    if len(data.classes) < 2:
+    metric = len(data.classes) >= 2
+    if not metric and not args.unconditional:
         raise LeptonError(f"lepton gan measures its samples with a classifier of the data, which needs at least 2 classes; "
-                          f"{data.source} has {len(data.classes)}")
+                          f"{data.source} has {len(data.classes)}: add --unconditional to learn its one class unmeasured")
+    if not metric: print("note: one class: no FID or classifier score (they need a classifier of 2 or more classes); "
+                          "the losses and samples are written", file=sys.stderr)
     _note_skipped(data, args)
+    for u in unused: print(f"note: {u}", file=sys.stderr)
     if data.size[0] != data.size[1] or data.size[0] % 4 or not 8 <= data.size[0] <= 64:
         raise LeptonError(f"the DCGAN needs square images of 8 to 64 pixels, a multiple of 4 (use --size), got {data.size}")
-    created = not out.exists()
-    try: out.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
+    out, created = _claim_run_dir(out, pick)
     if args.overwrite and not args.resume:   # the replaced run's checkpoint and metrics must not pass for this run's
         for f in ('checkpoint.pt', 'metrics.json'): (out/f).unlink(missing_ok=True)
-    save_json(_saved_options(args, _GAN_KEYS), out/'gan_args.json')
+    if args.resume: _check_resumed_data(out, data, 'gan_args.json')
+    save_json({**_saved_options(args, _GAN_KEYS), **_run_facts(data)}, out/'gan_args.json')
     print(f"training a {'' if args.unconditional else 'class-conditional '}DCGAN on {data.source}: {len(data.y_train)} "
           f"images, {len(data.classes)} classes -> {out}", file=sys.stderr)
     with _unstarted_removed(out, created, 'gan_args.json'):
         trainer, metrics = train_gan(data, epochs=args.epochs, time_budget=args.time_budget, bs=args.batch_size, lr=args.lr,
                                      width=args.width, conditional=not args.unconditional, loss=args.loss, device=args.device,
                                      seed=args.seed, out=out, resume=args.resume, progress=not args.json,
-                                     checkpoint_every=args.checkpoint_every, n_eval=args.n_eval)
+                                     checkpoint_every=args.checkpoint_every, n_eval=args.n_eval, metric=metric,
+                                     threads=args.threads)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"stopped by {trainer.interrupted}; checkpoint saved in {out}; "
                                 f"continue with: lepton gan --resume --out {out}")
-    print(f"FID {metrics['fid']:.3f} (real floor {metrics['fid_floor']:.3f})  classifier score "
-          f"{metrics['classifier_score']:.2f} (real {metrics['classifier_score_real']:.2f})  smallest class share "
-          f"{metrics['coverage_min']:.3f}  after {round(metrics['epochs'], 1):g} epochs, {metrics['train_seconds']:.1f} s of "
+    print((f"FID {metrics['fid']:.3f} (real floor {metrics['fid_floor']:.3f})  classifier score "
+           f"{metrics['classifier_score']:.2f} (real {metrics['classifier_score_real']:.2f})  smallest class share "
+           f"{metrics['coverage_min']:.3f}  " if 'fid' in metrics else '') + f"after {round(metrics['epochs'], 1):g} epoch{'s' * (round(metrics['epochs'], 1) != 1)}, {metrics['train_seconds']:.1f} s of "
           f"training on {metrics['device']} ({metrics['stop_reason']})")
     print(f"wrote {out}/: " + ' '.join(sorted(p.name for p in out.iterdir() if p.is_file())))
     return metrics
@@ -479,12 +559,17 @@ def cmd_gan_sample(args) -> dict:
     per_class = cfg['n_classes'] and args.cls is None   # each column a class
     n = args.n or (8 * cfg['n_classes'] if per_class else 64)
     labels = class_labels(n, cfg['n_classes'], cfg['classes'], args.cls)
-    x = generate(G, n, labels, seed=args.seed)
     ncols = min(args.ncols, n) if args.ncols else (min(n, cfg['n_classes']) if per_class else min(n, 8))
+    side = lambda k: (k * (cfg['size'] + 2) + 2) * args.scale   # the grid's pixels across k images (make_grid's 2-pixel gaps)
+    if side(ncols) * side(-(-n // ncols)) > 100_000_000:         # (a PNG of that size needs gigabytes of memory to write)
+        raise LeptonError(f"{n} samples at --scale {args.scale} make a grid of {side(ncols)} x {side(-(-n // ncols))} pixels, over "
+                          "100 million: give a smaller --n or --scale")
+    x = generate(G, n, labels, seed=args.seed)
     grid = make_grid(x, ncols)
     save_png(grid, out, args.scale)
     h, w = grid.shape[1] * args.scale, grid.shape[2] * args.scale
-    print(f"wrote {out}: {n} samples in {-(-n // ncols)} rows of {ncols}, {w} x {h} pixels", file=sys.stderr)
+    rows = -(-n // ncols)
+    print(f"wrote {out}: {n} sample{'s' * (n > 1)} in {rows} row{'s' * (rows > 1)} of {ncols}, {w} x {h} pixels", file=sys.stderr)
     return {'out': str(out), 'n': n, 'ncols': ncols, 'width': w, 'height': h, 'seed': args.seed,
             'labels': [cfg['classes'][int(i)] for i in labels] if labels is not None else None}
 
@@ -543,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-<model>, or -2, -3... when taken)")
     p.add_argument('--overwrite', action='store_true', help="let --out replace a finished run of lepton train (refused otherwise)")
     p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint with its saved settings "
-                   "(the data and model stay; --epochs, --time-budget, --device may change)")
+                   "(the data and model stay; --epochs, --time-budget, --device may change: a budget given "
+                   "again replaces the saved one, so --epochs alone lifts a saved --time-budget)")
     p.add_argument('--patience', type=_int_at_least(1), default=None,
                    help="early stopping: hold out a tenth of each class of the training images, stop after this many "
                         "epochs without a better --watch figure on them, and save the best epoch's weights (default: off)")
@@ -575,10 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "Label images of any size and mode: each is converted exactly as the model's training data\n"
                        "(size, channels, normalisation come from MODEL_DIR/config.json).\n\nexamples:\n"
                        "  lepton predict runs/fashion-mnist-fast shoe.jpg --plot shoe_pred.png\n"
-                       "  lepton predict runs/photos a.png b.jpg --top-k 5 --json")
+                       "  lepton predict runs/photos a.png b.jpg --top-k 5 --json\n"
+                       "  lepton predict runs/photos new_photos/        # every image in a folder; unreadable files are listed")
     p.add_argument('model_dir', metavar='MODEL_DIR', help="a folder written by lepton train")
-    p.add_argument('images', metavar='IMAGE', nargs='+', help="image files")
-    p.add_argument('--top-k', type=_int_at_least(1), default=3, help="labels shown per image")
+    p.add_argument('images', metavar='IMAGE', nargs='+', help="image files, or folders of them")
+    p.add_argument('--top-k', type=_int_at_least(1), default=None, help="labels shown per image (default: 3)")
     p.add_argument('--plot', default=None, metavar='FILE', help="also write a PNG: each image with its top-k bar chart")
     p.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument('--json', action='store_true', help="print the predictions as one JSON object on the last line")
@@ -607,6 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--loss', choices=('ns', 'saturating', 'lsgan', 'hinge'), default=None,
                    help="GAN loss of lepton_nb.gan_losses (default: ns, the non-saturating one)")
     p.add_argument('--unconditional', action='store_const', const=True, default=None, help="a plain DCGAN without class labels")
+    p.add_argument('--threads', type=_threads, default=None, metavar='N',
+                   help="CPU threads: a number, or auto, which times 1 and all every 30 s and keeps the faster; a fixed "
+                        "number makes a run with the same --seed repeat exactly (default: auto)")
     p.add_argument('--n-eval', type=_int_at_least(2), default=None,
                    help="images per side of the FID, at most the held-out split's size (default: 10000)")
     p.add_argument('--device', default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
@@ -614,7 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-gan, or -2, -3... when taken)")
     p.add_argument('--overwrite', action='store_true', help="let --out replace a finished run of lepton gan (refused otherwise)")
     p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint with its saved settings "
-                   "(the data and networks stay; --epochs, --time-budget, --device may change)")
+                   "(the data and networks stay; --epochs, --time-budget, --device may change: a budget "
+                   "given again replaces the saved one, so --epochs alone lifts a saved --time-budget)")
     p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
                    help="seconds of training between checkpoints within an epoch (default: 60)")
     p.add_argument('--json', action='store_true', help="print metrics.json's object as the last line")
@@ -629,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument('--n', type=_int_between(1, 100_000), default=None,
                    help="how many images, 1 to 100000 (default: 8 of each class, one column per class; else 64)")
     q.add_argument('--out', default=None, metavar='FILE.png', help="the PNG to write (default: MODEL_DIR/generated.png)")
-    q.add_argument('--class', dest='cls', default=None, metavar='NAME', help="class-conditional generator: only this class (name or index)")
+    q.add_argument('--class', dest='cls', default=None, metavar='NAME', help="class-conditional generator: only this class (its name, or its index when no class has that name)")
     q.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=0, help="seed of the noise")
     q.add_argument('--ncols', type=_int_between(1, 1000), default=None, help="images per row, up to 1000 (default: one column per class, else 8)")
     q.add_argument('--scale', type=_int_between(1, 32), default=2, help="enlarge every pixel this many times, 1 to 32")
@@ -651,8 +742,13 @@ def build_parser() -> argparse.ArgumentParser:
 # %% ../nbs/12_cli.ipynb #fd109758
 def _one_line_warnings(name:str, show):
     "A `warnings.showwarning` that prints a `LeptonWarning` as `lepton NAME: warning: ...` and passes others to `show`."
+    glyphs = []
     def one_line(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, LeptonWarning): print(f"lepton {name}: warning: {message}", file=file or sys.stderr)
+        elif str(message).startswith('Glyph ') and 'missing from' in str(message):   # matplotlib, once per character and plot
+            if not glyphs: print(f"lepton {name}: warning: the plots' font lacks some characters of the class names: they show "
+                                 "as boxes", file=file or sys.stderr)
+            glyphs.append(message)
         else: show(message, category, filename, lineno, file, line)
     return one_line
 

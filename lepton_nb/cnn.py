@@ -236,6 +236,13 @@ def evaluate_model(model:nn.Module, data_or_dl, n_classes:int, device=None, tta:
             conf.update(p, yb); probs.append(p.cpu())
     return conf.compute(), torch.cat(probs)
 
+def _evaluated_on(data:ImageData) -> str:
+    "What the final figures were measured on, in words, for metrics.json."
+    n = len(data.y_valid)
+    if str(data.source).startswith('fashion-mnist'): return f"the {n:,} test images of Fashion-MNIST"
+    if 'split_file' in (data.report or {}): return f"the {n:,} images held out of the folder (a seeded share of each class)"
+    return f"the {n:,} images of the validation folder" if data.report else f"the {n:,} held-out images"
+
 MONITOR_PCT = 0.1   # the share of each class of the training images that early stopping holds out and watches
 MONITORS = {'valid_loss': 'min', 'accuracy': 'max', 'f1_macro': 'max'}   # what early stopping may watch, and which way is better
 
@@ -328,10 +335,16 @@ def train_classifier(data:ImageData, # From `get_data`
                'f1_macro': m['f1_macro'], 'epochs': round(done, 3), 'train_seconds': round(learn.train_time, 2),
                'wall_seconds': round(time.perf_counter() - t0, 2), 'device': str(dev), 'seed': seed, 'model': model,
                'impl': impl, 'data': data.source, 'n_train': len(y_tr), 'n_test': len(data.y_valid),
-               'evaluated_on': 'the held-out split (Fashion-MNIST: the 10,000 test images)', 'tta': r['tta'],
+               'evaluated_on': _evaluated_on(data), 'tta': r['tta'],
                'stop_reason': learn.stop_reason or 'epochs done', 'recipe': r, 'classes': list(data.classes),
-               'per_class': {c: {'precision': p, 'recall': rc, 'f1': f} for c, p, rc, f in zip(data.classes, m['precision'], m['recall'], m['f1'])},
+               'per_class': {c: {'precision': p if s or k else None, 'recall': rc if s else None, 'f1': f if s else None, 'support': s}
+                             for c, p, rc, f, s, k in zip(data.classes, m['precision'], m['recall'], m['f1'], m['support'],
+                                                          torch.as_tensor(m['confusion']).sum(0).tolist())},   # None: no denominator
                'confusion': m['confusion'], 'history': learn.history}
+    present = [i for i, s in enumerate(m['support']) if s]
+    if len(present) < len(data.classes):   # the macro averages count a class the held-out split lacks as 0 (as scikit-learn)
+        metrics['absent_classes'] = [c for i, c in enumerate(data.classes) if i not in present]
+        metrics['f1_macro_present'] = sum(m['f1'][i] for i in present) / max(len(present), 1)
     if watch is not None:
         es = learn.cb(EarlyStoppingCB)
         metrics['early_stopping'] = {'watched': f"{monitor} on {len(watch[1])} training images held out ({monitor_pct:.0%} of "
@@ -390,6 +403,7 @@ def predict(model_dir:str|Path, # A folder written by `save_model` / `lepton tra
             top_k:int=3, # How many labels to return per image
             device=None, # Where to run (None: `get_device()`)
             tta:bool|None=None, # Average with the mirrored image (None: as the training run evaluated, `eval_settings`)
+            skipped:list|None=None, # If a list: a file that cannot be read is left out and added to it as (file, reason)
            ) -> list[dict]:
     "Top-k labels and probabilities for each image, converted exactly as the model's training data was."
     model, cfg = load_model(model_dir, device)
@@ -398,13 +412,21 @@ def predict(model_dir:str|Path, # A folder written by `save_model` / `lepton tra
     if isinstance(images, torch.Tensor): x, names = images, [f'image {i}' for i in range(len(images))]
     else:
         if not images: raise LeptonError("no images given")
-        def load(p):
-            try: return load_image(p, cfg['size'], cfg['channels'])
-            except LeptonError as e: raise LeptonError(str(e) if str(p) in str(e) else f"{p}: {e}") from None   # say which file
-        x = torch.stack([load(p) for p in images]); names = [str(p) for p in images]
+        xs, names, bad = [], [], []
+        for p in images:
+            try: xs.append(load_image(p, cfg['size'], cfg['channels'])); names.append(str(p))
+            except LeptonError as e:
+                why = str(e).removeprefix(f"{p}: ")
+                if skipped is None: raise LeptonError(f"{p}: {why}") from None   # say which file
+                bad.append((str(p), why))
+        if skipped is not None: skipped.extend(bad)
+        if not xs: raise LeptonError(f"none of the {len(images)} files is an image it can read: {bad[0][0]}: {bad[0][1]}")
+        x = torch.stack(xs)
     mean = torch.tensor(cfg['mean']).view(1, -1, 1, 1); std = torch.tensor(cfg['std']).view(1, -1, 1, 1)
-    xf = ((x.float() / 255 - mean) / std).to(dev)
-    with torch.no_grad(): probs = (flip_tta(model, xf) if tta else model(xf)).float().softmax(1).cpu()
+    def run(xb):   # a batch at a time: a folder of large images need not fit in memory as floats at once
+        xf = ((xb.float() / 255 - mean) / std).to(dev)
+        return (flip_tta(model, xf) if tta else model(xf)).float().softmax(1).cpu()
+    with torch.no_grad(): probs = torch.cat([run(x[i:i + 256]) for i in range(0, len(x), 256)])
     k = max(1, min(top_k, cfg['n_classes']))
     p, i = probs.topk(k, 1)
     return [{'file': n, 'label': cfg['classes'][int(ii[0])], 'probability': round(float(pp[0]), 6),

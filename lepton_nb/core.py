@@ -88,7 +88,8 @@ def set_rng_states(st:dict):
     n = st['numpy']
     np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
     torch.set_rng_state(st['torch'])
-    if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
+    if 'cuda' in st and torch.cuda.is_available():   # one state per GPU; a machine with fewer GPUs restores those it has
+        for i, s in enumerate(st['cuda'][:torch.cuda.device_count()]): torch.cuda.set_rng_state(s, i)
 
 # %% ../nbs/00_core.ipynb #b381ff7f
 def to_device(b:Any, # A tensor, or a list, tuple or dict of them (nested), or anything else

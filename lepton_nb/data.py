@@ -21,8 +21,8 @@ from .core import LeptonError, LeptonWarning, atomic_path, get_device, load_json
 __all__ = ['FASHION_CLASSES', 'FASHION_FILES', 'FASHION_SHAPES', 'DEBIAN_FASHION_DIR', 'GET_DATA_HELP', 'MAX_PIXELS', 'read_idx',
            'cache_dir', 'fashion_mnist_places', 'find_fashion_mnist', 'load_fashion_mnist_raw', 'store_tensors',
            'load_stored', 'ImageData', 'channel_stats', 'load_fashion_mnist', 'show_images', 'load_image',
-           'make_messy_folder', 'scan_image_folder', 'decode_folder', 'stratified_split', 'load_image_folder',
-           'get_data', 'TensorLoader', 'bench_loaders']
+           'make_messy_folder', 'loose_files', 'scan_image_folder', 'decode_folder', 'stratified_split',
+           'load_image_folder', 'get_data', 'TensorLoader', 'bench_loaders']
 
 # %% ../nbs/05_data.ipynb #e2ce5038
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
@@ -364,6 +364,15 @@ def make_messy_folder(root:str|Path, # Where to create the folder
     return made
 
 # %% ../nbs/05_data.ipynb #4ed50166
+_NOT_DATA = {'__MACOSX', '@eaDir', '$RECYCLE.BIN', 'System Volume Information', '__pycache__'}   # folders tools leave behind
+def _is_data(name:str) -> bool: return not name.startswith('.') and name not in _NOT_DATA
+
+def loose_files(root:str|Path) -> list:
+    "Files next to the class folders (root/<file>): no folder says their class, so they are left out, and listed as (file, reason)."
+    root = Path(root).expanduser()
+    if not root.is_dir(): return []
+    return [(p, "not in a class folder") for p in sorted(root.iterdir()) if _is_data(p.name) and not p.is_dir()]
+
 def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
                       classes:list|None=None, # Expected class names (for a validation folder); None: read them from root
                      ) -> tuple[list, list]:
@@ -371,7 +380,7 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
     root = Path(root).expanduser()
     if not root.exists(): raise LeptonError(f"{root}: no such folder")
     if not root.is_dir(): raise LeptonError(f"{root}: not a folder (expected root/<class>/<image> folders)")
-    dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith('.'))
+    dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and _is_data(d.name))
     if not dirs: raise LeptonError(f"{root}: no class folders inside (expected root/<class>/<image>)")
     split = {d.lower() for d in dirs} <= {'train', 'training', 'val', 'valid', 'validation', 'test', 'testing'}
     if classes is None and split and len(dirs) > 1:   # photos/ holding train/ and val/: not two classes named so
@@ -391,14 +400,14 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
         for dp, dns, fns in os.walk(d, followlinks=True):
             read.add(os.path.realpath(dp))
             keep = []
-            for n in sorted(n for n in dns if not n.startswith('.')):
+            for n in sorted(n for n in dns if _is_data(n)):
                 real = os.path.realpath(Path(dp)/n)
                 back = os.path.islink(Path(dp)/n) and (real == inside or real.startswith(inside + os.sep)
                                                        or inside.startswith(real + os.sep))
                 if back or real in read: files.append(Path(dp)/n)   # listed, and skipped with its reason when decoded
                 else: keep.append(n); read.add(real)
             dns[:] = keep
-            files += [Path(dp)/f for f in sorted(fns) if not f.startswith('.')]
+            files += [Path(dp)/f for f in sorted(fns) if _is_data(f)]
         if not files: raise LeptonError(f"{d}: class folder '{c}' is empty")
         items += [(f, ci) for f in files]
     return items, list(classes)
@@ -411,6 +420,7 @@ def _decode_one(args):
     except OSError as e:
         if path.is_dir(): return path, None, "a linked folder, not followed: it leads back into the data or to a folder already read", None, None
         return path, None, f"unreadable ({e.strerror or e})", None, None
+    if not raw: return path, None, "an empty file (0 bytes)", None, None
     digest = hashlib.sha1(raw).hexdigest()
     try:
         with warnings.catch_warnings():
@@ -530,7 +540,8 @@ def load_image_folder(root:str|Path, # Training folder, root/<class>/<image>
         good = {str(p) for p, _ in items + vitems} - {str(p) for p, _ in skipped}
         vset = {str(p) for p, _ in vitems}
         is_val = torch.tensor([str(p) in vset for p, _ in items + vitems if str(p) in good], dtype=torch.bool)
-        if cache:
+        if cache and not any(r.startswith('unreadable') for _, r in skipped):   # (a file unreadable now, for its
+            # permissions or an I/O error, may be readable later with the same size and time: such a decode is not kept)
             meta = {'source_hash': src_hash, 'report': report, 'skipped': [(str(f), r) for f, r in skipped]}
             try: store_tensors(cpath, {'x': x, 'y': y, 'is_val': is_val.to(torch.uint8)}, meta)
             except OSError as e: warnings.warn(f"could not write the cache {cpath}: {e}", LeptonWarning)
@@ -551,6 +562,11 @@ def load_image_folder(root:str|Path, # Training folder, root/<class>/<image>
         is_val = torch.tensor([assign[r] == 'valid' for r in rels], dtype=torch.bool)
         report = {**report, 'split_file': str(spath)}
     if is_val.sum() == 0: raise LeptonError(f"{root}: no validation images (give --val DIR, or more images per class)")
+    bad = {str(p) for p, _ in skipped}
+    held = {str(p) for (p, _), v in zip([i for i in items + vitems if str(i[0]) not in bad], is_val.tolist()) if v}
+    leaks = sum(len(set(g) & held) for g in report.get('duplicate_groups', []) if set(g) - held)   # a copy on both sides
+    report = {**report, 'held_out_copies_of_training_images': leaks}
+    skipped = skipped + loose_files(root) + (loose_files(val) if val is not None else [])   # listed, not decoded
     names = [os.fsencode(c).decode('utf-8', 'backslashreplace') for c in classes]   # a folder name that is not UTF-8: \xff, printable
     data = ImageData(x[~is_val], y[~is_val], x[is_val], y[is_val], names, source=str(root), skipped=skipped,
                      report=report, source_hash=src_hash)

@@ -244,11 +244,22 @@ def fid_classifier(data:ImageData, # The data the GAN learns (its train split tr
     # one CPU thread: the same classifier (and so the same FID scale) on every run on this kind of machine, whatever the load
     with num_threads(FID_RECIPE['threads'] if dev.type == 'cpu' else None):
         learn, m = train_classifier(data, 'fast', epochs=epochs, label_smoothing=0.0, seed=FID_RECIPE['seed'], device=dev, progress=progress)
-    model = learn.model.eval()
-    save_model(model, model_config('fast', data), d)
-    info = {**want, 'test_accuracy': m['test_accuracy'], 'train_seconds': m['train_seconds'], 'n_train': len(data.y_train)}
-    save_json(info, d/'fid.json')                 # written last: its presence means the folder is complete
-    return load_model(d, dev)[0], load_json(d/'config.json'), info
+    import os, shutil, tempfile
+    d.parent.mkdir(parents=True, exist_ok=True)   # written whole in a folder of its own, then renamed into place: two runs
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{key}.', suffix='.tmp', dir=d.parent))   # training at once never mix their files
+    try:
+        save_model(learn.model.eval(), model_config('fast', data), tmp)
+        save_json({**want, 'test_accuracy': m['test_accuracy'], 'train_seconds': m['train_seconds'], 'n_train': len(data.y_train)},
+                  tmp/'fid.json')
+        if d.exists():                            # a stale one, or one another run has just put there: replaced
+            old = d.with_name(f'.{key}.{os.getpid()}.old')
+            with contextlib.suppress(FileNotFoundError): os.replace(d, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, d)
+    except OSError:                               # the other run's rename came first: its classifier is as good
+        if not (d/'fid.json').is_file(): raise
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return load_model(d, dev)[0], load_json(d/'config.json'), load_json(d/'fid.json')
 
 # %% ../nbs/09_gan.ipynb #5ceb32e0
 def to_uint8(x:torch.Tensor) -> torch.Tensor:
@@ -417,6 +428,7 @@ class GANTrainer:
     def save(self, path:str|Path|None=None):
         "Write the state to the checkpoint file, atomically."
         path = Path(path or self.checkpoint)
+        self._check_weights()                  # never a checkpoint of non-finite weights over the last good one
         write_state(self.state_dict(), path)   # atomic; a failed write (a full disk) is one line and keeps the previous file
         self._last_save = self.train_time
     def load(self, path:str|Path, restore_rng:bool=True):
@@ -484,12 +496,21 @@ class GANTrainer:
             at = self.step - len(rows) + int(bad.nonzero()[0, 0]) + 1
             raise LeptonError(f"a GAN loss became non-finite (nan or inf) at step {at} (epoch {self.epoch + 1}): training stopped and "
                               f"the last good checkpoint was kept; try a lower --lr")
+        if self.loss not in ('ns', 'saturating'): return   # D(G(z)) is a probability only for the log losses (see above)
         for v in rows[:, 3].tolist():
             self.low_run = self.low_run + 1 if v < self.collapse_at else 0
             if self.low_run >= self.collapse_steps:
                 raise LeptonError(f"training collapsed: D(G(z)) stayed below {self.collapse_at} for {self.low_run} steps (to step {self.step}): "
                                   f"the discriminator rejects every sample and the generator gets no useful gradient; "
                                   f"restart with another --seed or a lower --lr")
+
+    def _check_weights(self):
+        "One update can overflow the weights while the loss it followed was finite: checked before a save or a measurement."
+        nets = [('generator', self.G), ('discriminator', self.D)] + ([('generator average', self.G_ema)] if self.G_ema is not None else [])
+        for name, net in nets:
+            if not torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all():
+                raise LeptonError(f"the {name}'s weights became non-finite (nan or inf) by step {self.step} (epoch {self.epoch + 1}): "
+                                  "training stopped and the last good checkpoint was kept; try a lower --lr")
 
     def epoch_record(self) -> dict:
         "Means of the per-step log over the current (possibly partial) epoch, with counters."
@@ -503,6 +524,7 @@ class GANTrainer:
     def evaluate(self) -> dict:
         "The epoch record, the metric (if a scorer is set) and the fixed samples, appended to `history` and `grids`."
         r = self.epoch_record()
+        self._check_weights()                  # (a nan would otherwise reach the FID's eigen-solver as a traceback)
         if self.scorer is not None:
             s = self.scorer.score(self.G_out)
             r.update(fid=round(s['fid'], 5), classifier_score=round(s['classifier_score'], 5), coverage_min=round(s['coverage_min'], 5))
@@ -647,10 +669,11 @@ def class_labels(n:int, n_classes:int, classes:list|None=None, which=None) -> to
         if which is not None: raise LeptonError("this generator is unconditional: it cannot be asked for a class")
         return None
     if which is None: return torch.arange(n) % n_classes
-    if isinstance(which, str) and not which.isdigit():
-        folded = [c.casefold() for c in classes or []]   # 'bag' finds 'Bag'
-        if which.casefold() not in folded: raise LeptonError(f"unknown class {which!r}: choose from {', '.join(classes or [])}")
+    folded = [c.casefold() for c in classes or []]   # 'bag' finds 'Bag'
+    if isinstance(which, str) and which.casefold() in folded:   # a name first: folders are often named 0, 1, 2...
         which = classes.index(which) if which in classes else folded.index(which.casefold())
+    elif isinstance(which, str) and not which.isdigit():
+        raise LeptonError(f"unknown class {which!r}: choose from {', '.join(classes or [])}")
     which = int(which)
     if not 0 <= which < n_classes: raise LeptonError(f"class index must be 0 to {n_classes - 1}, got {which}")
     return torch.full((n,), which, dtype=torch.long)
@@ -826,9 +849,11 @@ def train_gan(data:ImageData, # From `get_data`
     dev = get_device(device)
     out = Path(out) if out is not None else None
     if resume and (out is None or not (out/'checkpoint.pt').is_file()): raise LeptonError(f"nothing to resume: no checkpoint.pt in {out}")
-    if out is not None and out.is_dir():       # temporaries of writes cut short by a kill (see `atomic_path`)
+    if out is not None and out.is_dir():       # temporaries of this run's writes cut short by a kill (see `atomic_path`);
+        mine = ('checkpoint.pt', 'generator.safetensors', 'discriminator.safetensors', 'config.json', 'metrics.json',   # not
+                'run_card.json', 'gan_args.json', 'samples.png', 'losses.png', 'progress.png', 'coverage.png')   # others'
         for p in out.iterdir():
-            if p.name.startswith('.') and p.name.endswith('.tmp'): p.unlink(missing_ok=True)
+            if p.name.endswith('.tmp') and any(p.name.startswith(f'.{m}.') for m in mine): p.unlink(missing_ok=True)
     c, size = data.channels, data.size[0]
     if data.size[0] != data.size[1]: raise LeptonError(f"the DCGAN needs square images, got {data.size}")
     check_arch(nz, width, c, size, len(data.classes) if conditional else 0)

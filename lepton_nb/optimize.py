@@ -126,6 +126,7 @@ def sparsity_curve(model:nn.Module, data:ImageData, sparsities:tuple=(0.5, 0.8, 
     return rows
 
 def _show_curve(rows, base):
+    import matplotlib.pyplot as plt
     print(f"unpruned: {base:.4f}")
     print(f"{'scope':7s} {'sparsity':>8s} {'pruned':>8s} {'fine-tuned':>10s}")
     for r in rows: print(f"{r['scope']:7s} {r['sparsity']:8.0%} {r['pruned']:8.4f} {r.get('fine_tuned', float('nan')):10.4f}")
@@ -133,7 +134,8 @@ def _show_curve(rows, base):
     for scope, c in (('global', 'tab:blue'), ('layer', 'tab:orange')):
         rs = [r for r in rows if r['scope'] == scope]
         ax.plot([r['sparsity'] for r in rs], [r['pruned'] for r in rs], 'o--', c=c, label=f'{scope}, pruned')
-        ax.plot([r['sparsity'] for r in rs], [r['fine_tuned'] for r in rs], 'o-', c=c, label=f'{scope}, fine-tuned')
+        if all('fine_tuned' in r for r in rs):
+            ax.plot([r['sparsity'] for r in rs], [r['fine_tuned'] for r in rs], 'o-', c=c, label=f'{scope}, fine-tuned')
     ax.axhline(base, c='grey', lw=0.8, label='unpruned')
     ax.set_xlabel('sparsity (share of conv + linear weights = 0)'); ax.set_ylabel('test accuracy')
     ax.legend(fontsize=7); ax.grid(alpha=0.3); plt.tight_layout(); plt.show()
@@ -204,7 +206,7 @@ def _ao():
 def quantize_int8(model:nn.Module, # The float model (left unchanged)
                   mode:str='static', # 'static' (weights and activations) or 'dynamic' (linear layers' weights)
                   calib:torch.Tensor|None=None, # Normalised input images for calibration (static only), N x C x H x W
-                  backend:str='x86', # Kernel set: x86 (fbgemm + oneDNN) or qnnpack (ARM)
+                  backend:str|None=None, # Kernel set: 'x86' (fbgemm + oneDNN) or 'qnnpack' (ARM); None: x86 where this build has it
                  ) -> nn.Module:
     "An int8 copy of `model` for CPU inference (eq. affine-quant), with torch.ao.quantization."
     tq, prepare_fx, convert_fx = _ao()
@@ -214,7 +216,10 @@ def quantize_int8(model:nn.Module, # The float model (left unchanged)
         if mode != 'static': raise LeptonError(f"unknown quantization mode {mode!r}: use static or dynamic")
         if calib is None or calib.ndim != 4 or len(calib) == 0:
             raise LeptonError("static quantization needs calibration images: a non-empty N x C x H x W tensor")
-        torch.backends.quantized.engine = backend
+        engines = torch.backends.quantized.supported_engines
+        backend = backend or next((e for e in ('x86', 'fbgemm', 'qnnpack') if e in engines), None)
+        if backend not in engines: raise LeptonError(f"this PyTorch build has no {backend} int8 kernels (it has: {', '.join(engines)})")
+        torch.backends.quantized.engine = backend   # (the int8 model runs on the engine set here: it stays set)
         p = prepare_fx(m, tq.get_default_qconfig_mapping(backend), example_inputs=(calib[:1],))
         with torch.no_grad():
             for i in range(0, len(calib), 256): p(calib[i:i+256])        # observers record each activation's range

@@ -166,6 +166,50 @@ def test_a_class_of_unreadable_files_names_them(cache, tmp_path):
     assert_one_line_error(lepton('data', '--data', tmp_path), "class 'b' has no readable images: all 2 of its files were "
                           "skipped: one.png (not an image file (unrecognised format)); two.jpg")
 
+def test_a_file_unreadable_for_now_is_read_when_it_can_be(cache, tmp_path, monkeypatch):
+    "A file skipped as unreadable (permissions, an I/O error) is not remembered as skipped: once readable, it is read."
+    root = tmp_path/'data'
+    for c in 'ab':
+        (root/c).mkdir(parents=True)
+        for i in range(3): Image.new('L', (8, 8), 40 * i).save(root/c/f'{i}.png')
+    real, locked = Path.read_bytes, root/'a'/'2.png'
+    def read_bytes(p):
+        if p == locked: raise PermissionError(13, 'Permission denied')
+        return real(p)
+    monkeypatch.setattr(Path, 'read_bytes', read_bytes)
+    d = D.load_image_folder(root, valid_pct=0.34, progress=False)
+    assert [(p.name, r) for p, r in d.skipped] == [('2.png', 'unreadable (Permission denied)')]
+    monkeypatch.setattr(Path, 'read_bytes', real)           # (chmod +r changes neither the size nor the time)
+    d = D.load_image_folder(root, valid_pct=0.34, progress=False)
+    assert d.skipped == [] and len(d.y_train) + len(d.y_valid) == 6
+
+
+def test_what_tools_leave_behind_is_not_data_and_loose_files_are_listed(cache, tmp_path):
+    "A Mac zip's __MACOSX and a NAS's @eaDir are no classes; an image beside the class folders and an empty file are listed."
+    root = tmp_path/'data'
+    for c in ('a', 'b', '__MACOSX/a', 'a/@eaDir'): (root/c).mkdir(parents=True, exist_ok=True)
+    for c in 'ab':
+        for i in range(3): Image.new('L', (8, 8), 40 * i).save(root/c/f'{i}.png')
+    (root/'__MACOSX'/'a'/'._0.png').write_bytes(b'resource fork'); Image.new('L', (8, 8)).save(root/'a'/'@eaDir'/'thumb.png')
+    Image.new('L', (8, 8)).save(root/'loose.png'); (root/'b'/'empty.png').write_bytes(b'')
+    d = D.load_image_folder(root, valid_pct=0.34, progress=False)
+    assert d.classes == ['a', 'b'] and len(d.y_train) + len(d.y_valid) == 6
+    assert sorted((p.name, r) for p, r in d.skipped) == [('empty.png', 'an empty file (0 bytes)'), ('loose.png', 'not in a class folder')]
+
+
+def test_held_out_copies_of_training_images_are_counted(cache, tmp_path, capsys):
+    "A validation folder holding copies of training images: lepton data warns, and says how many."
+    for c in 'ab':
+        for split in ('train', 'val'): (tmp_path/split/c).mkdir(parents=True)
+        for i in range(3): Image.new('L', (8, 8), 40 * i + (c == 'b')).save(tmp_path/'train'/c/f'{i}.png')
+        for i in range(2): (tmp_path/'val'/c/f'copy{i}.png').write_bytes((tmp_path/'train'/c/f'{i}.png').read_bytes())
+    Image.new('L', (8, 8), 200).save(tmp_path/'val'/'a'/'new.png')
+    d = D.load_image_folder(tmp_path/'train', val=tmp_path/'val', progress=False)
+    assert d.report['held_out_copies_of_training_images'] == 4 and len(d.y_valid) == 5
+    assert main(['data', '--data', str(tmp_path/'train'), '--val', str(tmp_path/'val')]) == 0
+    assert 'warning: 4 held-out images are byte-identical copies of training images' in capsys.readouterr().out
+    assert D.load_image_folder(tmp_path/'train', progress=False, valid_pct=0.34).report['held_out_copies_of_training_images'] == 0
+
 
 KILLER = r'''
 import sys, time, safetensors.torch as st

@@ -72,6 +72,7 @@ def test_gan_sample_png(run, env, tmp_path):
     (['gan', '--epochs', '0'], 'must be at least 1'),
     (['gan', '--batch-size', '0'], 'must be at least 1'),
     (['gan', '--time-budget', '-5'], 'positive number'),
+    (['gan', '--threads', 'many'], "expected an integer, got 'many' (or auto)"),
     (['gan', '--device', 'tpu', '--epochs', '1'], 'device'),
     (['gan', '--data', '/no/such/folder', '--epochs', '1'], 'no such folder'),
     (['gan', '--resume', '--out', 'nowhere'], 'nothing to resume'),
@@ -82,6 +83,7 @@ def test_gan_sample_png(run, env, tmp_path):
     (['gan', 'sample', 'RUN', '--out', 'a.jpg'], 'must end in .png'),
     (['gan', 'sample', 'RUN', '--class', 'Hat', '--out', 'a.png'], 'unknown class'),
     (['gan', 'sample', 'RUN', '--n', '1000001', '--out', 'a.png'], 'at most 100000'),
+    (['gan', 'sample', 'RUN', '--n', '100000', '--scale', '32', '--out', 'a.png'], 'over 100 million: give a smaller --n or --scale'),
 ])
 def test_gan_bad_args_are_one_line(run, args, msg, tmp_path, monkeypatch):
     "In this process (no start-up cost): a non-zero exit, one line on stderr, no traceback."
@@ -97,6 +99,15 @@ def test_gan_bad_args_are_one_line(run, args, msg, tmp_path, monkeypatch):
 def test_gan_single_class_is_one_clear_error(folders, env, tmp_path):
     (tmp_path/'one').mkdir(); os.symlink(folders/'train'/'Bag', tmp_path/'one'/'Bag')
     assert_one_line_error(lepton('gan', '--data', tmp_path/'one', '--epochs', '1', env=env), 'at least 2 classes')
+    # unconditional, the one class is learnt; nothing is measured (no classifier of one class), the rest is written
+    r = lepton('gan', '--data', tmp_path/'one', '--unconditional', '--epochs', '1', '--width', '8', '--threads', '1',
+               '--out', tmp_path/'run', '--json', env=env)
+    assert r.returncode == 0, r.stderr
+    m = last_json(r.stdout)
+    assert 'fid' not in m and m['classes'] == ['Bag'] and m['conditional'] is False and 'note: one class: no FID' in r.stderr
+    assert m['threads'] == 1 and json.loads((tmp_path/'run'/'gan_args.json').read_text())['threads'] == 1
+    assert r.stdout.startswith('after 1 epoch,') and (tmp_path/'run'/'generator.safetensors').is_file()
+    assert (tmp_path/'run'/'samples.png').is_file() and not (tmp_path/'run'/'coverage.png').exists()
 
 def test_gan_resume_after_sigkill(folders, env, tmp_path):
     "Killed mid-run (after a checkpoint): --resume finishes the run."

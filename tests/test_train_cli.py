@@ -49,6 +49,13 @@ def test_train_predict_evaluate_on_folders(folders, cache, tmp_path):
     assert [p['label'] for p in preds] == ['Sneaker', 'Trouser']
     assert all(len(p['top_k']) == 2 and 0 < p['probability'] <= 1 for p in preds)
     assert (tmp_path/'p.png').stat().st_size > 1000
+    # predict on a folder: every file under it, an unreadable one listed and left out, the rest labelled
+    r = lepton('predict', out, folders/'train'/'Bag', '--json')
+    assert r.returncode == 0, r.stderr
+    res = last_json(r.stdout)
+    assert len(res['predictions']) == 200 and [s['file'] for s in res['skipped']] == [str(folders/'train'/'Bag'/'broken.jpg')]
+    assert f"skipped {folders/'train'/'Bag'/'broken.jpg'}: " in r.stderr and 'note: the model knows' not in r.stderr
+    assert sum(p['label'] == 'Bag' for p in res['predictions']) > 150   # (4 epochs of a small model)
     # evaluate on the val folder gives the accuracy train reported (same model, same images, same test-time flips)
     r = lepton('evaluate', out, '--data', folders/'val', '--json')
     assert r.returncode == 0, r.stderr
@@ -93,7 +100,7 @@ def test_run_folders_are_not_replaced_or_mixed(folders, cache, tmp_path):
     common = ['--data', folders/'train', '--val', folders/'val', '--epochs', '1', '--batch-size', '64', '--width', '8', '--out', out]
     r = lepton('train', *common)
     assert r.returncode == 0, r.stderr
-    assert 'note: 2 file(s) of the data could not be read' in r.stderr and f'lepton data --data {folders/"train"}' in r.stderr
+    assert 'note: 2 file(s) of the data are left out, unreadable or outside' in r.stderr and f'lepton data --data {folders/"train"}' in r.stderr
     assert 'test accuracy' in r.stdout and '(with flip averaging)' in r.stdout
     weights = (out/'model.safetensors').read_bytes()
     assert_one_line_error(lepton_here('train', *common), 'finished run (model.safetensors)')
@@ -136,6 +143,35 @@ def test_options_a_run_will_not_use_are_noted():
     assert notes('--data', 'photos/train', '--size', '64') == [] and notes('--resume', '--size', '64') == []
     assert notes('--watch', 'accuracy') == ["--watch is early stopping's: it is not used without --patience"]
     assert notes('--watch', 'accuracy', '--patience', '2') == notes('--resume', '--watch', 'accuracy') == []
+    gan = lambda *a: _unused_options(build_parser().parse_args(['gan', *a]))   # lepton gan notes the data options alike
+    assert gan('--size', '64') == ["--size and --channels are for image folders: Fashion-MNIST stays 28x28 grey"]
+    assert gan('--data', 'x', '--val', 'y', '--valid-pct', '0.3') == ["--valid-pct is not used: --val gives the validation images"]
+    assert gan('--data', 'x', '--size', '32', '--width', '16') == []
+
+def test_a_class_missing_from_the_held_out_images_is_named(folders, cache, tmp_path):
+    "--val without one of the classes: the class's figures are n/a (null), the summary says so and gives both macro F1s."
+    (tmp_path/'val').mkdir()
+    for c in CLASSES[:2]: os.symlink(folders/'val'/c, tmp_path/'val'/c)
+    r = lepton('train', '--data', folders/'train', '--val', tmp_path/'val', '--model', 'seed', '--epochs', '1',
+               '--out', tmp_path/'run', '--json')
+    assert r.returncode == 0, r.stderr
+    m = last_json(r.stdout)
+    assert m['absent_classes'] == ['Bag'] and m['per_class']['Bag']['recall'] is None and m['per_class']['Bag']['support'] == 0
+    assert m['per_class']['Trouser']['support'] == 60 and m['f1_macro_present'] > m['f1_macro']
+    assert m['evaluated_on'] == 'the 120 images of the validation folder'
+    assert "note: the held-out images hold no 'Bag' (1 of 3 classes)" in r.stderr
+    assert "over the 2 classes present" in r.stdout and 'after 1 epoch,' in r.stdout
+
+def test_missing_glyphs_are_one_warning_line(capsys):
+    "matplotlib warns once per character and plot when a class name has letters its font lacks: the command says it once."
+    from lepton_nb.cli import _one_line_warnings
+    passed = []
+    show = _one_line_warnings('train', lambda *a: passed.append(a[0]))
+    for ch in '靴鞋靴': show(UserWarning(f'Glyph {ord(ch)} ({ch}) missing from font(s) DejaVu Sans.'), UserWarning, 'plot.py', 1)
+    show(UserWarning('something else'), UserWarning, 'x.py', 2)
+    err = capsys.readouterr().err
+    assert err.count("lepton train: warning: the plots' font lacks some characters") == 1 and 'Glyph' not in err, err
+    assert [str(m) for m in passed] == ['something else']
 
 def test_evaluate_repeats_the_training_evaluation(folders, cache, tmp_path):
     "The seed recipe is evaluated without flips and bf16: `lepton evaluate` reads that from config.json and agrees."
@@ -183,6 +219,42 @@ def test_resume_picks_the_latest_unfinished_run(tmp_path, monkeypatch):
     with pytest.raises(LeptonError, match='no checkpoint of a lepton train run on shoes'): resume(data='shoes')
     assert _run_dir(SimpleNamespace(out=None, resume=False, data='photos/train', model='fast')) == Path('runs/photos-fast')
 
+def test_runs_started_at_once_get_a_folder_each(tmp_path, monkeypatch):
+    "Two runs that both picked the free default name while loading their data: the first to create it has it."
+    from types import SimpleNamespace
+    from lepton_nb.cli import _claim_run_dir, _run_dir
+    from lepton_nb.core import LeptonError
+    monkeypatch.chdir(tmp_path)
+    args = SimpleNamespace(out=None, resume=False, data=None, model='fast')
+    first, second = _run_dir(args), _run_dir(args)
+    assert first == second == Path('runs/fashion-mnist-fast')
+    pick = lambda: _run_dir(args)
+    assert _claim_run_dir(first, pick) == (Path('runs/fashion-mnist-fast'), True)
+    assert _claim_run_dir(second, pick) == (Path('runs/fashion-mnist-fast-2'), True)
+    assert _run_dir(args) == Path('runs/fashion-mnist-fast-3')       # a folder there, whatever it holds, is not a default
+    assert _claim_run_dir(Path('mine'), None) == (Path('mine'), True) and _claim_run_dir(Path('mine'), None) == (Path('mine'), False)
+    Path('file').write_text('x')
+    with pytest.raises(LeptonError, match='exists and is not a folder'): _claim_run_dir(Path('file'), None)
+
+def test_a_resumed_run_checks_its_data(tmp_path, capsys):
+    "A data folder that moved is named; one given at a new place must have the run's classes; changed files get a note."
+    from types import SimpleNamespace
+    from lepton_nb.cli import _check_resumed_data, _merge_resume_args, build_parser
+    from lepton_nb.core import LeptonError, save_json
+    save_json({'data': str(tmp_path/'gone'), 'model': 'seed', 'classes': ['cats', 'dogs'], 'data_hash': 'abc'}, tmp_path/'train_args.json')
+    with pytest.raises(LeptonError, match="gone: the run's data folder is not there any more: if it moved, resume with --data NEW_PLACE"):
+        _merge_resume_args(build_parser().parse_args(['train', '--resume']), tmp_path)
+    args = build_parser().parse_args(['train', '--resume', '--data', str(tmp_path/'moved')])
+    _merge_resume_args(args, tmp_path)                                      # a new place is taken ...
+    assert args.data == str(tmp_path/'moved')
+    data = lambda classes, h='abc': SimpleNamespace(classes=classes, source='moved', source_hash=h)
+    with pytest.raises(LeptonError, match='moved has the classes dogs, kittens; the run started on cats, dogs'):
+        _check_resumed_data(tmp_path, data(['dogs', 'kittens']), 'train_args.json')   # ... if it holds the run's classes
+    _check_resumed_data(tmp_path, data(['cats', 'dogs']), 'train_args.json')
+    assert capsys.readouterr().err == ''
+    _check_resumed_data(tmp_path, data(['cats', 'dogs'], 'def'), 'train_args.json')
+    assert 'note: the data changed since the run started' in capsys.readouterr().err
+
 def test_resume_restores_every_saved_option(tmp_path):
     "Options not given again on --resume come from train_args.json, switches like --tensorboard included."
     from lepton_nb.cli import build_parser, _merge_resume_args
@@ -191,6 +263,15 @@ def test_resume_restores_every_saved_option(tmp_path):
     args = build_parser().parse_args(['train', '--resume', '--epochs', '6'])
     _merge_resume_args(args, tmp_path)
     assert (args.model, args.epochs, args.tensorboard, args.seed, args.impl) == ('seed', 6, True, 3, 'torch')
+    # the budget is one thing: given again in either form, it replaces the saved one, which would otherwise still stop it
+    save_json({'model': 'seed', 'time_budget': 20}, tmp_path/'train_args.json')
+    args = build_parser().parse_args(['train', '--resume', '--epochs', '50']); _merge_resume_args(args, tmp_path)
+    assert (args.epochs, args.time_budget) == (50, None)
+    save_json({'model': 'seed', 'epochs': 5}, tmp_path/'train_args.json')
+    args = build_parser().parse_args(['train', '--resume', '--time-budget', '30']); _merge_resume_args(args, tmp_path)
+    assert (args.epochs, args.time_budget) == (None, 30)
+    args = build_parser().parse_args(['train', '--resume']); _merge_resume_args(args, tmp_path)
+    assert (args.epochs, args.time_budget) == (5, None)                     # not given: the saved budget
     args = build_parser().parse_args(['train'])                            # a new run: the switch is off unless given
     assert args.tensorboard is None and build_parser().parse_args(['train', '--tensorboard']).tensorboard is True
     # early stopping's patience may change on resume, but it cannot be turned on: it holds out training images
