@@ -88,6 +88,9 @@ def _print_data_summary(data, out=None):
         if len(r['duplicate_groups']) > 10: p(f"  ... and {len(r['duplicate_groups']) - 10} more groups of duplicates")
         for g in r['duplicates_across_classes'][:10]: p(f"  warning: the same image is in several classes: {', '.join(g)}")
         if r.get('held_out_copies_of_training_images'): p(f"  warning: {_leak_line(r)}")
+    if len(s['classes']) < 2: p("  warning: one class: lepton train needs two or more (lepton gan --unconditional can learn one)")
+    none = [c for c, n in zip(s['classes'], s['valid_counts']) if n == 0]
+    if none: p(f"  warning: no held-out image of {', '.join(map(repr, none))}: its figures will be n/a (add images, or give --val)")
     if s['skipped']:
         p(f"  skipped {len(s['skipped'])} file(s):")
         for k in s['skipped']: p(f"    {k['file']}: {k['reason']}")
@@ -272,6 +275,8 @@ def _unstarted_removed(out:Path, created:bool, args_file:str):
             except OSError: pass
         raise
 
+def _look(data) -> str: return f"{data.size[0]}x{data.size[1]} {'grey' if data.channels == 1 else 'RGB'}"   # (the start line)
+
 def _note_skipped(data, args, quiet:bool=False):
     "One line on files of the data left out (unreadable, or loose): training goes on without them, and `lepton data` lists them."
     if data.skipped and not quiet:
@@ -337,7 +342,7 @@ def cmd_train(args) -> dict:
         n_watch = len(holdout_split(data.y_train, MONITOR_PCT, args.seed)[1])   # the split train_classifier makes
     if not quiet: print(f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train) - n_watch} train"
           + (f" (+{n_watch} held out for early stopping)" if n_watch else '')
-          + f" / {len(data.y_valid)} held-out images, {len(data.classes)} classes -> {out}"
+          + f" / {len(data.y_valid)} held-out images, {len(data.classes)} classes, {_look(data)} -> {out}"
                         + (f" on {ddp.world_size} processes ({ddp.backend})" if ddp else ''), file=sys.stderr)
     with _unstarted_removed(out, created, 'train_args.json'):
         learn, metrics = train_classifier(data, args.model, impl=args.impl, epochs=args.epochs, time_budget=args.time_budget,
@@ -533,7 +538,7 @@ def cmd_gan(args) -> dict:
     if args.resume: _check_resumed_data(out, data, 'gan_args.json')
     save_json({**_saved_options(args, _GAN_KEYS), **_run_facts(data)}, out/'gan_args.json')
     print(f"training a {'' if args.unconditional else 'class-conditional '}DCGAN on {data.source}: {len(data.y_train)} "
-          f"images, {len(data.classes)} classes -> {out}", file=sys.stderr)
+          f"images, {len(data.classes)} classes, {_look(data)} -> {out}", file=sys.stderr)
     with _unstarted_removed(out, created, 'gan_args.json'):
         trainer, metrics = train_gan(data, epochs=args.epochs, time_budget=args.time_budget, bs=args.batch_size, lr=args.lr,
                                      width=args.width, conditional=not args.unconditional, loss=args.loss, device=args.device,

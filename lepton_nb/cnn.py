@@ -195,7 +195,8 @@ def load_model(path:str|Path, # A folder with model.safetensors and config.json
               ) -> tuple[nn.Module, dict]:
     "Rebuild a saved classifier, refusing unknown, inconsistent or tampered files; returns (model in eval mode, config)."
     path = Path(path)
-    if not path.is_dir(): raise LeptonError(f"{path}: not a model folder (expected model.safetensors and config.json)")
+    if not path.is_dir() or not any((path/f).exists() for f in ('config.json', 'model.safetensors')):
+        raise LeptonError(f"{path}: not a model folder (expected model.safetensors and config.json, as lepton train writes)")
     cfg = check_config(load_json(path/'config.json'), str(path/'config.json'))
     wf = path/'model.safetensors'
     if impl is not None: cfg = {**cfg, 'impl': impl}
@@ -325,7 +326,10 @@ def train_classifier(data:ImageData, # From `get_data`
     learn = Learner(net, tr, va, loss_func=loss, opt=opt, cbs=cbs, device=dev)
     if resume: load_checkpoint(learn, out/'checkpoint.pt')
     t0 = time.perf_counter()
+    done_before = resume and learn.epoch >= epochs   # a finished run resumed with no more epochs than it has
     learn.fit(epochs)
+    if done_before and learn.stop_reason is None:
+        learn.stop_reason = f"{learn.epoch} epochs were done already: nothing to train up to {epochs} (ask for more epochs)"
     if learn.interrupted:                            # stopped by Ctrl-C / SIGTERM
         if out is None: raise KeyboardInterrupt(f"stopped by {learn.interrupted}")   # no checkpoint: the caller's work ends here
         return learn, {}                             # the checkpoint is written, no final metrics: the caller says how to resume

@@ -391,6 +391,9 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
     if classes is None: classes = dirs
     else:
         extra = sorted(set(dirs) - set(classes))
+        if extra and split:   # photos/ holding train/ and val/, given where a folder of classes belongs
+            raise LeptonError(f"{root}: its folders ({', '.join(dirs)}) look like splits of a data set, not classes: give one "
+                              f"of them, such as {root/next((d for d in dirs if not d.lower().startswith('train')), dirs[0])}")
         if extra: raise LeptonError(f"{root}: class folders not in the training data: {', '.join(extra)}")
     items, inside = [], os.path.realpath(root)
     for ci, c in enumerate(classes):

@@ -209,6 +209,9 @@ def test_held_out_copies_of_training_images_are_counted(cache, tmp_path, capsys)
     assert main(['data', '--data', str(tmp_path/'train'), '--val', str(tmp_path/'val')]) == 0
     assert 'warning: 4 held-out images are byte-identical copies of training images' in capsys.readouterr().out
     assert D.load_image_folder(tmp_path/'train', progress=False, valid_pct=0.34).report['held_out_copies_of_training_images'] == 0
+    (tmp_path/'train'/'c').mkdir(); Image.new('L', (8, 8), 99).save(tmp_path/'train'/'c'/'only.png')
+    assert main(['data', '--data', str(tmp_path/'train')]) == 0   # class c: one image, which trains
+    assert "warning: no held-out image of 'c': its figures will be n/a" in capsys.readouterr().out
 
 
 KILLER = r'''

@@ -160,6 +160,7 @@ def test_a_class_missing_from_the_held_out_images_is_named(folders, cache, tmp_p
     assert m['per_class']['Trouser']['support'] == 60 and m['f1_macro_present'] > m['f1_macro']
     assert m['evaluated_on'] == 'the 120 images of the validation folder'
     assert "note: the held-out images hold no 'Bag' (1 of 3 classes)" in r.stderr
+    assert '600 train / 120 held-out images, 3 classes, 28x28 grey -> ' in r.stderr, r.stderr
     assert "over the 2 classes present" in r.stdout and 'after 1 epoch,' in r.stdout
 
 def test_missing_glyphs_are_one_warning_line(capsys):
@@ -373,6 +374,8 @@ def test_kill_mid_epoch_then_resume_matches(ten_classes, cache, tmp_path):
     assert abs(resumed['test_accuracy'] - full['test_accuracy']) <= 0.003
     assert resumed['epochs'] == full['epochs'] == 3
     assert json.loads((tmp_path/'b'/'train_args.json').read_text()) == json.loads(args_before)
+    r = lepton_here('train', '--resume', '--out', tmp_path/'b', '--epochs', '2', '--json')   # fewer epochs than it has
+    assert r.returncode == 0 and '(3 epochs were done already: nothing to train up to 2 (ask for more epochs))' in r.stdout, r.stderr
 
 @pytest.mark.parametrize('args,msg', [
     (['train', '--epochs', '-1'], 'at least 1'),
@@ -392,6 +395,15 @@ def test_kill_mid_epoch_then_resume_matches(ten_classes, cache, tmp_path):
 ])
 def test_bad_arguments_are_one_line(cache, args, msg):
     assert_one_line_error(lepton(*args), msg)
+
+def test_a_folder_that_is_no_run_or_holds_splits_is_named(folders, cache, tmp_path):
+    "A data folder given as MODEL_DIR, and a folder of train/ and val/ given as a folder of classes, are each named so."
+    assert_one_line_error(lepton_here('evaluate', folders/'train'), 'not a model folder (expected model.safetensors and config.json')
+    (tmp_path/'split').mkdir()
+    for s in ('train', 'val'): os.symlink(folders/s, tmp_path/'split'/s)
+    from lepton_nb.core import LeptonError
+    with pytest.raises(LeptonError, match=r"look like splits of a data set, not classes: give one of them, such as .*split/val"):
+        D.scan_image_folder(tmp_path/'split', CLASSES)
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without a GPU')
 def test_gpu_requested_without_gpu(cache):
