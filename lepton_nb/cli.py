@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_cli.ipynb #7542bd81
 from __future__ import annotations
-import argparse, contextlib, importlib.util, json, sys, warnings
+import argparse, contextlib, hashlib, importlib.util, json, os, sys, warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -82,7 +82,7 @@ def _print_data_summary(data, out=None):
     p(f"  mean: {s['mean']}   std: {s['std']}   (train split, pixel values scaled to 0-1)")
     r = s.get('report', {})
     if r:
-        p(f"  folder check: {r['files']} files, {r['decoded']} decoded, {r['skipped']} skipped; "
+        p(f"  folder check: {r['files']} files, {r['decoded']} decoded, {len(s['skipped'])} skipped; "
           f"largest/smallest class = {r['imbalance_ratio']}; modes {r['modes']}; {'one image size' if r['n_sizes'] == 1 else str(r['n_sizes']) + ' image sizes'}")
         for g in r['duplicate_groups'][:10]: p(f"  duplicate files (same bytes): {', '.join(g)}")
         if len(r['duplicate_groups']) > 10: p(f"  ... and {len(r['duplicate_groups']) - 10} more groups of duplicates")
@@ -193,7 +193,7 @@ def _run_dir(args, kind:str='train') -> Path:
         return max(open_, key=lambda c: (c/'checkpoint.pt').stat().st_mtime)
     base = Path('runs')/f"{_data_name(args.data)}-{args.model}"
     cands = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 10_000)]
-    free = next((c for c in cands if not c.exists()), None)   # any folder there may be a run still starting, or the user's
+    free = next((c for c in cands if not os.path.lexists(c)), None)   # anything there (a run starting, a link) is taken
     if free is None: raise LeptonError(f"runs/ holds {len(cands)} folders named {base.name}[-N]: give --out DIR")
     return free
 
@@ -206,7 +206,9 @@ def _claim_run_dir(out:Path, pick=None) -> tuple[Path, bool]:
             out.mkdir(parents=True); return out, True
         except FileExistsError:
             if pick is None: raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)") from None
-            out = pick()                   # taken since it was picked: the next free name
+            nxt = pick()                   # taken since it was picked: the next free name
+            if nxt == out: raise LeptonError(f"{out}: cannot create the run folder (is runs/ a broken link?)") from None
+            out = nxt
         except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
 
 def _saved_options(args, keys) -> dict:
@@ -232,7 +234,8 @@ def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULT
     for k, v in given.items():
         same = lambda a: 'fashion-mnist' if k in ('data', 'val') and _data_name(a) == 'fashion-mnist' else a
         if v is None or k not in saved or same(v) == same(saved[k]): continue
-        if k in ('data', 'val') and saved[k] is not None and not Path(saved[k]).exists(): continue   # the data moved: its new place
+        if (k in ('data', 'val') and saved[k] is not None and 'fashion-mnist' not in (_data_name(saved[k]), _data_name(v))
+            and not Path(saved[k]).exists()): continue   # a folder of data that moved: its new place
         raise LeptonError(f"--{k.replace('_', '-')} {v} differs from the run's own ({'the default' if saved[k] is None else saved[k]}): "
                           "a resumed run keeps its data and model (the budget, device and checkpoints may change); start a "
                           "new run with another --out")
@@ -248,7 +251,7 @@ def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULT
     for k, v in defaults.items():
         if getattr(args, k) is None: setattr(args, k, v)
 
-def _check_resumed_data(out:Path, data, name:str):
+def _check_resumed_data(out:Path, data, name:str, quiet:bool=False):
     """On --resume: the data must have the classes the run started with (a folder given at a new place could be any
     folder); a change in its files since then gets a note. (`name`: train_args.json or gan_args.json.)"""
     saved = _saved_args(out, name)
@@ -256,13 +259,19 @@ def _check_resumed_data(out:Path, data, name:str):
     if isinstance(was, list) and was != list(data.classes):
         raise LeptonError(f"{data.source} has the classes {', '.join(data.classes)}; the run started on "
                           f"{', '.join(map(str, was))}: resume it with its own data, or start a new run")
-    if saved.get('data_hash') not in (None, data.source_hash):
+    if not quiet and saved.get('data_hash') not in (None, _data_digest(data)):
         print("note: the data changed since the run started (files added, removed or edited): it resumes on the data as it "
               "is now", file=sys.stderr)
 
+def _data_digest(data) -> str:
+    "SHA-256 of the decoded images and labels: the same data gives the same digest wherever its folder is."
+    h = hashlib.sha256()
+    for t in (data.x_train, data.y_train, data.x_valid, data.y_valid): h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
 def _run_facts(data) -> dict:
     "What a run folder's settings file records of its data, besides the options, for `_check_resumed_data`."
-    return {'classes': list(data.classes), 'data_hash': data.source_hash}
+    return {'classes': list(data.classes), 'data_hash': _data_digest(data)}
 
 @contextlib.contextmanager
 def _unstarted_removed(out:Path, created:bool, args_file:str):
@@ -332,7 +341,7 @@ def cmd_train(args) -> dict:
         args.width = _recipe('fast', first).get('width')
     if args.overwrite and not args.resume:   # the replaced run's checkpoint and metrics must not pass for this run's
         for f in ('checkpoint.pt', 'metrics.json'): (out/f).unlink(missing_ok=True)
-    if args.resume: _check_resumed_data(out, data, 'train_args.json')
+    if args.resume: _check_resumed_data(out, data, 'train_args.json', quiet)
     if not quiet: save_json({**_saved_options(args, _TRAIN_KEYS), **_run_facts(data)}, out/'train_args.json')
     extra = {'width': args.width} if args.width else {}
     run = train_kwargs(ddp, out, args.resume) if ddp else dict(out=out, resume=args.resume)
@@ -526,8 +535,11 @@ def cmd_gan(args) -> dict:
     if not metric and not args.unconditional:
         raise LeptonError(f"lepton gan measures its samples with a classifier of the data, which needs at least 2 classes; "
                           f"{data.source} has {len(data.classes)}: add --unconditional to learn its one class unmeasured")
-    if not metric: print("note: one class: no FID or classifier score (they need a classifier of 2 or more classes); "
-                          "the losses and samples are written", file=sys.stderr)
+    if not metric:   # nothing is measured, so nothing need be held out: every image trains
+        import dataclasses, torch
+        data = dataclasses.replace(data, x_train=torch.cat([data.x_train, data.x_valid]), y_train=torch.cat([data.y_train, data.y_valid]))
+        print(f"note: one class: no FID or classifier score (they need a classifier of 2 or more classes), so all "
+              f"{len(data.y_train)} images train; the losses and samples are written", file=sys.stderr)
     _note_skipped(data, args)
     for u in unused: print(f"note: {u}", file=sys.stderr)
     if data.size[0] != data.size[1] or data.size[0] % 4 or not 8 <= data.size[0] <= 64:

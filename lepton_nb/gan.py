@@ -245,19 +245,25 @@ def fid_classifier(data:ImageData, # The data the GAN learns (its train split tr
     with num_threads(FID_RECIPE['threads'] if dev.type == 'cpu' else None):
         learn, m = train_classifier(data, 'fast', epochs=epochs, label_smoothing=0.0, seed=FID_RECIPE['seed'], device=dev, progress=progress)
     import os, shutil, tempfile
+    from lepton_nb.core import _UMASK
+    def current() -> bool:                        # the cached folder is one of this recipe and data
+        try: return all(load_json(d/'fid.json').get(k) == v for k, v in want.items())
+        except (LeptonError, OSError): return False
     d.parent.mkdir(parents=True, exist_ok=True)   # written whole in a folder of its own, then renamed into place: two runs
     tmp = Path(tempfile.mkdtemp(prefix=f'.{key}.', suffix='.tmp', dir=d.parent))   # training at once never mix their files
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)            # (mkdtemp's folder is private; a cache may be shared)
         save_model(learn.model.eval(), model_config('fast', data), tmp)
         save_json({**want, 'test_accuracy': m['test_accuracy'], 'train_seconds': m['train_seconds'], 'n_train': len(data.y_train)},
                   tmp/'fid.json')
-        if d.exists():                            # a stale one, or one another run has just put there: replaced
-            old = d.with_name(f'.{key}.{os.getpid()}.old')
-            with contextlib.suppress(FileNotFoundError): os.replace(d, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, d)
-    except OSError:                               # the other run's rename came first: its classifier is as good
-        if not (d/'fid.json').is_file(): raise
+        if retrain or not current():              # (one another run has just put there is as good: it stays, in use)
+            if d.exists():                        # a stale one: moved aside, then removed
+                old = d.with_name(f'.{key}.{os.getpid()}.old')
+                with contextlib.suppress(FileNotFoundError): os.replace(d, old)
+                shutil.rmtree(old, ignore_errors=True)
+            try: os.replace(tmp, d)
+            except OSError:                       # another run's rename came between: its classifier, if current, will do
+                if not current(): raise
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return load_model(d, dev)[0], load_json(d/'config.json'), load_json(d/'fid.json')
 

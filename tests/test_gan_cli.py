@@ -39,9 +39,13 @@ def run(folders, env, tmp_path_factory):
     assert r.returncode == 0, r.stderr
     return out, last_json(r.stdout)
 
-def test_gan_writes_every_artefact(run):
+def test_gan_writes_every_artefact(run, env):
     out, m = run
     assert sorted(p.name for p in out.iterdir()) == ARTEFACTS
+    # the metric's classifier, cached whole under its key, readable as a plain folder would be (the cache may be shared)
+    cached = [p for p in (Path(env['LEPTON_CACHE'])/'fid-classifier').iterdir()]
+    umask = os.umask(0); os.umask(umask)
+    assert len(cached) == 1 and (cached[0]/'fid.json').is_file() and cached[0].stat().st_mode & 0o777 == 0o777 & ~umask
     assert m == json.loads((out/'metrics.json').read_text())                      # --json prints metrics.json's object
     assert {'fid', 'fid_floor', 'classifier_score', 'class_coverage', 'epochs', 'train_seconds', 'device'} <= set(m)
     assert m['epochs'] == 2 and m['device'] == 'cpu' and m['fid'] > 0 and m['fid_floor'] >= 0
@@ -106,6 +110,7 @@ def test_gan_single_class_is_one_clear_error(folders, env, tmp_path):
     m = last_json(r.stdout)
     assert 'fid' not in m and m['classes'] == ['Bag'] and m['conditional'] is False and 'note: one class: no FID' in r.stderr
     assert m['threads'] == 1 and json.loads((tmp_path/'run'/'gan_args.json').read_text())['threads'] == 1
+    assert m['n_train'] == 100 and 'so all 100 images train' in r.stderr                # nothing held out: nothing is measured
     assert r.stdout.startswith('after 1 epoch,') and (tmp_path/'run'/'generator.safetensors').is_file()
     assert (tmp_path/'run'/'samples.png').is_file() and not (tmp_path/'run'/'coverage.png').exists()
 

@@ -236,25 +236,35 @@ def test_runs_started_at_once_get_a_folder_each(tmp_path, monkeypatch):
     assert _claim_run_dir(Path('mine'), None) == (Path('mine'), True) and _claim_run_dir(Path('mine'), None) == (Path('mine'), False)
     Path('file').write_text('x')
     with pytest.raises(LeptonError, match='exists and is not a folder'): _claim_run_dir(Path('file'), None)
+    os.symlink('/no/such/place', 'runs/photos-fast')                     # a broken link is taken too, and cannot loop
+    assert _run_dir(SimpleNamespace(out=None, resume=False, data='photos', model='fast')) == Path('runs/photos-fast-2')
+    with pytest.raises(LeptonError, match='cannot create the run folder'):
+        _claim_run_dir(Path('runs/photos-fast'), lambda: Path('runs/photos-fast'))
 
 def test_a_resumed_run_checks_its_data(tmp_path, capsys):
     "A data folder that moved is named; one given at a new place must have the run's classes; changed files get a note."
     from types import SimpleNamespace
     from lepton_nb.cli import _check_resumed_data, _merge_resume_args, build_parser
     from lepton_nb.core import LeptonError, save_json
-    save_json({'data': str(tmp_path/'gone'), 'model': 'seed', 'classes': ['cats', 'dogs'], 'data_hash': 'abc'}, tmp_path/'train_args.json')
+    from lepton_nb.cli import _run_facts
+    from lepton_nb.data import ImageData
+    x, y = torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    data = lambda classes, x=x: ImageData(x, y, x, y, classes, source='moved')
+    save_json({'data': str(tmp_path/'gone'), 'model': 'seed', **_run_facts(data(['cats', 'dogs']))}, tmp_path/'train_args.json')
     with pytest.raises(LeptonError, match="gone: the run's data folder is not there any more: if it moved, resume with --data NEW_PLACE"):
         _merge_resume_args(build_parser().parse_args(['train', '--resume']), tmp_path)
     args = build_parser().parse_args(['train', '--resume', '--data', str(tmp_path/'moved')])
     _merge_resume_args(args, tmp_path)                                      # a new place is taken ...
     assert args.data == str(tmp_path/'moved')
-    data = lambda classes, h='abc': SimpleNamespace(classes=classes, source='moved', source_hash=h)
     with pytest.raises(LeptonError, match='moved has the classes dogs, kittens; the run started on cats, dogs'):
         _check_resumed_data(tmp_path, data(['dogs', 'kittens']), 'train_args.json')   # ... if it holds the run's classes
-    _check_resumed_data(tmp_path, data(['cats', 'dogs']), 'train_args.json')
+    _check_resumed_data(tmp_path, data(['cats', 'dogs']), 'train_args.json')          # the same images: no note
     assert capsys.readouterr().err == ''
-    _check_resumed_data(tmp_path, data(['cats', 'dogs'], 'def'), 'train_args.json')
+    _check_resumed_data(tmp_path, data(['cats', 'dogs'], x + 1), 'train_args.json')   # edited images: a note
     assert 'note: the data changed since the run started' in capsys.readouterr().err
+    save_json({'data': 'fashion-mnist', 'model': 'seed'}, tmp_path/'train_args.json')  # Fashion-MNIST never "moved"
+    with pytest.raises(LeptonError, match='differs from the run'):
+        _merge_resume_args(build_parser().parse_args(['train', '--resume', '--data', str(tmp_path/'photos')]), tmp_path)
 
 def test_resume_restores_every_saved_option(tmp_path):
     "Options not given again on --resume come from train_args.json, switches like --tensorboard included."
