@@ -417,7 +417,7 @@ def _png_file(path, option:str) -> Path:
     return p
 
 def _image_args(paths:list) -> list[Path]:
-    "IMAGE arguments: a file as given; a folder stands for every file under it (hidden files and tools' folders left out)."
+    "IMAGE arguments: a file as given (it must exist); a folder stands for every file under it (hidden files and tools' folders left out)."
     from lepton_nb.data import _is_data
     out = []
     for a in map(Path, paths):
@@ -425,6 +425,7 @@ def _image_args(paths:list) -> list[Path]:
             found = sorted(f for f in a.rglob('*') if all(_is_data(s) for s in f.relative_to(a).parts) and f.is_file())
             if not found: raise LeptonError(f"{a}: a folder with no files in it")
             out += found
+        elif not os.path.lexists(a): raise LeptonError(f"{a}: file not found")   # a path given by name: a typo, not a skip
         else: out.append(a)
     return out
 
@@ -713,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--unconditional', action='store_const', const=True, default=None, help="a plain DCGAN without class labels")
     p.add_argument('--threads', type=_threads, default=None, metavar='N',
                    help="CPU threads: a number, or auto, which times 1 and all every 30 s and keeps the faster; a fixed "
-                        "number makes a run with the same --seed repeat exactly (default: auto)")
+                        "number makes a run with the same --seed repeat exactly on the same machine (default: auto)")
     p.add_argument('--n-eval', type=_int_at_least(2), default=None,
                    help="images per side of the FID, at most the held-out split's size (default: 10000)")
     p.add_argument('--device', default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")

@@ -253,7 +253,7 @@ def test_awkward_files_load_or_are_listed(zoo, env):
     assert s['train_size'] + s['valid_size'] == 24 + sum(expect.values())
     assert s['classes'] == ['ankle boot 靴', 'sac à main']
     assert 'too large' in skipped['bomb.png'] and 'unreadable' in skipped['loop-a.png']
-    assert 'unreadable' in skipped['dangling.png'] and 'not an image' in skipped['zero.png']
+    assert 'unreadable' in skipped['dangling.png'] and skipped['zero.png'] == 'an empty file (0 bytes)'
     assert 'truncated' in skipped['truncated.png'] and 'linked folder, not followed' in skipped['self']
     for name in ('bomb.png', 'loop-a.png', 'truncated.png', 'latin1-'): assert name in r.stdout   # the listing names them
 
@@ -586,11 +586,14 @@ def trained(small, cache, one_thread, tmp_path):
 def test_bad_prediction_arguments(trained, small, tmp_path):
     (tmp_path/'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n')
     good = small/'val'/'Bag'/'0000.png'
-    assert_clean_error(*cli('predict', trained, good, tmp_path/'missing.png')[::2], 'missing.png: file not found')
-    assert_clean_error(*cli('predict', trained, good, tmp_path/'broken.png')[::2], 'broken.png')   # which file it was
-    assert_clean_error(*cli('predict', trained, small/'val')[::2], 'is a folder')
+    assert_clean_error(*cli('predict', trained, good, tmp_path/'missing.png')[::2], 'missing.png: file not found')   # a typo
+    assert_clean_error(*cli('predict', trained, tmp_path/'broken.png')[::2], 'broken.png')   # the one file: which it was
+    rc, out, err = cli('predict', trained, good, tmp_path/'broken.png', '--json')            # one of several: listed
+    assert rc == 0 and f"skipped {tmp_path/'broken.png'}: " in err and len(last_json(out)['predictions']) == 1, err
+    (tmp_path/'empty').mkdir()
+    assert_clean_error(*cli('predict', trained, tmp_path/'empty')[::2], 'a folder with no files in it')
     assert_clean_error(*cli('predict', trained, good, '--top-k', '0')[::2], 'at least 1')
-    assert_clean_error(*cli('predict', small/'val', good)[::2], 'config.json: file not found')
+    assert_clean_error(*cli('predict', small/'val', good)[::2], 'not a model folder')
     assert_clean_error(*cli('evaluate', trained, '--device', 'tpu')[::2], 'unknown device')
     assert_clean_error(*cli('evaluate', trained, '--data', tmp_path/'nowhere')[::2], 'no such folder')
 
