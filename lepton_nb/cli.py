@@ -433,8 +433,9 @@ PLOT_MAX = 30   # images drawn by --plot (every image is labelled in the text)
 
 def cmd_predict(args) -> dict:
     "Label images with a saved model: top-k labels and probabilities, and optionally a picture."
-    from lepton_nb.cnn import plot_predictions_grid, predict
+    from lepton_nb.cnn import check_model_folder, plot_predictions_grid, predict
     _check_kind(Path(args.model_dir), 'train', 'MODEL_DIR')
+    check_model_folder(args.model_dir)             # a wrong MODEL_DIR is named first, before the images
     if args.plot: _png_file(args.plot, '--plot')   # before any work
     files = _image_args(args.images)
     skipped = [] if len(files) > 1 else None      # of several files, one that cannot be read is listed, not fatal

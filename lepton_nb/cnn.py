@@ -23,9 +23,10 @@ from .svm import LinearSVM
 # %% auto #0
 __all__ = ['ARCHS', 'RECIPES', 'CONFIG_FORMAT', 'MONITOR_PCT', 'MONITORS', 'layers', 'seed_cnn', 'fast_cnn', 'random_flip',
            'flip_tta', 'check_config', 'model_config', 'eval_settings', 'build_model', 'save_model',
-           'load_weights_strict', 'load_model', 'evaluate_model', 'holdout_split', 'train_classifier',
-           'plot_predictions', 'write_artifacts', 'predict', 'plot_prediction', 'plot_predictions_grid',
-           'export_image_folder', 'EvalEveryCB', 'time_to_accuracy', 'cnn_features', 'svm_on_features']
+           'load_weights_strict', 'check_model_folder', 'load_model', 'evaluate_model', 'holdout_split',
+           'train_classifier', 'plot_predictions', 'write_artifacts', 'predict', 'plot_prediction',
+           'plot_predictions_grid', 'export_image_folder', 'EvalEveryCB', 'time_to_accuracy', 'cnn_features',
+           'svm_on_features']
 
 # %% ../nbs/08_cnn.ipynb #b03462ec
 def layers(impl:str='torch') -> SimpleNamespace:
@@ -189,14 +190,19 @@ def load_weights_strict(wf:Path, # A .safetensors file
     except Exception as e: raise LeptonError(f"{wf}: not a readable safetensors file ({type(e).__name__}: {str(e)[:100]})") from None
     net.load_state_dict(sd)
 
+def check_model_folder(path:str|Path) -> Path:
+    "`path` as a Path, if it looks like a model folder (one of its two files is there); else a one-line error."
+    path = Path(path)
+    if not path.is_dir() or not any((path/f).exists() for f in ('config.json', 'model.safetensors')):
+        raise LeptonError(f"{path}: not a model folder (expected model.safetensors and config.json, as lepton train writes)")
+    return path
+
 def load_model(path:str|Path, # A folder with model.safetensors and config.json
                device=None, # Where to put the model (None: `get_device()`)
                impl:str|None=None, # Override the implementation (weights are interchangeable)
               ) -> tuple[nn.Module, dict]:
     "Rebuild a saved classifier, refusing unknown, inconsistent or tampered files; returns (model in eval mode, config)."
-    path = Path(path)
-    if not path.is_dir() or not any((path/f).exists() for f in ('config.json', 'model.safetensors')):
-        raise LeptonError(f"{path}: not a model folder (expected model.safetensors and config.json, as lepton train writes)")
+    path = check_model_folder(path)
     cfg = check_config(load_json(path/'config.json'), str(path/'config.json'))
     wf = path/'model.safetensors'
     if impl is not None: cfg = {**cfg, 'impl': impl}

@@ -167,7 +167,8 @@ def finish_ddp(learn:Learner, metrics:dict, out:Path|None, ctx:SimpleNamespace) 
     if metrics and cb is not None:   # every rank has metrics, or none has (an interrupt is agreed)
         metrics['ddp'] = cb.agreement()
         if ctx.rank == 0 and out is not None and (Path(out)/'metrics.json').is_file(): save_json(metrics, Path(out)/'metrics.json')
-    if dist.is_initialized(): dist.destroy_process_group()
+    if dist.is_initialized():   # every rank at this line before any tears the group down (no peer still mid-collective)
+        dist.barrier(); dist.destroy_process_group()
     return metrics
 
 # %% ../nbs/11_distributed.ipynb #e1fade69
