@@ -251,15 +251,16 @@ def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULT
     for k, v in defaults.items():
         if getattr(args, k) is None: setattr(args, k, v)
 
-def _check_resumed_data(out:Path, data, name:str, quiet:bool=False):
+def _check_resumed_data(out:Path, data, name:str, quiet:bool=False, facts:dict|None=None):
     """On --resume: the data must have the classes the run started with (a folder given at a new place could be any
-    folder); a change in its files since then gets a note. (`name`: train_args.json or gan_args.json.)"""
+    folder); a change in its files since then gets a note. (`name`: train_args.json or gan_args.json; `facts`: this
+    data's `_run_facts`, if the caller has them already.)"""
     saved = _saved_args(out, name)
     was = saved.get('classes')
     if isinstance(was, list) and was != list(data.classes):
         raise LeptonError(f"{data.source} has the classes {', '.join(data.classes)}; the run started on "
                           f"{', '.join(map(str, was))}: resume it with its own data, or start a new run")
-    if not quiet and saved.get('data_hash') not in (None, _data_digest(data)):
+    if not quiet and saved.get('data_hash') not in (None, (facts or _run_facts(data))['data_hash']):
         print("note: the data changed since the run started (files added, removed or edited): it resumes on the data as it "
               "is now", file=sys.stderr)
 
@@ -341,8 +342,9 @@ def cmd_train(args) -> dict:
         args.width = _recipe('fast', first).get('width')
     if args.overwrite and not args.resume:   # the replaced run's checkpoint and metrics must not pass for this run's
         for f in ('checkpoint.pt', 'metrics.json'): (out/f).unlink(missing_ok=True)
-    if args.resume: _check_resumed_data(out, data, 'train_args.json', quiet)
-    if not quiet: save_json({**_saved_options(args, _TRAIN_KEYS), **_run_facts(data)}, out/'train_args.json')
+    facts = None if quiet else _run_facts(data)   # (a digest of every image: once, and by the rank that writes)
+    if args.resume: _check_resumed_data(out, data, 'train_args.json', quiet, facts)
+    if not quiet: save_json({**_saved_options(args, _TRAIN_KEYS), **facts}, out/'train_args.json')
     extra = {'width': args.width} if args.width else {}
     run = train_kwargs(ddp, out, args.resume) if ddp else dict(out=out, resume=args.resume)
     n_watch = 0
@@ -549,8 +551,9 @@ def cmd_gan(args) -> dict:
     out, created = _claim_run_dir(out, pick)
     if args.overwrite and not args.resume:   # the replaced run's checkpoint and metrics must not pass for this run's
         for f in ('checkpoint.pt', 'metrics.json'): (out/f).unlink(missing_ok=True)
-    if args.resume: _check_resumed_data(out, data, 'gan_args.json')
-    save_json({**_saved_options(args, _GAN_KEYS), **_run_facts(data)}, out/'gan_args.json')
+    facts = _run_facts(data)                      # (a digest of every image: once)
+    if args.resume: _check_resumed_data(out, data, 'gan_args.json', facts=facts)
+    save_json({**_saved_options(args, _GAN_KEYS), **facts}, out/'gan_args.json')
     print(f"training a {'' if args.unconditional else 'class-conditional '}DCGAN on {data.source}: {len(data.y_train)} "
           f"images, {len(data.classes)} classes, {_look(data)} -> {out}", file=sys.stderr)
     with _unstarted_removed(out, created, 'gan_args.json'):

@@ -17,7 +17,7 @@ from .data import ImageData, TensorLoader, decode_folder, get_data, load_image, 
 from .learner import (BatchTransformCB, CancelFitException, Callback, CheckpointCB, Learner, MetricsCB,
                                MixedPrecisionCB, NonFiniteGuardCB, OneCycleCB, ProgressCB, TensorBoardCB, TimeBudgetCB,
                                EarlyStoppingCB, load_checkpoint, plot_history)
-from .metrics import Confusion, classification_report, plot_confusion
+from .metrics import Confusion, classification_report, macro_over_present, plot_confusion
 from .svm import LinearSVM
 
 # %% auto #0
@@ -351,10 +351,9 @@ def train_classifier(data:ImageData, # From `get_data`
                              for c, p, rc, f, s, k in zip(data.classes, m['precision'], m['recall'], m['f1'], m['support'],
                                                           torch.as_tensor(m['confusion']).sum(0).tolist())},   # None: no denominator
                'confusion': m['confusion'], 'history': learn.history}
-    present = [i for i, s in enumerate(m['support']) if s]
-    if len(present) < len(data.classes):   # the macro averages count a class the held-out split lacks as 0 (as scikit-learn)
-        metrics['absent_classes'] = [c for i, c in enumerate(data.classes) if i not in present]
-        metrics['f1_macro_present'] = sum(m['f1'][i] for i in present) / max(len(present), 1)
+    absent = [c for c, s in zip(data.classes, m['support']) if not s]
+    if absent:   # the macro averages count a class the held-out split lacks as 0 (as scikit-learn)
+        metrics['absent_classes'], metrics['f1_macro_present'] = absent, macro_over_present(m, 'f1')
     if watch is not None:
         es = learn.cb(EarlyStoppingCB)
         metrics['early_stopping'] = {'watched': f"{monitor} on {len(watch[1])} training images held out ({monitor_pct:.0%} of "

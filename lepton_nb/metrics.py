@@ -9,8 +9,8 @@ import torch
 from .core import LeptonError
 
 # %% auto #0
-__all__ = ['confusion_matrix', 'metrics_from_confusion', 'Confusion', 'classification_report', 'plot_confusion', 'worst_mistakes',
-           'plot_mistakes']
+__all__ = ['confusion_matrix', 'metrics_from_confusion', 'Confusion', 'macro_over_present', 'classification_report',
+           'plot_confusion', 'worst_mistakes', 'plot_mistakes']
 
 # %% ../nbs/06_metrics.ipynb #e5eb7ba7
 def confusion_matrix(preds:torch.Tensor, # Predicted class per example (N,), or scores (N, K)
@@ -62,6 +62,13 @@ class Confusion:
     def compute(self) -> dict: return {**metrics_from_confusion(self.cm.cpu()), 'confusion': self.cm.cpu().tolist()}
 
 # %% ../nbs/06_metrics.ipynb #913039ca
+def macro_over_present(m:dict, # The result of `metrics_from_confusion` or `Confusion.compute`
+                       key:str='f1', # A per-class figure: 'precision', 'recall' or 'f1'
+                      ) -> float|None:
+    "The mean of `key` over the classes that have examples here (the K-class macro counts an absent class as 0); None if none has."
+    present = [i for i, s in enumerate(m['support']) if s > 0]
+    return sum(m[key][i] for i in present) / len(present) if present else None
+
 def classification_report(m:dict, # The result of `metrics_from_confusion` or `Confusion.compute`
                           classes:list, # Class names
                          ) -> str:
@@ -77,8 +84,7 @@ def classification_report(m:dict, # The result of `metrics_from_confusion` or `C
         lines.append(f"{str(c):<{w}}{cell(p, k > 0 or s > 0)}{cell(r, s > 0)}{cell(f, s > 0)}{s:>10d}")
     lines.append(f"{'macro avg':<{w}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}{m['f1_macro']:>10.4f}{m['n']:>10d}")
     if part:
-        mean = lambda v: sum(v[i] for i in present) / len(present)
-        lines.append(f"{part:<{w}}{cell(mean(m['precision']))}{cell(mean(m['recall']))}{cell(mean(m['f1']))}{m['n']:>10d}")
+        lines.append(f"{part:<{w}}" + ''.join(cell(macro_over_present(m, k)) for k in ('precision', 'recall', 'f1')) + f"{m['n']:>10d}")
     lines.append(f"{'accuracy':<{w}}{'':>20}{m['accuracy']:>10.4f}{m['n']:>10d}")
     return '\n'.join(lines)
 
