@@ -14,14 +14,13 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import __version__
 from .core import (LeptonError, LeptonWarning, atomic_path, get_device, get_rng_states, load_json, run_card, save_json,
                             seed_everything, set_rng_states)
 from .data import ImageData, TensorLoader, cache_dir
 from .gan_losses import d_loss, d_loss_hinge, d_loss_lsgan, g_loss, g_loss_hinge, g_loss_lsgan
-from .learner import bf16_supported, check_state, write_state
+from .learner import bf16_supported, check_state, progress_bar, write_state
 from .cnn import _sha256, load_weights_strict, load_model, model_config, save_model, train_classifier
 
 # %% auto #0
@@ -566,8 +565,8 @@ class GANTrainer:
                     self.dl.set_epoch(self.epoch)
                     self.G.train(); self.D.train()
                     if self.progress:
-                        bar = tqdm(total=len(self.dl), initial=self.iter, desc=f"epoch {self.epoch + 1}" + (f"/{epochs}" if epochs else ''),
-                                   file=self.file or sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.5)
+                        bar = progress_bar(len(self.dl), f"epoch {self.epoch + 1}" + (f"/{epochs}" if epochs else ''), self.iter,
+                                           self.file)
                     pending, t = [], time.perf_counter()
                     for xb, yb in self.dl.iter_from(self.iter):
                         if self.tuner: self.tuner.before_step(self.train_time)

@@ -17,10 +17,10 @@ from .metrics import Confusion
 
 # %% auto #0
 __all__ = ['EVENTS', 'CHECKPOINT_VERSION', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback',
-           'Learner', 'MetricsCB', 'ProgressCB', 'one_cycle', 'OneCycleCB', 'bf16_supported', 'MixedPrecisionCB',
-           'TimeBudgetCB', 'EarlyStoppingCB', 'NonFiniteGuardCB', 'learner_state', 'write_state', 'save_checkpoint',
-           'check_state', 'load_checkpoint', 'CheckpointCB', 'BatchTransformCB', 'TensorBoardCB', 'plot_history',
-           'bench_overhead']
+           'Learner', 'MetricsCB', 'progress_bar', 'ProgressCB', 'one_cycle', 'OneCycleCB', 'bf16_supported',
+           'MixedPrecisionCB', 'TimeBudgetCB', 'EarlyStoppingCB', 'NonFiniteGuardCB', 'learner_state', 'write_state',
+           'save_checkpoint', 'check_state', 'load_checkpoint', 'CheckpointCB', 'BatchTransformCB', 'TensorBoardCB',
+           'plot_history', 'bench_overhead']
 
 # %% ../nbs/07_learner.ipynb #62e5d2ea
 class CancelFitException(Exception): "Stop training; `after_fit` still runs."
@@ -206,6 +206,25 @@ class MetricsCB(Callback):
         self.learn.record.update({k: round(m[k], 6) for k in ('accuracy', 'precision_macro', 'recall_macro', 'f1_macro')})
         self.last = m
 
+# %% ../nbs/07_learner.ipynb #06389689
+def _widget_bars() -> bool:
+    "Whether `tqdm.auto` draws widgets here (a Jupyter kernel) rather than text."
+    from tqdm.auto import tqdm
+    return any(c.__module__ == 'tqdm.notebook' for c in tqdm.__mro__)
+
+def progress_bar(total:int|None, # Steps in the bar (None when unknown)
+                 desc:str, # The label before the bar, such as "epoch 3/10"
+                 initial:int=0, # Steps already done (a resumed epoch)
+                 file=None, # Where to draw (default: standard error)
+                 leave:bool=False, # Keep the bar once it is closed
+                ):
+    "A `tqdm.auto` bar; text redraws 4 times a second on a terminal, every 10 s in a file or pipe (a log keeps each one)."
+    from tqdm.auto import tqdm
+    file = file or sys.stderr
+    tty = getattr(file, 'isatty', lambda: False)()
+    return tqdm(total=total, initial=initial, desc=desc, file=file, leave=leave, dynamic_ncols=True,
+                mininterval=0.25 if tty or _widget_bars() else 10.0)
+
 # %% ../nbs/07_learner.ipynb #a40fa4da
 class ProgressCB(Callback):
     "A progress bar per epoch (widget in Jupyter, text in a terminal) and one summary line per epoch."
@@ -219,10 +238,8 @@ class ProgressCB(Callback):
     def before_fit(self):   # when and which epoch was last printed (a resumed run's earlier epochs count as shown)
         self.last_line, self.shown = -math.inf, self.learn.history[-1]['epoch'] if self.learn.history else 0
     def before_epoch(self):
-        from tqdm.auto import tqdm
         n = len(self.learn.train_dl) if hasattr(self.learn.train_dl, '__len__') else None
-        self.bar = tqdm(total=n, initial=self.learn.iter, desc=f"epoch {self._of(self.learn.epoch + 1)}",
-                        file=self.file or sys.stderr, leave=self.leave, dynamic_ncols=True, mininterval=0.25)
+        self.bar = progress_bar(n, f"epoch {self._of(self.learn.epoch + 1)}", self.learn.iter, self.file, self.leave)
     def after_step(self):
         self.bar.update(1)
         if self.learn.iter % self.every == 0: self.bar.set_postfix(loss=f"{self.learn.loss.item():.4f}", refresh=False)

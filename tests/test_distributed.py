@@ -19,8 +19,9 @@ CLASSES = ['Trouser', 'Sneaker', 'Bag', 'Coat']
 ATOL, BULK_ATOL, BULK_SHARE = 1e-3, 1e-6, 1e-4
 
 def torchrun(*args, cwd, n=2, timeout=300):
-    "`torchrun --standalone --nproc_per_node=n -m lepton_nb.cli ...` with torchrun's own thread default (1 per process)."
-    env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+    """`torchrun --standalone --nproc_per_node=n -m lepton_nb.cli ...` with torchrun's own thread default (1 per process).
+    A rank that dies of a signal prints every thread's Python stack (faulthandler): a rank aborted once at teardown."""
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'} | {'PYTHONFAULTHANDLER': '1'}
     return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}',
                            '-m', 'lepton_nb.cli', *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=cwd)
@@ -39,7 +40,7 @@ def test_ddp_two_processes_match_one_and_resume(folder, cache, tmp_path):
     one = lepton('train', *common, '--epochs', '2', '--out', tmp_path/'one', '--json', env={'OMP_NUM_THREADS': '1'})
     assert one.returncode == 0, one.stderr
     r = torchrun('train', '--ddp', *common, '--epochs', '2', '--out', tmp_path/'two', '--json', cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stderr[-6000:]
     m = last_json(r.stdout)                    # rank 0 alone prints: its JSON is the last line
     assert r.stdout.count('test accuracy') == 1
     ddp = json.loads((tmp_path/'two'/'metrics.json').read_text())['ddp']
@@ -62,9 +63,9 @@ def test_ddp_two_processes_match_one_and_resume(folder, cache, tmp_path):
         assert abs(a['train_loss'] - b['train_loss']) < 1e-4 and abs(a['valid_loss'] - b['valid_loss']) < 1e-4
     # kill-free resume: 1 epoch, then --resume to 2 epochs, gives the 2-epoch run's weights exactly
     r = torchrun('train', '--ddp', *common, '--epochs', '1', '--out', tmp_path/'three', cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stderr[-6000:]
     r = torchrun('train', '--ddp', '--resume', '--out', tmp_path/'three', '--epochs', '2', cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stderr[-6000:]
     w3 = load_file(tmp_path/'three'/'model.safetensors')
     for k in w2: assert torch.equal(w3[k], w2[k]), k
 
@@ -83,7 +84,7 @@ def test_ddp_on_a_set_smaller_than_the_batch(tmp_path):
     export_image_folder(fm, tmp_path/'train', CLASSES[:3], 5); export_image_folder(fm, tmp_path/'val', CLASSES[:3], 2, split='valid')
     r = torchrun('train', '--ddp', '--data', tmp_path/'train', '--val', tmp_path/'val', '--model', 'seed', '--epochs', '1',
                  '--out', tmp_path/'run', cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stderr[-6000:]
     m = json.loads((tmp_path/'run'/'metrics.json').read_text())
     assert m['n_train'] == 15 and m['ddp']['batch_per_rank'] == 7 and len(set(m['ddp']['weights_sha256_per_rank'])) == 1
 
@@ -120,8 +121,8 @@ def test_ddp_non_finite_loss_stops_every_rank_together(tmp_path):
                         str(tmp_path/'nan_run.py'), str(tmp_path/'ck.pt')], capture_output=True, text=True, timeout=300,
                        env=env, cwd=tmp_path)
     res = [(tmp_path/f'ck.pt.rank{k}').read_text() if (tmp_path/f'ck.pt.rank{k}').exists() else '' for k in (0, 1)]
-    assert all(t.startswith('LeptonError at step 25: ') and 'non-finite' in t for t in res), (res, r.stderr[-3000:])
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert all(t.startswith('LeptonError at step 25: ') and 'non-finite' in t for t in res), (res, r.stderr[-6000:])
+    assert r.returncode == 0, r.stderr[-6000:]
     st = torch.load(tmp_path/'ck.pt', weights_only=True)
     assert st['step'] == 2 and all(torch.isfinite(v).all() for v in st['model'].values())
 
@@ -131,7 +132,7 @@ def test_ddp_early_stopping_checks_the_weights_it_saves(folder, cache, tmp_path)
     It watches accuracy here, which every rank takes from rank 0, as it does the loss."""
     r = torchrun('train', '--ddp', '--data', folder/'train', '--val', folder/'val', '--model', 'seed', '--batch-size', '32',
                  '--lr', '0.05', '--epochs', '30', '--patience', '1', '--watch', 'accuracy', '--out', tmp_path/'es', cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stderr[-6000:]
     m = json.loads((tmp_path/'es'/'metrics.json').read_text())
     h, es = m['ddp']['weights_sha256_per_rank'], m['early_stopping']
     assert es['weights_kept'] == es['best_epoch'] < len(m['history']), es   # an earlier epoch's weights were put back
