@@ -187,7 +187,7 @@ def feature_stats(f:torch.Tensor, # N x F features, N >= 2
 # %% ../nbs/09_gan.ipynb #41799c53
 def classifier_score(logits:torch.Tensor, # N x K class logits of generated images
                     ) -> float:
-    "exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over the samples: 1 (one class, or no confidence) to K (eq. cs)."
+    "exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over the samples: 1 (one class, or no confidence) to K (eq. class-score)."
     if logits.ndim != 2 or len(logits) == 0: raise LeptonError(f"need N x K logits, got shape {tuple(logits.shape)}")
     logp = logits.double().log_softmax(1)                        # log p(y|x)
     logpy = logp.exp().mean(0).log()                             # log p(y)
@@ -272,7 +272,7 @@ def to_uint8(x:torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 class GANScorer:
-    "FID against the held-out split, its floor (train vs held-out), classifier score and class coverage of a generator (eq. fid, eq. cs)."
+    "FID against the held-out split, its floor (train vs held-out), classifier score and class coverage of a generator (eq. fid, eq. class-score)."
     def __init__(self, data:ImageData, # The data set; its valid split is the reference
                  classifier=None, # (model, config, info) from `fid_classifier`; None: get it (cached)
                  n:int=10_000, # Images on each side (capped at the held-out split's size)

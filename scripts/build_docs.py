@@ -16,6 +16,8 @@
 4. Offline: KaTeX and mermaid come from the npm registry at pinned versions (sha512 checked), are kept in
    `.cache/docs-vendor/`, and are copied into `_docs/site_libs/`; every CDN address in the pages points there.
    Web-font imports in the theme's CSS are dropped (the theme's font list falls back to the system's fonts).
+   Formula labels: each labelled formula gets an anchor (`#eq-fid`) and a line of the functions that compute it and
+   the code cells that cite it; every citation of a label elsewhere links to its formula (`equation_links`).
 5. Check: a link to a method with no API entry of its own goes to its class's entry (and the build says so); a link
    to a name whose #anchor is another heading (ids ignore case: `relu`, `ReLU` and a section "ReLU" share `#relu`)
    goes to the entry whose heading is exactly that name; then every notebook has a page, every exported name has its
@@ -295,6 +297,125 @@ def make_offline(out:Path) -> list[str]:
             notes.append(f"{css.relative_to(out).as_posix()}: dropped its import of web fonts from another host")
     return notes
 
+# ------------------------------------------------------------------ 4b. formula labels
+
+# A derived formula carries a label, `\text{(eq. fid)}` beside the display formula, and the prose, the docstrings and
+# the tests that compute or check it cite the same label, "(eq. fid)". In the site each label's formula gets the
+# anchor `#eq-fid` and, under it, the functions whose docstrings cite it and the code cells that do (tests, mostly);
+# every citation outside the maths (prose, API entries, code) links back to the formula, on its page or another.
+EQ_TAG_RE = re.compile(r'\\text\{\(eq\. ([A-Za-z][\w-]*)\)\}')
+EQ_REF_RE = re.compile(r'\beq\. ([A-Za-z][\w-]*[A-Za-z0-9])')
+TOKEN_RE = re.compile(r'(<!--.*?-->|<[^>]*>)', re.S)
+NO_LINKS = ('a', 'script', 'style', 'title', 'textarea')      # no link inside these (nor inside maths)
+
+def equation_labels(nbs:Path) -> tuple[dict, list[str]]:
+    """Each formula label of the notebooks -> the page that defines it: the page whose display formula is tagged with
+    it, else (a formula labelled in a sentence) the first page whose prose cites it. Also the problems: a label tagged
+    on two pages, a label cited in a notebook that no page defines."""
+    tagged, cited, problems = {}, {}, []
+    for nb in notebooks(nbs):
+        for c in json.loads((nbs/nb).read_text(encoding='utf-8'))['cells']:
+            src = ''.join(c['source'])
+            if c['cell_type'] == 'markdown':
+                for lab in EQ_TAG_RE.findall(src):
+                    if tagged.setdefault(lab, page_name(nb)) != page_name(nb):
+                        problems.append(f"formula label (eq. {lab}) is tagged on {tagged[lab]} and on {page_name(nb)}")
+                for lab in EQ_REF_RE.findall(EQ_TAG_RE.sub('', src)): cited.setdefault(lab, page_name(nb))
+            else:
+                for lab in EQ_REF_RE.findall(src): cited.setdefault(lab, None)
+    labels = {lab: tagged.get(lab) or page for lab, page in cited.items() if tagged.get(lab) or page}
+    labels.update(tagged)
+    problems += [f"(eq. {lab}) is cited in code but no notebook's prose labels a formula with it"
+                 for lab in cited if lab not in labels]
+    return labels, sorted(set(problems))
+
+def equation_users() -> dict:
+    "Each formula label -> the exported functions and classes whose docstring cites it, as (name, page#anchor)."
+    import importlib, inspect
+    from lepton_nb._modidx import d
+    users = {}
+    for mod, syms in d['syms'].items():
+        m = importlib.import_module(mod)
+        for sym, (doc, _py) in syms.items():
+            name = sym[len(mod) + 1:]
+            if '.' in name or name not in getattr(m, '__all__', ()): continue     # API entries of the page only
+            for lab in dict.fromkeys(EQ_REF_RE.findall(inspect.getdoc(getattr(m, name)) or '')):
+                users.setdefault(lab, []).append((name, doc))
+    return users
+
+def _tokens(text:str):
+    "A page's text and tags, each tag with its name and whether it closes ('' for text and comments)."
+    for i, t in enumerate(TOKEN_RE.split(text)):
+        m = re.match(r'<(/?)([a-zA-Z][\w-]*)', t) if i % 2 else None
+        yield t, (m.group(2).lower() if m else ''), bool(m and m.group(1))
+
+def code_citations(pages:list[Path]) -> dict:
+    "Each formula label -> the code cells that cite it, as (page, id of the cell's code block)."
+    cells = {}
+    for page in pages:
+        block, in_pre = None, False
+        for t, tag, closing in _tokens(page.read_text(encoding='utf-8')):
+            if tag == 'div' and not closing and 'sourceCode' in t:
+                m = re.search(r'\bid="([^"]+)"', t); block = m.group(1) if m else None
+            elif tag == 'pre': in_pre = not closing
+            elif not tag and in_pre and block:
+                for lab in EQ_REF_RE.findall(t): cells.setdefault(lab, {}).setdefault((page.name, block), None)
+    return {lab: list(v) for lab, v in cells.items()}
+
+def uses_line(page:str, lab:str, users:dict, cells:dict) -> str:
+    "The small line under a labelled formula: what computes it, and the code cells that cite it."
+    href = lambda p, frag: f"{'' if p == page else p}#{frag}"
+    parts = []
+    if users.get(lab):
+        parts.append('computed by ' + ', '.join(f'<a href="{href(*doc.split("#", 1))}"><code>{name}</code></a>'
+                                                 for name, doc in users[lab]))
+    if cells.get(lab):
+        parts.append('cited in code cells ' + ' '.join(f'<a href="{href(p, b)}">{i}</a>'
+                                                       for i, (p, b) in enumerate(cells[lab], 1)))
+    return f'<span class="eq-uses">{" · ".join(parts)}</span>' if parts else ''
+
+def link_equations(page:str, text:str, labels:dict, users:dict|None=None, cells:dict|None=None) -> str:
+    """One page with its formula anchors (`id="eq-LABEL"`, and the line of what computes and cites each formula) and
+    its citations of formula labels as links. Maths, links, scripts and styles are left as they are."""
+    out, skip, anchored, pending = [], [], set(), []
+    mine = {lab for lab, p in labels.items() if p == page}
+    def cite(m):
+        lab = m.group(1)
+        if lab not in labels: return m.group(0)
+        if lab in mine and lab not in anchored:        # a formula labelled in a sentence: its first citation is the anchor
+            anchored.add(lab)
+            return f'<span id="eq-{lab}" class="eq-label">{m.group(0)}</span>'
+        href = '' if labels[lab] == page else labels[lab]
+        return f'<a href="{href}#eq-{lab}" class="eq-ref">{m.group(0)}</a>'
+    tokens = list(_tokens(text))
+    for i, (t, tag, closing) in enumerate(tokens):
+        if not tag: out.append(t if skip or t.startswith('<!--') else EQ_REF_RE.sub(cite, t)); continue
+        if not closing and tag == 'span' and re.search(r'class="[^"]*\bmath\b', t):
+            labs = [lab for lab in EQ_TAG_RE.findall(tokens[i + 1][0] if i + 1 < len(tokens) else '')
+                    if lab in mine and lab not in anchored]
+            anchored.update(labs)
+            out.extend(f'<span id="eq-{lab}" class="eq-label"></span>' for lab in labs)
+            skip.append('math'); pending = labs
+            out.append(t); continue
+        out.append(t)
+        if not closing and tag in NO_LINKS and not t.endswith('/>'): skip.append(tag)
+        elif closing and skip and (skip[-1] == tag or (skip[-1] == 'math' and tag == 'span')):
+            if skip.pop() == 'math' and pending:
+                out.extend(uses_line(page, lab, users or {}, cells or {}) for lab in pending); pending = []
+    return ''.join(out)
+
+def equation_links(out:Path, nbs:Path) -> tuple[list[str], list[str]]:
+    "Anchor every labelled formula of the site, say what computes and cites it, link every citation. Notes, problems."
+    labels, problems = equation_labels(nbs)
+    pages = sorted(out.glob('*.html'))
+    users, cells = equation_users(), code_citations(pages)
+    n = 0
+    for page in pages:
+        text = page.read_text(encoding='utf-8')
+        new = link_equations(page.name, text, labels, users, cells)
+        if new != text: page.write_text(new, encoding='utf-8'); n += 1
+    return [f"{len(labels)} formula labels anchored, their citations linked on {n} page(s)"], problems
+
 # ------------------------------------------------------------------ 5. check
 
 # Elements and attributes whose address the browser fetches by itself, when the page loads
@@ -491,10 +612,11 @@ def build(renderer:str='auto', out:str|None=None) -> int:
         raise SystemExit(f"build_docs: {out} is not empty and is not a built site; it would be replaced: give another folder")
     shutil.rmtree(out, ignore_errors=True)
     shutil.move(str(built), str(out))
-    notes += make_offline(out) + method_anchors(out)
+    eq_notes, eq_problems = equation_links(out, cfg.nbs_path)      # before the API links are checked: it adds some
+    notes += make_offline(out) + eq_notes + method_anchors(out)
     moved = api_links(out)
     if moved: notes.append(f"{len(moved)} link(s) to API names pointed at another heading of the same id; now at their API entries")
-    problems = list(warnings or []) + check_site(out, cfg.nbs_path, site_url)
+    problems = list(warnings or []) + eq_problems + check_site(out, cfg.nbs_path, site_url)
     for n in notes: log(f"note: {n}")
     for p in problems: log(f"problem: {p}")
     n = len(list(out.rglob('*.html')))

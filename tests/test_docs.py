@@ -233,6 +233,42 @@ def test_planned_notebooks_and_self_links(tmp_path):
     assert B.planned_links(nbs) == ['00_a.ipynb: 99_later.ipynb does not exist yet; its link is plain text until it does']
 
 
+
+def test_formula_labels_link_both_ways(site):
+    "A labelled formula has its anchor and the line of what computes and cites it; citations link to it, across pages."
+    gan = (site/'gan.html').read_text(encoding='utf-8')
+    assert gan.count('id="eq-fid"') == 1
+    uses = re.search(r'id="eq-fid".*?<span class="eq-uses">(.*?)</span></p>', gan, re.S).group(1)
+    assert '<code>frechet_distance</code>' in uses and 'cited in code cells' in uses
+    assert '<a href="#eq-fid" class="eq-ref">eq. fid</a>' in gan                    # prose and docstrings, this page
+    assert '<a href="gan_losses.html#eq-loss-d" class="eq-ref">eq. loss-d</a>' in gan   # another page's formula
+    assert '<span id="eq-accuracy" class="eq-label">eq. accuracy</span>' in (site/'metrics.html').read_text(encoding='utf-8')
+    for page in site.glob('*.html'):                                                   # never a link inside maths
+        for m in re.finditer(r'<span class="math[^"]*">(.*?)</span>', page.read_text(encoding='utf-8'), re.S):
+            assert '<a ' not in m.group(1), page.name
+
+
+def test_formula_label_checks(tmp_path):
+    "A label tagged on two pages, or cited in code with no formula, is a problem; maths and links are left alone."
+    def nb(name, *cells):
+        (tmp_path/name).write_text(json.dumps({'cells': [{'cell_type': t, 'metadata': {}, 'source': s, **({'outputs': []}
+                                    if t == 'code' else {})} for t, s in cells], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}))
+    nb('01_a.ipynb', ('markdown', r'$$x \qquad \text{(eq. one)}$$ and $y$ (eq. inline)'), ('code', 'f()  # (eq. gone)'))
+    nb('02_b.ipynb', ('markdown', r'$$z \qquad \text{(eq. one)}$$ as (eq. inline) says'))
+    labels, problems = B.equation_labels(tmp_path)
+    assert labels == {'one': 'a.html', 'inline': 'a.html'}, labels
+    assert problems == ['(eq. gone) is cited in code but no notebook\'s prose labels a formula with it',
+                        'formula label (eq. one) is tagged on a.html and on b.html']
+    html = ('<p><span class="math display">\\[x \\qquad \\text{(eq. one)}\\]</span></p><p>see (eq. inline), '
+            '<a href="x">eq. one</a>, <code>(eq. one)</code></p><script>var s = "eq. one";</script>')
+    out = B.link_equations('a.html', html, labels, {'one': [('f', 'a.html#f')]}, {})
+    assert out.startswith('<p><span id="eq-one" class="eq-label"></span><span class="math display">\\[x \\qquad \\text{(eq. one)}\\]'
+                          '</span><span class="eq-uses">computed by <a href="#f"><code>f</code></a></span></p>'), out
+    assert '(<span id="eq-inline" class="eq-label">eq. inline</span>)' in out        # labelled in a sentence
+    assert '<a href="x">eq. one</a>' in out and 'var s = "eq. one";' in out            # no link in a link or a script
+    assert '<code>(<a href="#eq-one" class="eq-ref">eq. one</a>)</code>' in out        # code cites it too
+    assert '<a href="a.html#eq-inline" class="eq-ref">eq. inline</a>' in B.link_equations('b.html', '(eq. inline)', labels)
+
 # ------------------------------------------------------------------ in the browser
 
 def test_every_page_loads_offline_without_errors(site, served, browser):
