@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_cli.ipynb #7542bd81
 from __future__ import annotations
-import argparse, contextlib, hashlib, importlib.util, json, os, sys, warnings
+import argparse, contextlib, hashlib, importlib.util, json, os, sys, tempfile, warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -416,6 +416,8 @@ def _png_file(path, option:str) -> Path:
     if p.suffix.lower() != '.png': raise LeptonError(f"{p}: {option} writes a PNG file, its name must end in .png")
     if p.is_dir(): raise LeptonError(f"{p}: is a folder; {option} names the PNG file to write")
     if not p.parent.is_dir(): raise LeptonError(f"{p.parent}: no such folder for the {option} file")
+    try: tempfile.TemporaryFile(dir=p.parent).close()    # a folder that takes no new file (read-only, /proc) fails now, not after the work
+    except OSError as e: raise LeptonError(f"{p}: cannot write a file in {p.parent} ({e.strerror or e})") from None
     return p
 
 def _image_args(paths:list) -> list[Path]:

@@ -20,7 +20,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" > "$OUT/device.txt" 2>>"$LOG"; cat "$OUT/device.txt" >> "$LOG"
 
 step "CUDA tests"
-"$PY" -m pytest tests/test_gpu.py -q -p no:cacheprovider > "$OUT/pytest.txt" 2>&1; echo "rc=$?" >> "$OUT/pytest.txt"; cat "$OUT/pytest.txt" >> "$LOG"
+"$PY" -m pytest tests/test_gpu.py -q -p no:cacheprovider > "$OUT/pytest.txt" 2>&1; TESTS_RC=$?
+echo "rc=$TESTS_RC" >> "$OUT/pytest.txt"; cat "$OUT/pytest.txt" >> "$LOG"
+if "$PY" -c "import nbdev" 2>/dev/null; then   # the notebooks' #| gpu cells (01, 02), where nbdev is installed
+  step "notebook GPU cells"
+  "$PY" -c "from nbdev.test import nbdev_test; nbdev_test()" --flags gpu --file_re '0[12]_.*' >> "$LOG" 2>&1 || TESTS_RC=1
+fi
 
 run_json() {  # name, then lepton arguments: keep the last (JSON) line
   local name=$1; shift
@@ -56,3 +61,4 @@ PY
 for f in "$OUT"/*.json; do case "$f" in */gpu.json) ;; *) rm -f "$f";; esac; done
 rm -rf "$OUT"/run_* "$OUT"/device.txt "$OUT"/pytest.txt
 echo "wrote $OUT/gpu.json and $OUT/log.txt"
+exit "$TESTS_RC"   # the figures are written either way; a failing CUDA test fails the check

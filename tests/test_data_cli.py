@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import assert_one_line_error, last_json, lepton
+from helpers import assert_one_line_error, last_json, lepton, lepton_here
 import lepton_nb.data as D
 from lepton_nb.cli import main
 from lepton_nb.core import LeptonError
@@ -113,7 +113,7 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
     (['data', '--seed', str(2**32)], 'at most 4294967295'),
 ])
 def test_bad_arguments_are_one_line(cache, args, msg):
-    assert_one_line_error(lepton(*args), msg)
+    assert_one_line_error(lepton_here(*args), msg)      # in this process: no interpreter and PyTorch start per case
 
 
 def test_no_data_anywhere_names_every_place(cache, tmp_path, monkeypatch, capsys):

@@ -2,7 +2,7 @@
 
 The site is built once for the module (smalldocs, the renderer of machines without Quarto, as in CI) into a
 temporary folder. Screenshots are kept in `test_artifacts/`."""
-import importlib.util, json, os, re, subprocess, sys, time
+import importlib.util, json, os, re, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -27,11 +27,10 @@ def site_url():
 def site(tmp_path_factory):
     "The site, built as `make docs` builds it, into a temporary folder."
     out = tmp_path_factory.mktemp('site')/'_docs'
-    t0 = time.perf_counter()
     r = subprocess.run([sys.executable, 'scripts/build_docs.py', '--renderer', 'smalldocs', '--out', str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert time.perf_counter() - t0 < 120, 'the docs build must take under 2 minutes'
+    print(r.stderr.strip().splitlines()[-1])   # "built 14 page(s) ... in N s": a time to read, not to test
     return out
 
 

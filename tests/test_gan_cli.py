@@ -77,7 +77,7 @@ def test_gan_sample_png(run, env, tmp_path):
     (['gan', '--batch-size', '0'], 'must be at least 1'),
     (['gan', '--time-budget', '-5'], 'positive number'),
     (['gan', '--threads', 'many'], "expected an integer, got 'many' (or auto)"),
-    (['gan', '--device', 'tpu', '--epochs', '1'], 'device'),
+    (['gan', '--device', 'tpu', '--epochs', '1'], 'unknown device'),
     (['gan', '--data', '/no/such/folder', '--epochs', '1'], 'no such folder'),
     (['gan', '--resume', '--out', 'nowhere'], 'nothing to resume'),
     (['gan', 'sample'], 'required'),
@@ -113,30 +113,6 @@ def test_gan_single_class_is_one_clear_error(folders, env, tmp_path):
     assert m['n_train'] == 100 and 'so all 100 images train' in r.stderr                # nothing held out: nothing is measured
     assert r.stdout.startswith('after 1 epoch,') and (tmp_path/'run'/'generator.safetensors').is_file()
     assert (tmp_path/'run'/'samples.png').is_file() and not (tmp_path/'run'/'coverage.png').exists()
-
-def test_gan_resume_after_sigkill(folders, env, tmp_path):
-    "Killed mid-run (after a checkpoint): --resume finishes the run."
-    out = tmp_path/'run'
-    args = ['gan', '--data', folders/'train', '--val', folders/'val', '--epochs', '3', '--width', '8', '--batch-size', '16',
-            '--n-eval', '60', '--checkpoint-every', '0.001', '--out', out]
-    exe = str(Path(sys.executable).parent/'lepton')
-    p = subprocess.Popen([exe, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={**os.environ, **env}, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out/'checkpoint.pt').exists() and time.monotonic() < deadline and p.poll() is None: time.sleep(0.05)
-        time.sleep(0.3)
-        assert p.poll() is None, "the run ended before it could be killed"
-        p.send_signal(signal.SIGKILL)
-    finally: p.kill(); p.wait()
-    assert not (out/'metrics.json').exists()
-    st = torch.load(out/'checkpoint.pt', map_location='cpu', weights_only=True)
-    assert 1 <= st['step'] < 3 * 18             # 300 images, batches of 16: 18 a epoch
-    r = lepton('gan', '--resume', '--out', out, '--json', env=env, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    m = last_json(r.stdout)
-    assert m['epochs'] == 3 and m['steps'] == 3 * 18 and m['n_train'] == 300
-    assert sorted(p.name for p in out.iterdir()) == ARTEFACTS
 
 def test_gan_ctrl_c_writes_a_checkpoint_and_exits_130(folders, env, tmp_path):
     out = tmp_path/'run'

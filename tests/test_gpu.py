@@ -31,6 +31,8 @@ def test_fast_recipe_trains_on_gpu_with_bf16():
     small = D.ImageData(fm.x_train[:12000], fm.y_train[:12000], fm.x_valid, fm.y_valid, fm.classes, mean=fm.mean, std=fm.std)
     learn, m = train_classifier(small, 'fast', epochs=2, device='cuda', progress=False)
     assert next(learn.model.parameters()).is_cuda and m['device'].startswith('cuda')
+    mp = [cb for cb in learn.cbs if type(cb).__name__ == 'MixedPrecisionCB']
+    assert mp and mp[0].enabled and learn.autocast is not None          # the steps really ran under bf16 autocast
     assert m['test_accuracy'] > 0.8
 
 @cuda
@@ -45,6 +47,39 @@ def test_scratch_layers_match_torch_on_gpu():
 
 @cuda
 def test_timer_waits_for_the_gpu():
-    a = torch.randn(4096, 4096, device='cuda')
-    with Timer('cuda') as t: (a @ a).sum()
-    assert t.elapsed > 0
+    "Timer('cuda') waits for the queued kernels: it measures at least what the GPU's own events measure."
+    a = torch.randn(8192, 8192, device='cuda'); torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with Timer('cuda') as t:
+        start.record()
+        for _ in range(10): b = a @ a          # about a second of work queued; the Python side returns at once
+        end.record()
+    torch.cuda.synchronize()
+    assert t.elapsed >= 0.9 * start.elapsed_time(end) / 1e3 > 0
+
+@cuda
+def test_linear_svm_on_cuda_matches_cpu():
+    "Notebook 03's LinearSVM on the GPU: the weights of the CPU run (test_formulas2.py is the CPU twin)."
+    from lepton_nb.svm import LinearSVM
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(512, 10, generator=g), torch.randint(0, 4, (512,), generator=g)
+    cpu = LinearSVM(10, 4).fit(x, y, epochs=3, device='cpu')
+    gpu = LinearSVM(10, 4).fit(x, y, epochs=3, device='cuda')
+    assert gpu.linear.weight.device.type == 'cuda' and gpu.predict(x).device == x.device
+    torch.testing.assert_close(gpu.linear.weight.cpu(), cpu.linear.weight, atol=1e-4, rtol=1e-4)
+
+@cuda
+def test_ddp_on_one_gpu_with_nccl(tmp_path):
+    "init_ddp's CUDA branch: torchrun with one process, nccl, on cuda:0 (test_distributed.py runs gloo on the CPU)."
+    import json, os, subprocess, sys
+    from lepton_nb.cnn import export_image_folder
+    fm, folder = D.load_fashion_mnist(), tmp_path
+    export_image_folder(fm, folder/'train', ['Trouser', 'Bag'], 100)
+    export_image_folder(fm, folder/'val', ['Trouser', 'Bag'], 20, split='valid')
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1', '-m',
+                        'lepton_nb.cli', 'train', '--ddp', '--device', 'cuda', '--data', str(folder/'train'), '--val',
+                        str(folder/'val'), '--model', 'seed', '--epochs', '1', '--out', str(tmp_path/'run'), '--json'],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ddp = json.loads((tmp_path/'run'/'metrics.json').read_text())['ddp']
+    assert ddp['backend'] == 'nccl' and ddp['world_size'] == 1
