@@ -176,7 +176,7 @@ def _conv_backward(gy, xp, w, xshape, s, pads, d, nhwc, needs):
     return gx, gw, gb
 
 class Conv2dFunction(torch.autograd.Function):
-    "2-D convolution (eq. conv2d) by chunked im2col (eq. conv-gemm), with the backward of (eq. conv-grad-w/b/x)."
+    "2-D convolution (eq. conv2d) by chunked im2col (eq. conv-gemm), with the backward of (eq. conv-grad-w, eq. conv-grad-b, eq. conv-grad-x)."
     @staticmethod
     def forward(ctx, x, weight, bias, stride, pads, dilation):
         y, xp, nhwc = _conv_forward(x, weight, bias, stride, pads, dilation)
@@ -215,7 +215,7 @@ def conv2d(x:torch.Tensor, # Input, N x C x H x W (or C x H x W)
            padding:int|tuple|str=0, # Zeros on each side, p or (ph, pw), or 'valid' / 'same'
            dilation:int|tuple=1, # Spacing of the kernel's taps, d or (dh, dw)
           ) -> torch.Tensor:
-    "Cross-correlation (eq. conv2d) as `F.conv2d`, computed by chunked im2col (eq. conv-gemm), backward (eq. conv-grad-w/b/x)."
+    "Cross-correlation (eq. conv2d) as `F.conv2d`, computed by chunked im2col (eq. conv-gemm), backward (eq. conv-grad-w, eq. conv-grad-b, eq. conv-grad-x)."
     for t, name in ((x, 'input'), (weight, 'weight')): _check_tensor(t, name, 'conv2d')
     if bias is not None: _check_tensor(bias, 'bias', 'conv2d')
     if x.ndim not in (3, 4): raise LeptonError(f"conv2d: input must be N x C x H x W or C x H x W, got shape {tuple(x.shape)}")

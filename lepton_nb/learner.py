@@ -221,7 +221,8 @@ def progress_bar(total:int|None, # Steps in the bar (None when unknown)
     "A `tqdm.auto` bar; text redraws 4 times a second on a terminal, every 10 s in a file or pipe (a log keeps each one)."
     from tqdm.auto import tqdm
     file = file or sys.stderr
-    tty = getattr(file, 'isatty', lambda: False)()
+    try: tty = file.isatty()
+    except (AttributeError, ValueError, OSError): tty = False   # no such method, or a closed file
     return tqdm(total=total, initial=initial, desc=desc, file=file, leave=leave, dynamic_ncols=True,
                 mininterval=0.25 if tty or _widget_bars() else 10.0)
 

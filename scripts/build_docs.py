@@ -299,35 +299,35 @@ def make_offline(out:Path) -> list[str]:
 
 # ------------------------------------------------------------------ 4b. formula labels
 
-# A derived formula carries a label, `\text{(eq. fid)}` beside the display formula, and the prose, the docstrings and
-# the tests that compute or check it cite the same label, "(eq. fid)". In the site each label's formula gets the
-# anchor `#eq-fid` and, under it, the functions whose docstrings cite it and the code cells that do (tests, mostly);
+# A derived formula carries a label in its maths, `\text{(eq. fid)}`, and the prose, the docstrings and the tests that
+# compute or check it cite the same label, "(eq. fid)". In the site each labelled formula gets the anchor `#eq-fid`
+# and, under a display formula, the functions whose docstrings cite it and the code cells that do (tests, mostly);
 # every citation outside the maths (prose, API entries, code) links back to the formula, on its page or another.
 EQ_TAG_RE = re.compile(r'\\text\{\(eq\. ([A-Za-z][\w-]*)\)\}')
 EQ_REF_RE = re.compile(r'\beq\. ([A-Za-z][\w-]*[A-Za-z0-9])')
-TOKEN_RE = re.compile(r'(<!--.*?-->|<[^>]*>)', re.S)
-NO_LINKS = ('a', 'script', 'style', 'title', 'textarea')      # no link inside these (nor inside maths)
+# a page as text and tags: a comment, a whole <script> or <style> (which may hold '<' and '>'), a tag whose quoted
+# attribute values may hold '>'
+ATTRS = r"""(?:"[^"]*"|'[^']*'|[^'">])*"""
+TAG_RE = re.compile(r'<!--.*?-->|<(script|style)\b' + ATTRS + r'>.*?</\1\s*>|</?[A-Za-z]' + ATTRS + '>', re.S | re.I)
+NO_LINKS = ('a', 'title', 'textarea', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6')   # no link inside these (nor in maths)
 
 def equation_labels(nbs:Path) -> tuple[dict, list[str]]:
-    """Each formula label of the notebooks -> the page that defines it: the page whose display formula is tagged with
-    it, else (a formula labelled in a sentence) the first page whose prose cites it. Also the problems: a label tagged
-    on two pages, a label cited in a notebook that no page defines."""
+    """Each formula label -> the page whose maths is tagged with it. Also the problems: a label tagged on two pages, and
+    a citation (in prose or code) of a label that no formula carries, such as a misspelt or renamed one."""
     tagged, cited, problems = {}, {}, []
     for nb in notebooks(nbs):
+        page = page_name(nb)
         for c in json.loads((nbs/nb).read_text(encoding='utf-8'))['cells']:
             src = ''.join(c['source'])
             if c['cell_type'] == 'markdown':
                 for lab in EQ_TAG_RE.findall(src):
-                    if tagged.setdefault(lab, page_name(nb)) != page_name(nb):
-                        problems.append(f"formula label (eq. {lab}) is tagged on {tagged[lab]} and on {page_name(nb)}")
-                for lab in EQ_REF_RE.findall(EQ_TAG_RE.sub('', src)): cited.setdefault(lab, page_name(nb))
-            else:
-                for lab in EQ_REF_RE.findall(src): cited.setdefault(lab, None)
-    labels = {lab: tagged.get(lab) or page for lab, page in cited.items() if tagged.get(lab) or page}
-    labels.update(tagged)
-    problems += [f"(eq. {lab}) is cited in code but no notebook's prose labels a formula with it"
-                 for lab in cited if lab not in labels]
-    return labels, sorted(set(problems))
+                    if tagged.setdefault(lab, page) != page:
+                        problems.append(f"formula label (eq. {lab}) is tagged on {tagged[lab]} and on {page}")
+                src = EQ_TAG_RE.sub('', src)
+            for lab in EQ_REF_RE.findall(src): cited.setdefault(lab, page)
+    problems += [f"{page}: (eq. {lab}) is cited, but no formula carries that label (\\text{{(eq. {lab})}} in its maths)"
+                 for lab, page in cited.items() if lab not in tagged]
+    return tagged, sorted(set(problems))
 
 def equation_users() -> dict:
     "Each formula label -> the exported functions and classes whose docstring cites it, as (name, page#anchor)."
@@ -344,26 +344,37 @@ def equation_users() -> dict:
     return users
 
 def _tokens(text:str):
-    "A page's text and tags, each tag with its name and whether it closes ('' for text and comments)."
-    for i, t in enumerate(TOKEN_RE.split(text)):
-        m = re.match(r'<(/?)([a-zA-Z][\w-]*)', t) if i % 2 else None
-        yield t, (m.group(2).lower() if m else ''), bool(m and m.group(1))
+    "A page as (piece, tag, closing): text has tag '', a comment or a whole script or style has tag '!'."
+    pos = 0
+    for m in TAG_RE.finditer(text):
+        if m.start() > pos: yield text[pos:m.start()], '', False
+        t = m.group(0)
+        if t.startswith('<!--') or m.group(1): yield t, '!', False
+        else:
+            n = re.match(r'<(/?)([A-Za-z][\w-]*)', t)
+            yield t, n.group(2).lower(), bool(n.group(1))
+        pos = m.end()
+    if pos < len(text): yield text[pos:], '', False
 
 def code_citations(pages:list[Path]) -> dict:
-    "Each formula label -> the code cells that cite it, as (page, id of the cell's code block)."
+    "Each formula label -> the code cells that cite it, as (page, id of the cell's code block); not API signatures."
     cells = {}
     for page in pages:
-        block, in_pre = None, False
+        divs, block, in_pre = [], None, False
         for t, tag, closing in _tokens(page.read_text(encoding='utf-8')):
-            if tag == 'div' and not closing and 'sourceCode' in t:
-                m = re.search(r'\bid="([^"]+)"', t); block = m.group(1) if m else None
+            if tag == 'div' and not closing:
+                cls = re.search(r'\bclass="([^"]*)"', t)
+                divs.append('cell-output' in (cls.group(1).split() if cls else ()))
+                if 'sourceCode' in t:       # a code cell's code; a code block inside an output is show_doc's signature
+                    m = re.search(r'\bid="([^"]+)"', t); block = m.group(1) if m and not any(divs) else None
+            elif tag == 'div' and closing and divs: divs.pop()
             elif tag == 'pre': in_pre = not closing
             elif not tag and in_pre and block:
                 for lab in EQ_REF_RE.findall(t): cells.setdefault(lab, {}).setdefault((page.name, block), None)
     return {lab: list(v) for lab, v in cells.items()}
 
 def uses_line(page:str, lab:str, users:dict, cells:dict) -> str:
-    "The small line under a labelled formula: what computes it, and the code cells that cite it."
+    "The small line under a labelled display formula: what computes it, and the code cells that cite it."
     href = lambda p, frag: f"{'' if p == page else p}#{frag}"
     parts = []
     if users.get(lab):
@@ -375,27 +386,24 @@ def uses_line(page:str, lab:str, users:dict, cells:dict) -> str:
     return f'<span class="eq-uses">{" · ".join(parts)}</span>' if parts else ''
 
 def link_equations(page:str, text:str, labels:dict, users:dict|None=None, cells:dict|None=None) -> str:
-    """One page with its formula anchors (`id="eq-LABEL"`, and the line of what computes and cites each formula) and
-    its citations of formula labels as links. Maths, links, scripts and styles are left as they are."""
+    """One page with its formula anchors (`id="eq-LABEL"` before the maths that carries the label, and under a display
+    formula the line of what computes and cites it) and every citation of a label as a link to its formula. Maths,
+    links, headings, scripts and styles are left as they are."""
     out, skip, anchored, pending = [], [], set(), []
-    mine = {lab for lab, p in labels.items() if p == page}
     def cite(m):
         lab = m.group(1)
         if lab not in labels: return m.group(0)
-        if lab in mine and lab not in anchored:        # a formula labelled in a sentence: its first citation is the anchor
-            anchored.add(lab)
-            return f'<span id="eq-{lab}" class="eq-label">{m.group(0)}</span>'
-        href = '' if labels[lab] == page else labels[lab]
-        return f'<a href="{href}#eq-{lab}" class="eq-ref">{m.group(0)}</a>'
+        return f'<a href="{"" if labels[lab] == page else labels[lab]}#eq-{lab}" class="eq-ref">{m.group(0)}</a>'
     tokens = list(_tokens(text))
     for i, (t, tag, closing) in enumerate(tokens):
-        if not tag: out.append(t if skip or t.startswith('<!--') else EQ_REF_RE.sub(cite, t)); continue
+        if tag == '!': out.append(t); continue
+        if not tag: out.append(t if skip else EQ_REF_RE.sub(cite, t)); continue
         if not closing and tag == 'span' and re.search(r'class="[^"]*\bmath\b', t):
-            labs = [lab for lab in EQ_TAG_RE.findall(tokens[i + 1][0] if i + 1 < len(tokens) else '')
-                    if lab in mine and lab not in anchored]
+            inner = tokens[i + 1][0] if i + 1 < len(tokens) and not tokens[i + 1][1] else ''
+            labs = [lab for lab in EQ_TAG_RE.findall(inner) if labels.get(lab) == page and lab not in anchored]
             anchored.update(labs)
             out.extend(f'<span id="eq-{lab}" class="eq-label"></span>' for lab in labs)
-            skip.append('math'); pending = labs
+            skip.append('math'); pending = labs if re.search(r'class="[^"]*\bdisplay\b', t) else []
             out.append(t); continue
         out.append(t)
         if not closing and tag in NO_LINKS and not t.endswith('/>'): skip.append(tag)
@@ -414,7 +422,9 @@ def equation_links(out:Path, nbs:Path) -> tuple[list[str], list[str]]:
         text = page.read_text(encoding='utf-8')
         new = link_equations(page.name, text, labels, users, cells)
         if new != text: page.write_text(new, encoding='utf-8'); n += 1
-    return [f"{len(labels)} formula labels anchored, their citations linked on {n} page(s)"], problems
+    missing = [f"{p}: the formula labelled (eq. {lab}) has no anchor on its page" for lab, p in labels.items()
+               if (out/p).exists() and f'id="eq-{lab}"' not in (out/p).read_text(encoding='utf-8')]
+    return [f"{len(labels)} formula labels anchored, their citations linked on {n} page(s)"], problems + missing
 
 # ------------------------------------------------------------------ 5. check
 

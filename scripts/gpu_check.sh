@@ -24,7 +24,7 @@ step "CUDA tests"
 echo "rc=$TESTS_RC" >> "$OUT/pytest.txt"; cat "$OUT/pytest.txt" >> "$LOG"
 if "$PY" -c "import nbdev" 2>/dev/null; then   # the notebooks' #| gpu cells (01, 02), where nbdev is installed
   step "notebook GPU cells"
-  "$PY" -c "from nbdev.test import nbdev_test; nbdev_test()" --flags gpu --file_re '0[12]_.*' >> "$LOG" 2>&1 || TESTS_RC=1
+  "$PY" -c "from nbdev.test import nbdev_test; nbdev_test(flags='gpu', file_re='0[12]_.*')" >> "$LOG" 2>&1 || TESTS_RC=1
 fi
 
 run_json() {  # name, then lepton arguments: keep the last (JSON) line

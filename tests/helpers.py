@@ -33,12 +33,16 @@ def lepton_here(*args, cwd=None):
     object with `returncode`, `stdout` and `stderr`, like `lepton`'s CompletedProcess."""
     import contextlib, io, tempfile
     from types import SimpleNamespace
+    import torch
     from lepton_nb.cli import main
+    from lepton_nb.core import get_rng_states, set_rng_states
     out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    rng, threads = get_rng_states(), torch.get_num_threads()   # a run seeds the generators: the tests after it keep theirs
     os.chdir(cwd or tempfile.mkdtemp(prefix='lepton-test-'))
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try: rc = main([str(a) for a in args])
             except SystemExit as e: rc = e.code if isinstance(e.code, int) else 1   # argparse's errors exit
-    finally: os.chdir(here)
+    finally:
+        os.chdir(here); set_rng_states(rng); torch.set_num_threads(threads)
     return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())

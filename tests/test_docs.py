@@ -241,31 +241,37 @@ def test_formula_labels_link_both_ways(site):
     assert '<code>frechet_distance</code>' in uses and 'cited in code cells' in uses
     assert '<a href="#eq-fid" class="eq-ref">eq. fid</a>' in gan                    # prose and docstrings, this page
     assert '<a href="gan_losses.html#eq-loss-d" class="eq-ref">eq. loss-d</a>' in gan   # another page's formula
-    assert '<span id="eq-accuracy" class="eq-label">eq. accuracy</span>' in (site/'metrics.html').read_text(encoding='utf-8')
+    assert '<span id="eq-accuracy" class="eq-label"></span><span class="math inline">' in (site/'metrics.html').read_text(encoding='utf-8')
     for page in site.glob('*.html'):                                                   # never a link inside maths
         for m in re.finditer(r'<span class="math[^"]*">(.*?)</span>', page.read_text(encoding='utf-8'), re.S):
             assert '<a ' not in m.group(1), page.name
 
 
 def test_formula_label_checks(tmp_path):
-    "A label tagged on two pages, or cited in code with no formula, is a problem; maths and links are left alone."
+    "A label tagged on two pages, or cited with no formula that carries it, is a problem; maths, links, scripts are left alone."
     def nb(name, *cells):
         (tmp_path/name).write_text(json.dumps({'cells': [{'cell_type': t, 'metadata': {}, 'source': s, **({'outputs': []}
                                     if t == 'code' else {})} for t, s in cells], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}))
-    nb('01_a.ipynb', ('markdown', r'$$x \qquad \text{(eq. one)}$$ and $y$ (eq. inline)'), ('code', 'f()  # (eq. gone)'))
+    nb('01_a.ipynb', ('markdown', r'$$x \qquad \text{(eq. one)}$$ and $y \ \text{(eq. inline)}$, as (eq. typo) says'),
+       ('code', 'f()  # (eq. gone)'))
     nb('02_b.ipynb', ('markdown', r'$$z \qquad \text{(eq. one)}$$ as (eq. inline) says'))
     labels, problems = B.equation_labels(tmp_path)
     assert labels == {'one': 'a.html', 'inline': 'a.html'}, labels
-    assert problems == ['(eq. gone) is cited in code but no notebook\'s prose labels a formula with it',
-                        'formula label (eq. one) is tagged on a.html and on b.html']
-    html = ('<p><span class="math display">\\[x \\qquad \\text{(eq. one)}\\]</span></p><p>see (eq. inline), '
-            '<a href="x">eq. one</a>, <code>(eq. one)</code></p><script>var s = "eq. one";</script>')
+    assert problems == [r'a.html: (eq. gone) is cited, but no formula carries that label (\text{(eq. gone)} in its maths)',
+                        r'a.html: (eq. typo) is cited, but no formula carries that label (\text{(eq. typo)} in its maths)',
+                        'formula label (eq. one) is tagged on a.html and on b.html'], problems
+    head = '<script>for (var i = 0; i < n.length; i++) { m(i); }</script>'     # as Quarto's pages have: '<', no '>'
+    html = (head + '<p><span class="math display">\\[x \\qquad \\text{(eq. one)}\\]</span></p><p title="a > b (eq. one)">'
+            'see <span class="math inline">\\(y \\ \\text{(eq. inline)}\\)</span>, (eq. inline), <a href="x">eq. one</a>, '
+            '<code>(eq. one)</code></p><h2 id="s">On (eq. one)</h2><script>var s = "eq. one";</script>')
     out = B.link_equations('a.html', html, labels, {'one': [('f', 'a.html#f')]}, {})
-    assert out.startswith('<p><span id="eq-one" class="eq-label"></span><span class="math display">\\[x \\qquad \\text{(eq. one)}\\]'
-                          '</span><span class="eq-uses">computed by <a href="#f"><code>f</code></a></span></p>'), out
-    assert '(<span id="eq-inline" class="eq-label">eq. inline</span>)' in out        # labelled in a sentence
-    assert '<a href="x">eq. one</a>' in out and 'var s = "eq. one";' in out            # no link in a link or a script
-    assert '<code>(<a href="#eq-one" class="eq-ref">eq. one</a>)</code>' in out        # code cites it too
+    assert out.startswith(head + '<p><span id="eq-one" class="eq-label"></span><span class="math display">\\[x \\qquad '
+                          '\\text{(eq. one)}\\]</span><span class="eq-uses">computed by <a href="#f"><code>f</code></a></span>'
+                          '</p><p title="a > b (eq. one)">see <span id="eq-inline" class="eq-label"></span><span class="math '
+                          'inline">\\(y \\ \\text{(eq. inline)}\\)</span>, (<a href="#eq-inline" class="eq-ref">eq. inline</a>)'), out
+    assert '<a href="x">eq. one</a>' in out and 'var s = "eq. one";' in out             # no link in a link or a script
+    assert '<code>(<a href="#eq-one" class="eq-ref">eq. one</a>)</code>' in out         # code cites it too
+    assert '<h2 id="s">On (eq. one)</h2>' in out                                         # nor in a heading (the contents)
     assert '<a href="a.html#eq-inline" class="eq-ref">eq. inline</a>' in B.link_equations('b.html', '(eq. inline)', labels)
 
 # ------------------------------------------------------------------ in the browser

@@ -32,7 +32,7 @@ def test_fast_recipe_trains_on_gpu_with_bf16():
     learn, m = train_classifier(small, 'fast', epochs=2, device='cuda', progress=False)
     assert next(learn.model.parameters()).is_cuda and m['device'].startswith('cuda')
     mp = [cb for cb in learn.cbs if type(cb).__name__ == 'MixedPrecisionCB']
-    assert mp and mp[0].enabled and learn.autocast is not None          # the steps really ran under bf16 autocast
+    assert mp and mp[0].enabled and learn.autocast.keywords == {'device_type': 'cuda', 'dtype': torch.bfloat16}   # bf16 autocast
     assert m['test_accuracy'] > 0.8
 
 @cuda

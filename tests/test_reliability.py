@@ -328,7 +328,7 @@ def test_damaged_idx_is_one_clear_error(idx_variants, case, cache):
 
 def test_sigkill_at_random_points_then_resume(small, env, reference, tmp_path):
     "Killed three times during epochs and once while writing the final files; each --resume goes on; the end is the same."
-    seed = random.randrange(10**6)
+    seed = random.SystemRandom().randrange(10**6)   # not the global generator, which in-process runs seed
     rng = random.Random(seed)
     n = reference['steps']
     targets = sorted(rng.sample(range(2, n - 1), 3))
@@ -345,12 +345,14 @@ def test_sigkill_at_random_points_then_resume(small, env, reference, tmp_path):
     assert c.finish() == 0, (seed, c.stderr())
     assert_matches_reference(c, out, reference)
     assert json.loads((out/'train_args.json').read_text()) == json.loads(settings)   # --resume keeps the run's settings
-    r = lepton_here('train', '--resume', '--out', out, '--epochs', '2')                # fewer epochs than it has
+    with pytest.MonkeyPatch.context() as mp:                                            # fewer epochs than it has
+        mp.setenv('LEPTON_CACHE', env['LEPTON_CACHE'])
+        r = lepton_here('train', '--resume', '--out', out, '--epochs', '2')
     assert r.returncode == 0 and 'nothing to train up to 2 (ask for more epochs)' in r.stdout, r.stderr
 
 def test_sigkill_during_checkpoint_write(small, env, reference, tmp_path):
     "Killed with half of a checkpoint on disk: the file under the real name is the previous, whole checkpoint."
-    at = random.Random().randrange(3, reference['saves'] - 3)
+    at = random.SystemRandom().randrange(3, reference['saves'] - 3)
     out = tmp_path/'run'
     c = Child(train_args(small, out), env, tmp_path, fault='cut-write', at=at)
     cut = c.wait_for(lambda l: l.startswith('cut '))
@@ -400,7 +402,7 @@ def gan_reference(small, env, tmp_path_factory):
 
 def assert_gan_matches_reference(c:Child, out:Path, ref):
     m, r = json.loads(c.lines[-1]), ref['metrics']
-    assert m['epochs'] == r['epochs'] == 2 and m['steps'] == r['steps'] == 36   # 600 images, batches of 32
+    assert m['epochs'] == r['epochs'] == 2 and m['steps'] == r['steps'] == 36 and m['n_train'] == r['n_train']   # 600 images, batches of 32
     for k in ('fid', 'fid_floor', 'classifier_score'): assert m[k] == r[k], k
     same_weights(out/'generator.safetensors', ref['out']/'generator.safetensors')
     same_weights(out/'discriminator.safetensors', ref['out']/'discriminator.safetensors')
@@ -408,7 +410,7 @@ def assert_gan_matches_reference(c:Child, out:Path, ref):
     assert (out/'samples.png').exists() and tmp_files(out) == []
 
 def test_gan_sigkill_during_an_epoch_then_resume(small, env, gan_reference, tmp_path):
-    target = random.randrange(3, 34)
+    target = random.SystemRandom().randrange(3, 34)
     out = tmp_path/'run'
     c = Child(gan_args(small, out), env, tmp_path, code=GAN_FAULTY)
     c.wait_for(lambda l: l.startswith('gan step ') and int(l.split()[2]) >= target)
@@ -420,7 +422,7 @@ def test_gan_sigkill_during_an_epoch_then_resume(small, env, gan_reference, tmp_
     assert_gan_matches_reference(c, out, gan_reference)
 
 def test_gan_sigkill_during_checkpoint_write(small, env, gan_reference, tmp_path):
-    at = random.randrange(3, gan_reference['saves'] - 3)
+    at = random.SystemRandom().randrange(3, gan_reference['saves'] - 3)
     out = tmp_path/'run'
     c = Child(gan_args(small, out), env, tmp_path, fault='cut-write', at=at, code=GAN_FAULTY)
     cut = c.wait_for(lambda l: l.startswith('cut '))
