@@ -327,20 +327,33 @@ def test_damaged_idx_is_one_clear_error(idx_variants, case, cache):
 # Faults: SIGKILL at random points, in the middle of a checkpoint write, a full disk
 
 def test_sigkill_at_random_points_then_resume(small, env, reference, tmp_path):
-    "Killed three times during epochs and once while writing the final files; each --resume goes on; the end is the same."
+    """Killed three times during epochs and once while writing the final files; each --resume goes on; the end is the
+    same. Meanwhile a reader loads checkpoint.pt again and again, racing the writer: every load finds a whole one."""
     seed = random.SystemRandom().randrange(10**6)   # not the global generator, which in-process runs seed
     rng = random.Random(seed)
     n = reference['steps']
     targets = sorted(rng.sample(range(2, n - 1), 3))
     out = tmp_path/'run'
-    for i, target in enumerate(targets + ['artifacts']):
-        c = Child(train_args(small, out) if i == 0 else ['train', '--resume', '--out', out, '--json'], env, tmp_path)
-        c.wait_for(step_at_least(target) if target != 'artifacts' else (lambda l: l == 'artifacts'))
-        c.kill()
-        if i == 0: settings = (out/'train_args.json').read_text()
-        st = load_ck(out/'checkpoint.pt')                 # whole and loadable, wherever the kill landed
-        if target != 'artifacts': assert 1 <= st['step'] <= n and not (out/'metrics.json').exists(), (seed, target)
-        else: assert st['step'] == n
+    stop, loads, torn = threading.Event(), [], []
+    def reader():
+        while not stop.is_set():
+            if (out/'checkpoint.pt').is_file():
+                try: loads.append(load_ck(out/'checkpoint.pt')['step'])
+                except Exception as e: torn.append(repr(e))
+            time.sleep(0.005)
+    watcher = threading.Thread(target=reader, daemon=True); watcher.start()
+    try:
+        for i, target in enumerate(targets + ['artifacts']):
+            c = Child(train_args(small, out) if i == 0 else ['train', '--resume', '--out', out, '--json'], env, tmp_path)
+            c.wait_for(step_at_least(target) if target != 'artifacts' else (lambda l: l == 'artifacts'))
+            c.kill()
+            if i == 0: settings = (out/'train_args.json').read_text()
+            st = load_ck(out/'checkpoint.pt')                 # whole and loadable, wherever the kill landed
+            if target != 'artifacts': assert 1 <= st['step'] <= n and not (out/'metrics.json').exists(), (seed, target)
+            else: assert st['step'] == n
+    finally: stop.set(); watcher.join()
+    assert not torn, (seed, torn[:3])                     # a reader never saw a checkpoint in part
+    assert len(set(loads)) >= 3, loads                    # ... and it did read while the runs wrote
     c = Child(['train', '--resume', '--out', out, '--json'], env, tmp_path)
     assert c.finish() == 0, (seed, c.stderr())
     assert_matches_reference(c, out, reference)
