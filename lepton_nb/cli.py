@@ -324,7 +324,7 @@ def cmd_train(args) -> dict:
     pick = None if args.out or args.resume else (lambda: _run_dir(args))   # a default name: claimed when created
     if ddp: out = agree(out)           # the folder rank 0 chose
     if out.exists() and not out.is_dir(): raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
-    get_device(args.device)            # an unavailable device fails here, before any data is loaded
+    dev = get_device(args.device)      # an unavailable device fails here, before any data is loaded
     if args.tensorboard and importlib.util.find_spec('tensorboard') is None:   # and a missing package
         raise LeptonError("--tensorboard needs the tensorboard package: pip install 'lepton_nb[tensorboard]'")
     quiet = bool(ddp and ddp.rank)
@@ -339,7 +339,7 @@ def cmd_train(args) -> dict:
     if args.width is None and args.model == 'fast':   # the recipe's width depends on the budget: fixed by the first one
         from lepton_nb.cnn import _recipe
         first = _saved_args(out, 'train_args.json').get('time_budget') if args.resume else args.time_budget
-        args.width = _recipe('fast', first).get('width')
+        args.width = _recipe('fast', first, dev.type).get('width')
     if args.overwrite and not args.resume:   # the replaced run's checkpoint and metrics must not pass for this run's
         for f in ('checkpoint.pt', 'metrics.json'): (out/f).unlink(missing_ok=True)
     facts = None if quiet else _run_facts(data)   # (a digest of every image: once, and by the rank that writes)
@@ -646,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=_int_at_least(1), default=None, help="batch size (default: the recipe's: 256 fast, 32 seed)")
     p.add_argument('--lr', type=_positive_float, default=None, help="(peak) learning rate (default: the recipe's: 0.01 fast, 0.001 seed)")
     p.add_argument('--width', type=_int_between(1, 512), default=None,
-                   help="fast model: channels of the first convolution, 1 to 512 (default: 32; 16 when --time-budget is under 60)")
+                   help="fast model: channels of the first convolution, 1 to 512 (default: 32; 16 on the CPU when --time-budget is under 60)")
     p.add_argument('--device', default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=None, help="seed of every random generator (default: 0)")
     p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-<model>, or -2, -3... when taken)")

@@ -218,12 +218,12 @@ def load_model(path:str|Path, # A folder with model.safetensors and config.json
     return model.to(get_device(device)).eval(), cfg
 
 # %% ../nbs/08_cnn.ipynb #dc978230
-def _recipe(model:str, time_budget:float|None=None, **overrides) -> dict:
-    "The recipe `model`, its settings for short budgets when `time_budget` is under its `short_budget`, then `overrides`."
+def _recipe(model:str, time_budget:float|None=None, device_type:str='cpu', **overrides) -> dict:
+    "The recipe `model`; on the CPU, its short settings for a `time_budget` under its `short_budget`; then `overrides`."
     if model not in RECIPES: raise LeptonError(f"unknown model {model!r}: use {' or '.join(RECIPES)}")
     r = dict(RECIPES[model])
     short = r.pop('short', None); limit = r.pop('short_budget', None)
-    if short and time_budget and time_budget < limit: r.update(short)
+    if short and time_budget and time_budget < limit and device_type == 'cpu': r.update(short)   # GPU: either width, same step time
     r.update({k: v for k, v in overrides.items() if v is not None})
     return r
 
@@ -290,13 +290,13 @@ def train_classifier(data:ImageData, # From `get_data`
                     ) -> tuple[Learner, dict]:
     "Train a classifier on `data` with a recipe; returns the learner and the final metrics."
     if len(data.classes) < 2: raise LeptonError(f"a classifier needs at least 2 classes, the data has {len(data.classes)}")
-    r = _recipe(model, time_budget, bs=bs, lr=lr, **recipe_overrides)
+    dev = get_device(device)
+    r = _recipe(model, time_budget, dev.type, bs=bs, lr=lr, **recipe_overrides)
     if epochs is None: epochs = 10_000 if time_budget else r['epochs']
     if not isinstance(epochs, int) or epochs < 1: raise LeptonError(f"epochs must be a positive integer, got {epochs}")
     if not isinstance(r['bs'], int) or r['bs'] < 1: raise LeptonError(f"batch size must be a positive integer, got {r['bs']}")
     if not 0 < r['lr'] <= 1e3:   # (a larger rate overflows float32 in Adam's first step: a crash, not a message)
         raise LeptonError(f"learning rate must be a positive number up to 1000, got {r['lr']}")
-    dev = get_device(device)
     out = Path(out) if out is not None else None
     if resume and (out is None or not (out/'checkpoint.pt').is_file()):
         raise LeptonError(f"nothing to resume: no checkpoint.pt in {out}")

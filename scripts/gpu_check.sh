@@ -1,64 +1,96 @@
 #!/usr/bin/env bash
-# The GPU check: run once on a machine with a CUDA GPU, from the project root, with Fashion-MNIST reachable
-# (LEPTON_DATA, the user cache, the Debian folder, or a download). Writes every figure to $OUT (default gpu_out/):
-#   gpu.json  all figures, with the card's name (copy it to benchmarks/gpu.json)
+# The GPU check: run on a machine with a CUDA GPU, from the project root. Writes every figure to $OUT (default gpu_out/):
+#   gpu.json  every figure, with the card's name, rewritten after each step (scripts/gpu_record.py merges the
+#             gpu.json of one or more calls into benchmarks/gpu.json)
 #   log.txt   everything the commands printed
-# Uses the machine's own PyTorch; installs nothing (GPU machines may have no registry). Where the GPU machine has no
-# copy of the data, carry one: copy the four IDX .gz files into a git-ignored folder and set LEPTON_DATA to it.
+#   *.png     the fast 60 s run's curves and the GAN's samples and progress
+#
+#   scripts/gpu_check.sh                  every step, in order, while time is left
+#   scripts/gpu_check.sh fast10 gan120    only these steps
+#
+# Steps, in this order: device tests fast10 fast60 gan120 seed60, variants of the fast recipe (fast10_w32 fast10_w64
+# fast60_w64), bench (--quick: the runs' histories give the time to 91%), more variants (fast60_w128
+# fast60_w64_b512). Each step has a time it may take (NEED below); a step that would not end within DEADLINE_S
+# seconds of the start is skipped and listed in gpu.json. Data: LEPTON_DATA, the user cache, the Debian
+# folder, or a download; a GPU machine without any of them needs the four IDX .gz files carried in (say in .gpu_data/,
+# which git ignores) and LEPTON_DATA set to them. A user cache carried in (LEPTON_CACHE) brings its FID classifier along,
+# so the GAN's FID is measured by the same network as on the machine that trained it.
+# Uses the machine's own PyTorch; installs nothing (GPU machines may have no registry).
+# Dry run on a CPU: DEVICE=cpu SCALE=0.1 scripts/gpu_check.sh fast10 gan120 (budgets times SCALE).
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-PY=${PY:-python3}
-LOG="$OUT/log.txt"; : > "$LOG"
-lepton() { "$PY" -c "import sys; from lepton_nb.cli import main; sys.exit(main())" "$@"; }
-step() { echo "== $*" | tee -a "$LOG"; }
-last() { tail -n 1 "$1"; }
-T0=$(date +%s)
+PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}; SCALE=${SCALE:-1}; DEADLINE_S=${DEADLINE_S:-3000}
+LOG="$OUT/log.txt"; touch "$LOG"
+RAW="$OUT/raw"; mkdir -p "$RAW"                 # each step's JSON line; folded into gpu.json, then removed
+T0=$(date +%s); TESTS_RC=0
+secs() { awk -v s="$SCALE" -v b="$1" 'BEGIN { v = b * s; printf "%g", (v < 1 ? 1 : v) }'; }
+left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
 
-step "device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$LOG" 2>&1
-"$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" > "$OUT/device.txt" 2>>"$LOG"; cat "$OUT/device.txt" >> "$LOG"
+summarize() { "$PY" scripts/gpu_record.py fold "$RAW" "$OUT/gpu.json" >> "$LOG" 2>&1; }   # gpu.json from the steps so far
 
-step "CUDA tests"
-"$PY" -m pytest tests/test_gpu.py -q -p no:cacheprovider > "$OUT/pytest.txt" 2>&1; TESTS_RC=$?
-echo "rc=$TESTS_RC" >> "$OUT/pytest.txt"; cat "$OUT/pytest.txt" >> "$LOG"
-if "$PY" -c "import nbdev" 2>/dev/null; then   # the notebooks' #| gpu cells (01, 02), where nbdev is installed
-  step "notebook GPU cells"
-  "$PY" -c "from nbdev.test import nbdev_test; nbdev_test(flags='gpu', file_re='0[12]_.*')" >> "$LOG" 2>&1 || TESTS_RC=1
-fi
-
-run_json() {  # name, then lepton arguments: keep the last (JSON) line
-  local name=$1; shift
-  step "lepton $*"
-  lepton "$@" --json > "$OUT/$name.out" 2>> "$LOG"; echo "rc=$?" >> "$LOG"
-  tail -n 1 "$OUT/$name.out" > "$OUT/$name.json"; rm -f "$OUT/$name.out"
-}
-run_json train_fast_10 train --device cuda --time-budget 10 --out "$OUT/run_fast_10"
-run_json train_fast_60 train --device cuda --time-budget 60 --out "$OUT/run_fast_60"
-run_json train_seed train --device cuda --model seed --out "$OUT/run_seed"
-if lepton gan --help >/dev/null 2>&1; then run_json gan_120 gan --device cuda --time-budget 120 --out "$OUT/run_gan"; fi
-run_json bench bench --device cuda
-
-"$PY" - "$OUT" "$T0" <<'PY' >> "$LOG" 2>&1
-import json, sys, time
-from pathlib import Path
-out, t0 = Path(sys.argv[1]), int(sys.argv[2])
-def read(name):
-    p = out/f'{name}.json'
-    try: return json.loads(p.read_text())
-    except Exception: return None
-keep = ('test_accuracy', 'f1_macro', 'epochs', 'train_seconds', 'device', 'stop_reason', 'fid', 'fid_floor',
-        'classifier_score', 'class_coverage')
-res = {'device_name': (out/'device.txt').read_text().strip() if (out/'device.txt').exists() else None,
-       'cuda_tests': (out/'pytest.txt').read_text().strip().splitlines()[-2:] if (out/'pytest.txt').exists() else None,
-       'wall_seconds': int(time.time()) - t0}
-for n in ('train_fast_10', 'train_fast_60', 'train_seed', 'gan_120'):
-    r = read(n); res[n] = {k: r[k] for k in keep if r and k in r} if r else None
-res['bench'] = read('bench')
-(out/'gpu.json').write_text(json.dumps(res, indent=2) + '\n')
-print(json.dumps(res, indent=2))
+step_device() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$LOG" 2>&1
+  "$PY" - > "$RAW/device.json" 2>> "$LOG" <<'PY'
+import json, os, platform, torch
+c = torch.cuda.is_available()
+print(json.dumps({'name': torch.cuda.get_device_name(0) if c else platform.processor() or 'cpu',
+                  'capability': list(torch.cuda.get_device_capability(0)) if c else None,
+                  'memory_gib': round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if c else None,
+                  'torch': torch.__version__, 'cuda': torch.version.cuda, 'cudnn': torch.backends.cudnn.version(),
+                  'cpu_cores': os.cpu_count()}))
 PY
-for f in "$OUT"/*.json; do case "$f" in */gpu.json) ;; *) rm -f "$f";; esac; done
-rm -rf "$OUT"/run_* "$OUT"/device.txt "$OUT"/pytest.txt
-echo "wrote $OUT/gpu.json and $OUT/log.txt"
+  cat "$RAW/device.json" >> "$LOG"
+}
+step_tests() {
+  timeout -k 10 "${NEED[tests]}" "$PY" -m pytest tests/test_gpu.py -q -p no:cacheprovider -rs > "$RAW/tests.txt" 2>&1; local rc=$?
+  echo "rc=$rc" >> "$RAW/tests.txt"; cat "$RAW/tests.txt" >> "$LOG"; [ $rc = 0 ] || TESTS_RC=1
+  if "$PY" -c "import nbdev" 2>/dev/null; then   # the notebooks' #| gpu cells (01, 02), where nbdev is installed
+    "$PY" -c "from nbdev.test import nbdev_test; nbdev_test(flags='gpu', file_re='0[12]_.*')" >> "$LOG" 2>&1 || TESTS_RC=1
+  else echo "nbdev is not installed here: the notebooks' #| gpu cells were not run" >> "$LOG"; fi
+}
+run_json() {   # name, need (seconds), then lepton's arguments: keep the last (JSON) line
+  local name=$1 need=$2; shift 2
+  echo "lepton $*" | sed 's/ --out [^ ]*//' > "$RAW/$name.cmd"; echo "   $(cat "$RAW/$name.cmd")" | tee -a "$LOG"
+  timeout -k 10 "$need" "$PY" -c "import sys; from lepton_nb.cli import main; sys.exit(main())" "$@" --json \
+    > "$RAW/$name.out" 2>> "$LOG"; echo "rc=$?" >> "$LOG"
+  tail -n 1 "$RAW/$name.out" > "$RAW/$name.json"; rm -f "$RAW/$name.out"
+}
+train() {   # name, budget, extra arguments
+  local name=$1 b; b=$(secs "$2"); shift 2
+  run_json "$name" "${NEED[$name]}" train --device "$DEVICE" --time-budget "$b" --out "$OUT/run_$name" "$@"
+}
+
+# the most seconds each step may take (it is stopped then), and what must be left of DEADLINE_S for it to start
+declare -A NEED=([device]=20 [tests]=180 [fast10]=45 [fast60]=100 [gan120]=200 [seed60]=100 [bench]=200
+                 [fast10_w32]=45 [fast10_w64]=45 [fast60_w64]=100 [fast60_w128]=100 [fast60_w64_b512]=100)
+ALL="device tests fast10 fast60 gan120 seed60 fast10_w32 fast10_w64 fast60_w64 bench fast60_w128 fast60_w64_b512"
+STEPS=${*:-$ALL}
+for s in $STEPS; do
+  [ -n "${NEED[$s]:-}" ] || { echo "unknown step $s: choose from $ALL" >&2; exit 2; }
+  if [ "$(left)" -lt "${NEED[$s]}" ]; then echo "== $s: skipped, $(left) s left" | tee -a "$LOG"; echo "$s" >> "$RAW/skipped.txt"; continue; fi
+  echo "== $s ($(( $(date +%s) - T0 )) s)" | tee -a "$LOG"
+  case $s in
+    device) step_device ;;
+    tests) step_tests ;;
+    fast10) train fast10 10 ;;
+    fast60) train fast60 60 ;;
+    fast10_w32) train fast10_w32 10 --width 32 ;;
+    fast10_w64) train fast10_w64 10 --width 64 ;;
+    fast60_w64) train fast60_w64 60 --width 64 ;;
+    fast60_w128) train fast60_w128 60 --width 128 ;;
+    fast60_w64_b512) train fast60_w64_b512 60 --width 64 --batch-size 512 --lr 0.02 ;;
+    seed60) train seed60 60 --model seed ;;
+    gan120) run_json gan120 "${NEED[gan120]}" gan --device "$DEVICE" --time-budget "$(secs 120)" --out "$OUT/run_gan120" ;;
+    bench) run_json bench "${NEED[bench]}" bench --device "$DEVICE" --quick ;;   # time to 91%: the runs' histories
+  esac
+  summarize
+done
+summarize
+for f in run_fast60/curves.png run_gan120/samples.png run_gan120/progress.png; do
+  [ -f "$OUT/$f" ] && cp "$OUT/$f" "$OUT/$(dirname "$f" | sed 's/^run_//')_$(basename "$f")"
+done
+rm -rf "$OUT"/run_* "$RAW"
+echo "wrote $OUT/gpu.json and $OUT/log.txt ($(( $(date +%s) - T0 )) s)"
+cat "$OUT/gpu.json" | head -c 6000
 exit "$TESTS_RC"   # the figures are written either way; a failing CUDA test fails the check

@@ -36,6 +36,17 @@ def test_fast_recipe_trains_on_gpu_with_bf16():
     assert m['test_accuracy'] > 0.8
 
 @cuda
+def test_a_short_budget_keeps_the_full_width_on_the_gpu(tmp_path):
+    """The CPU's trade-off for budgets under 60 s (width 16: more epochs) is not made on CUDA, where a step costs about the
+    same at either width (notebook 08, "On a GPU"). CPU twin: test_train_cli.py (width 16) and 08's `_recipe` tests."""
+    import json
+    from helpers import lepton_here
+    r = lepton_here('train', '--device', 'cuda', '--time-budget', '2', '--out', tmp_path/'run')
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path/'run'/'train_args.json').read_text())['width'] == 32
+    assert json.loads((tmp_path/'run'/'metrics.json').read_text())['recipe']['width'] == 32
+
+@cuda
 def test_scratch_layers_match_torch_on_gpu():
     from lepton_nb import conv, activations
     import torch.nn.functional as F

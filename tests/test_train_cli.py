@@ -111,7 +111,7 @@ def test_run_folders_are_not_replaced_or_mixed(folders, cache, tmp_path):
     assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--width', '16'), "--width 16 differs")
     assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--lr', '0.5'), "differs from the run's own (the default)")
     assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--val', folders/'train'), "differs from the run's own")
-    short = tmp_path/'short'      # the fast recipe's width depends on the budget (16 under 60 s): the first budget fixes it
+    short = tmp_path/'short'      # the fast recipe's width depends on the budget (16 under 60 s on the CPU): the first fixes it
     assert lepton_here('train', '--data', folders/'train', '--time-budget', '1', '--batch-size', '64', '--out', short).returncode == 0
     assert json.loads((short/'train_args.json').read_text())['width'] == 16
     r = lepton_here('train', '--resume', '--out', short, '--time-budget', '2')

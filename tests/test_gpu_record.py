@@ -1,0 +1,68 @@
+"""benchmarks/gpu.json, the record of `scripts/gpu_check.sh` on a GPU machine, and the pages that quote it: the record
+must be whole, and a figure quoted in notebook 08, notebook 09 or the README must be the record's."""
+import json, re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD = json.loads((ROOT/'benchmarks'/'gpu.json').read_text())
+
+def prose(name:str) -> str:
+    "The markdown cells of a notebook, as one text."
+    cells = json.loads((ROOT/'nbs'/name).read_text())['cells']
+    return '\n'.join(''.join(c['source']) for c in cells if c['cell_type'] == 'markdown')
+
+def test_the_record_is_whole():
+    g = RECORD
+    assert g['card'].startswith('NVIDIA') and g['device']['name'] == g['card'] and g['device']['capability']
+    assert re.fullmatch(r'\d+ passed in [\d.]+s', g['cuda_tests'][0]) and g['cuda_tests'][-1] == 'rc=0'
+    assert {'fast10', 'fast60', 'seed60', 'gan120'} <= set(g['runs'])
+    for name, r in g['runs'].items():
+        budget = float(re.search(r'--time-budget (\d+)', r['command'])[1])
+        assert r['command'].startswith('lepton ') and abs(r['train_seconds'] - budget) < 1, name   # the budget, spent
+        assert r['stop_reason'] == f"time budget of {budget:g} s reached", name
+        if 'test_accuracy' in r:
+            h = r['accuracy_by_epoch']
+            assert [e[0] for e in h] == list(range(1, len(h) + 1)) and all(0 < e[2] < 1 for e in h), name
+            assert all(a[1] < b[1] <= r['train_seconds'] for a, b in zip(h, h[1:])), name     # the clock only moves on
+            for t in (91, 93, 94):   # the first epoch at t%, as the history says
+                hit = next(({'train_seconds': e[1], 'epoch': e[0]} for e in h if e[2] >= t / 100), None)
+                assert r[f'first_{t}'] == hit, (name, t)
+        else:
+            fids = [e[2] for e in r['fid_by_epoch']]
+            assert r['fid'] == fids[-1] and abs(r['fid_ratio'] - r['fid'] / r['fid_floor']) < 1e-3
+
+def test_the_pages_quote_the_record():
+    runs, nb08, nb09 = RECORD['runs'], prose('08_cnn.ipynb'), prose('09_gan.ipynb')
+    for k in ('fast10', 'fast10_w32', 'fast60_w64', 'seed60'):
+        assert f"{runs[k]['test_accuracy']:.2%}" in nb08, k
+    assert f"{runs['fast10_w32']['test_accuracy']:.2%}" in (ROOT/'README.md').read_text()
+    gan = runs['gan120']
+    assert f"FID {gan['fid']:.2f}, {gan['fid_ratio']:.1f} times its floor" in nb09
+    assert f"after epoch {gan['first_fid_ratio_at_most_12.8']['epoch']}, at {gan['first_fid_ratio_at_most_12.8']['train_seconds']:.0f} s" in nb09
+
+def test_gpu_check_runs_and_folds_on_a_cpu(tmp_path, cache):
+    "The GPU check's own plumbing, dry-run on the CPU with budgets cut to a tenth: steps, skips, commands, the fold."
+    import os, subprocess, sys
+    env = {**os.environ, 'OUT': str(tmp_path/'out'), 'DEVICE': 'cpu', 'SCALE': '0.1', 'DEADLINE_S': '200',
+           'PY': sys.executable}
+    r = subprocess.run(['bash', 'scripts/gpu_check.sh', 'device', 'fast10', 'seed60', 'gan120'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    g = json.loads((tmp_path/'out'/'gpu.json').read_text())
+    assert g['card'] == g['device']['name'] and g['device']['torch']
+    assert g['skipped'] == ['gan120']                          # 200 s left is less than the GAN step may take
+    assert g['runs']['fast10']['command'] == 'lepton train --device cpu --time-budget 1'
+    assert g['runs']['seed60']['command'] == 'lepton train --device cpu --time-budget 6 --model seed'
+    assert g['runs']['seed60']['stop_reason'] == 'time budget of 6 s reached' and g['runs']['seed60']['test_accuracy'] > 0.5
+    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == ['gpu.json', 'log.txt']   # run folders and step files gone
+    merged = subprocess.run([sys.executable, 'scripts/gpu_record.py', 'merge', str(ROOT/'benchmarks'/'gpu.json'),
+                             str(tmp_path/'out'/'gpu.json'), '--note', 'date=today'], capture_output=True, text=True, check=True)
+    m = json.loads(merged.stdout)
+    assert m['date'] == 'today' and m['card'] == g['card'] and m['runs']['fast10'] == g['runs']['fast10']   # later wins
+    assert m['runs']['gan120'] == RECORD['runs']['gan120'] and m['cuda_tests'] == RECORD['cuda_tests']     # the rest kept
+
+def test_merging_the_record_gives_the_record(tmp_path):
+    import subprocess, sys
+    r = subprocess.run([sys.executable, 'scripts/gpu_record.py', 'merge', 'benchmarks/gpu.json'], cwd=ROOT,
+                       capture_output=True, text=True, check=True)
+    assert r.stdout == (ROOT/'benchmarks'/'gpu.json').read_text()
