@@ -8,8 +8,8 @@
 #   scripts/gpu_check.sh                  every step, in order, while time is left
 #   scripts/gpu_check.sh fast10 gan120    only these steps
 #
-# Steps, in this order: device tests fast10 fast60 gan120 seed60, variants of the fast recipe (fast10_w32 fast10_w64
-# fast60_w64), bench (--quick: the runs' histories give the time to 91%), more variants (fast60_w128
+# Steps, in this order: device tests fast10 fast60 gan120 seed60, variants of the fast recipe (fast10_w16, the CPU's
+# short-budget width, fast10_w64 fast60_w64), bench (--quick: the runs' histories give the time to 91%), more variants (fast60_w128
 # fast60_w64_b512). Each step has a time it may take (NEED below); a step that would not end within DEADLINE_S
 # seconds of the start is skipped and listed in gpu.json. Data: LEPTON_DATA, the user cache, the Debian
 # folder, or a download; a GPU machine without any of them needs the four IDX .gz files carried in (say in .gpu_data/,
@@ -63,8 +63,8 @@ train() {   # name, budget, extra arguments
 
 # the most seconds each step may take (it is stopped then), and what must be left of DEADLINE_S for it to start
 declare -A NEED=([device]=20 [tests]=180 [fast10]=45 [fast60]=100 [gan120]=200 [seed60]=100 [bench]=200
-                 [fast10_w32]=45 [fast10_w64]=45 [fast60_w64]=100 [fast60_w128]=100 [fast60_w64_b512]=100)
-ALL="device tests fast10 fast60 gan120 seed60 fast10_w32 fast10_w64 fast60_w64 bench fast60_w128 fast60_w64_b512"
+                 [fast10_w16]=45 [fast10_w64]=45 [fast60_w64]=100 [fast60_w128]=100 [fast60_w64_b512]=100)
+ALL="device tests fast10 fast60 gan120 seed60 fast10_w16 fast10_w64 fast60_w64 bench fast60_w128 fast60_w64_b512"
 STEPS=${*:-$ALL}
 for s in $STEPS; do
   [ -n "${NEED[$s]:-}" ] || { echo "unknown step $s: choose from $ALL" >&2; exit 2; }
@@ -75,7 +75,7 @@ for s in $STEPS; do
     tests) step_tests ;;
     fast10) train fast10 10 ;;
     fast60) train fast60 60 ;;
-    fast10_w32) train fast10_w32 10 --width 32 ;;
+    fast10_w16) train fast10_w16 10 --width 16 ;;
     fast10_w64) train fast10_w64 10 --width 64 ;;
     fast60_w64) train fast60_w64 60 --width 64 ;;
     fast60_w128) train fast60_w128 60 --width 128 ;;
