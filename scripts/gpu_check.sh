@@ -15,14 +15,15 @@
 # folder, or a download; a GPU machine without any of them needs the four IDX .gz files carried in (say in .gpu_data/,
 # which git ignores) and LEPTON_DATA set to them. A user cache carried in (LEPTON_CACHE) brings its FID classifier along,
 # so the GAN's FID is measured by the same network as on the machine that trained it.
-# Uses the machine's own PyTorch; installs nothing (GPU machines may have no registry).
+# Uses the machine's own PyTorch; installs nothing (GPU machines may have no registry). Give each call its own OUT:
+# a call rewrites OUT/gpu.json with its own steps only.
 # Dry run on a CPU: DEVICE=cpu SCALE=0.1 scripts/gpu_check.sh fast10 gan120 (budgets times SCALE).
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}; SCALE=${SCALE:-1}; DEADLINE_S=${DEADLINE_S:-3000}
 LOG="$OUT/log.txt"; touch "$LOG"
-RAW="$OUT/raw"; mkdir -p "$RAW"                 # each step's JSON line; folded into gpu.json, then removed
+RAW="$OUT/raw"; rm -rf "$RAW"; mkdir -p "$RAW"   # each step's files (none left from a call cut short), folded, removed
 T0=$(date +%s); TESTS_RC=0
 secs() { awk -v s="$SCALE" -v b="$1" 'BEGIN { v = b * s; printf "%g", (v < 1 ? 1 : v) }'; }
 left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
@@ -30,8 +31,8 @@ left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
 summarize() { "$PY" scripts/gpu_record.py fold "$RAW" "$OUT/gpu.json" >> "$LOG" 2>&1; }   # gpu.json from the steps so far
 
 step_device() {
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$LOG" 2>&1
-  "$PY" - > "$RAW/device.json" 2>> "$LOG" <<'PY'
+  timeout -k 5 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$LOG" 2>&1
+  timeout -k 5 "${NEED[device]}" "$PY" - > "$RAW/device.json" 2>> "$LOG" <<'PY'
 import json, os, platform, torch
 c = torch.cuda.is_available()
 print(json.dumps({'name': torch.cuda.get_device_name(0) if c else platform.processor() or 'cpu',
@@ -46,19 +47,21 @@ step_tests() {
   timeout -k 10 "${NEED[tests]}" "$PY" -m pytest tests/test_gpu.py -q -p no:cacheprovider -rs > "$RAW/tests.txt" 2>&1; local rc=$?
   echo "rc=$rc" >> "$RAW/tests.txt"; cat "$RAW/tests.txt" >> "$LOG"; [ $rc = 0 ] || TESTS_RC=1
   if "$PY" -c "import nbdev" 2>/dev/null; then   # the notebooks' #| gpu cells (01, 02), where nbdev is installed
-    "$PY" -c "from nbdev.test import nbdev_test; nbdev_test(flags='gpu', file_re='0[12]_.*')" >> "$LOG" 2>&1 || TESTS_RC=1
+    timeout -k 10 "${NEED[tests]}" "$PY" -c "from nbdev.test import nbdev_test; nbdev_test(flags='gpu', file_re='0[12]_.*')" \
+      >> "$LOG" 2>&1 || TESTS_RC=1
   else echo "nbdev is not installed here: the notebooks' #| gpu cells were not run" >> "$LOG"; fi
 }
-run_json() {   # name, need (seconds), then lepton's arguments: keep the last (JSON) line
-  local name=$1 need=$2; shift 2
-  echo "lepton $*" | sed 's/ --out [^ ]*//' > "$RAW/$name.cmd"; echo "   $(cat "$RAW/$name.cmd")" | tee -a "$LOG"
-  timeout -k 10 "$need" "$PY" -c "import sys; from lepton_nb.cli import main; sys.exit(main())" "$@" --json \
-    > "$RAW/$name.out" 2>> "$LOG"; echo "rc=$?" >> "$LOG"
+run_json() {   # name, then lepton's arguments (a run folder is added but for bench): keep the last (JSON) line
+  local name=$1 out=(); shift
+  [ "$name" = bench ] || out=(--out "$OUT/run_$name")
+  echo "lepton $*" > "$RAW/$name.cmd"; echo "   lepton $*" | tee -a "$LOG"
+  timeout -k 10 "${NEED[$name]}" "$PY" -c "import sys; from lepton_nb.cli import main; sys.exit(main())" "$@" ${out[@]+"${out[@]}"} \
+    --json > "$RAW/$name.out" 2>> "$LOG"; echo "rc=$?" >> "$LOG"
   tail -n 1 "$RAW/$name.out" > "$RAW/$name.json"; rm -f "$RAW/$name.out"
 }
 train() {   # name, budget, extra arguments
   local name=$1 b; b=$(secs "$2"); shift 2
-  run_json "$name" "${NEED[$name]}" train --device "$DEVICE" --time-budget "$b" --out "$OUT/run_$name" "$@"
+  run_json "$name" train --device "$DEVICE" --time-budget "$b" "$@"
 }
 
 # the most seconds each step may take (it is stopped then), and what must be left of DEADLINE_S for it to start
@@ -66,8 +69,8 @@ declare -A NEED=([device]=20 [tests]=180 [fast10]=45 [fast60]=100 [gan120]=200 [
                  [fast10_w16]=45 [fast10_w64]=45 [fast60_w64]=100 [fast60_w128]=100 [fast60_w64_b512]=100)
 ALL="device tests fast10 fast60 gan120 seed60 fast10_w16 fast10_w64 fast60_w64 bench fast60_w128 fast60_w64_b512"
 STEPS=${*:-$ALL}
+for s in $STEPS; do [ -n "${NEED[$s]:-}" ] || { echo "unknown step $s: choose from $ALL" >&2; exit 2; }; done
 for s in $STEPS; do
-  [ -n "${NEED[$s]:-}" ] || { echo "unknown step $s: choose from $ALL" >&2; exit 2; }
   if [ "$(left)" -lt "${NEED[$s]}" ]; then echo "== $s: skipped, $(left) s left" | tee -a "$LOG"; echo "$s" >> "$RAW/skipped.txt"; continue; fi
   echo "== $s ($(( $(date +%s) - T0 )) s)" | tee -a "$LOG"
   case $s in
@@ -81,8 +84,8 @@ for s in $STEPS; do
     fast60_w128) train fast60_w128 60 --width 128 ;;
     fast60_w64_b512) train fast60_w64_b512 60 --width 64 --batch-size 512 --lr 0.02 ;;
     seed60) train seed60 60 --model seed ;;
-    gan120) run_json gan120 "${NEED[gan120]}" gan --device "$DEVICE" --time-budget "$(secs 120)" --out "$OUT/run_gan120" ;;
-    bench) run_json bench "${NEED[bench]}" bench --device "$DEVICE" --quick ;;   # time to 91%: the runs' histories
+    gan120) run_json gan120 gan --device "$DEVICE" --time-budget "$(secs 120)" ;;
+    bench) run_json bench bench --device "$DEVICE" --quick ;;   # time to 91%: the runs' histories
   esac
   summarize
 done
