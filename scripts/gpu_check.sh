@@ -8,13 +8,13 @@
 #   scripts/gpu_check.sh                  every step, in order, while time is left
 #   scripts/gpu_check.sh fast10 gan120    only these steps
 #
-# Steps, in this order: device tests fast10 fast60 gan120 seed60, variants of the fast recipe (fast10_w16, the CPU's
-# short-budget width, fast10_w64 fast60_w64), bench (--quick: the runs' histories give the time to 91%), more variants (fast60_w128
-# fast60_w64_b512). Each step has a time it may take (NEED below); a step that would not end within DEADLINE_S
-# seconds of the start is skipped and listed in gpu.json. Data: LEPTON_DATA, the user cache, the Debian
-# folder, or a download; a GPU machine without any of them needs the four IDX .gz files carried in (say in .gpu_data/,
-# which git ignores) and LEPTON_DATA set to them. A user cache carried in (LEPTON_CACHE) brings its FID classifier along,
-# so the GAN's FID is measured by the same network as on the machine that trained it.
+# Steps, in this order: device tests fast10 fast60 gan120 seed60; variants of the fast recipe (fast10_w16, the CPU's
+# short-budget width; fast10_w64 fast60_w64); bench (--quick: the runs' histories give the time to 91%); more variants
+# (fast60_w128 fast60_w64_b512). Each step has a time it may take (NEED below); a step that would not end within
+# DEADLINE_S seconds of the start is skipped and listed in gpu.json.
+# Data: LEPTON_DATA, the user cache, the Debian folder, or a download; a GPU machine without any of them needs the four
+# IDX .gz files carried in (say in .gpu_data/, which git ignores) and LEPTON_DATA set to them. A user cache carried in
+# (LEPTON_CACHE) brings its FID classifier along, so the GAN is scored by the network of the machine that trained it.
 # Uses the machine's own PyTorch; installs nothing (GPU machines may have no registry). Give each call its own OUT:
 # a call rewrites OUT/gpu.json with its own steps only.
 # Dry run on a CPU: DEVICE=cpu SCALE=0.1 scripts/gpu_check.sh fast10 gan120 (budgets times SCALE).
@@ -95,5 +95,5 @@ for f in run_fast60/curves.png run_gan120/samples.png run_gan120/progress.png; d
 done
 rm -rf "$OUT"/run_* "$RAW"
 echo "wrote $OUT/gpu.json and $OUT/log.txt ($(( $(date +%s) - T0 )) s)"
-cat "$OUT/gpu.json" | head -c 6000
+head -c 6000 "$OUT/gpu.json"
 exit "$TESTS_RC"   # the figures are written either way; a failing CUDA test fails the check
