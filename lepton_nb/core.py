@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #57e57edb
 from __future__ import annotations
-import contextlib, json, os, platform, random, subprocess, sys, tempfile, time, warnings
+import contextlib, errno, json, os, platform, random, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +119,19 @@ class Timer:
 # %% ../nbs/00_core.ipynb #59e7a834
 _UMASK = os.umask(0o022); os.umask(_UMASK)   # the process's umask (read by setting it, then set back)
 
+def _fsync_folder(folder:Path):
+    "Write a folder's entries (a rename in it) to disk; nothing where the OS cannot open or fsync a folder."
+    try: fd = os.open(folder, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+    except OSError: return                    # Windows: a folder cannot be opened
+    try: os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES): raise   # EIO is a real failure
+    finally: os.close(fd)
+
 @contextlib.contextmanager
 def atomic_path(path:str|Path, # The file that will exist, complete, after the block
                ):
-    "Yield a temporary path next to `path`; after the block, flush it to disk and rename it over `path`."
+    "Yield a temporary path next to `path`; after the block, flush it to disk, rename it over `path`, flush the folder."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try: fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
@@ -136,6 +145,7 @@ def atomic_path(path:str|Path, # The file that will exist, complete, after the b
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
+    _fsync_folder(path.parent)                # the rename itself, durable across a power cut
 
 @contextlib.contextmanager
 def atomic_write(path:str|Path, # The file to write
