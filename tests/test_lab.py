@@ -156,8 +156,8 @@ def open_and_run(browser, lab, path, workspace):
     prompt = f"document.querySelector('{PANEL} .jp-Cell .jp-InputPrompt').innerText"
     for attempt in range(8):   # a first kernel start on a fresh install can take most of a minute on 2 cores
         if attempt == 4:
-            browser.send('Target.closeTarget', {'targetId': page.target})
-            page.settle(3)   # let the server see the old tab's connections close before the new tab opens its own
+            page.close()
+            time.sleep(3)    # let the server see the old tab's connections close before the new tab opens its own
             page = open_in_lab(browser, lab, path, workspace)
             kernel_idle(page)
         dialogs = page.eval("[...document.querySelectorAll('.jp-Dialog')].map(d => d.innerText)")
