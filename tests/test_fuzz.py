@@ -37,8 +37,9 @@ CASE_SECONDS = 20           # a case that takes longer is a hang
 def fuzz(target:str, deadline_ms:int=10_000):
     "Hypothesis settings of one target: its case count, a deadline per case, no example database."
     return settings(max_examples=CASES or QUICK[target], deadline=deadline_ms, derandomize=not CASES, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
-                                           HealthCheck.function_scoped_fixture], print_blob=True)
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
+                    print_blob=True)
 
 
 class Hang(BaseException):
@@ -123,7 +124,8 @@ def idx_bytes(draw):
     dims = draw(st.lists(st.integers(0, 5) | st.integers(0, 2**32 - 1), min_size=min(ndim, 5), max_size=min(ndim, 5)))
     header = magic + bytes([code, ndim]) + b''.join(struct.pack('>I', d) for d in dims)
     n = int(np.prod(dims, dtype=object)) * np.dtype(IDX_TYPES.get(code, '>u1')).itemsize if dims else 0
-    size = n + draw(st.sampled_from([0, 0, 0, -1, 1, -n]) | st.integers(-8, 8)) if n < 4096 else draw(st.integers(0, 64))
+    if n < 4096: size = n + draw(st.sampled_from([0, 0, 0, -1, 1, -n]) | st.integers(-8, 8))
+    else: size = draw(st.integers(0, 64))
     body = draw(st.binary(min_size=max(size, 0), max_size=max(size, 0)))
     raw = header + body
     if draw(st.integers(0, 4)) == 0: raw = gzip.compress(raw, mtime=0)[:draw(st.integers(0, 1 << 16))]
@@ -197,7 +199,8 @@ json_values = st.recursive(
 
 @fuzz('json')
 @given(raw=st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode()),
-                     st.tuples(json_values.map(lambda v: json.dumps(v).encode()), mutations).map(lambda t: mutate(t[0], *t[1])),
+                     st.tuples(json_values.map(lambda v: json.dumps(v).encode()), mutations).map(
+                         lambda t: mutate(t[0], *t[1])),
                      st.integers(1, 3000).map(lambda n: b'[' * n + b']' * n)))
 @example(raw=b'\xff\xfe{')
 @example(raw=b'1' * 5000)
@@ -237,8 +240,8 @@ def check_config_case(checker, cfg):
 # JSON numbers within a float's range: what the checkers must handle today
 finite_json = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20), lambda inner: st.lists(inner, max_size=12) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=16)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=12) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=16)
 
 
 @fuzz('config')
@@ -278,9 +281,9 @@ def test_saved_run_options(work, args):
     check_saved_args(work, args)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="cli._saved_args quotes a key of train_args.json as it is "
-                   "('{k}', not {k!r}): a key with a line break makes a LeptonError of two lines (lepton_nb.cli, "
-                   "nbs/16_cli.ipynb)")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="cli._saved_args quotes a key of train_args.json as "
+                   "it is ('{k}', not {k!r}): a key with a line break makes a LeptonError of two lines "
+                   "(lepton_nb.cli, nbs/16_cli.ipynb)")
 @fuzz('train_args')
 @given(args=st.dictionaries(st.text(max_size=10), json_values, max_size=6))
 @example(args={'\n': []})
@@ -373,7 +376,8 @@ def check_image(path:Path, kw:dict):
 
 @fuzz('image')
 @given(name=st.sampled_from(sorted(IMAGES)), m=mutations, kw=IMAGE_ARGS,
-       raw=st.none() | st.binary(max_size=300) | st.sampled_from([b'\x89PNG\r\n\x1a\n', b'\xff\xd8\xff', b'GIF89a']).flatmap(
+       raw=st.none() | st.binary(max_size=300)
+       | st.sampled_from([b'\x89PNG\r\n\x1a\n', b'\xff\xd8\xff', b'GIF89a']).flatmap(
            lambda magic: st.binary(max_size=200).map(lambda b: magic + b)))
 def test_image_damaged(work, name, m, kw, raw):
     p = work/('img' + Path(name).suffix)
@@ -385,8 +389,9 @@ def test_image_damaged(work, name, m, kw, raw):
 
 # file names a folder of images may hold: spaces, accents, emoji, a leading dash or dot, bytes that are not UTF-8
 # (Python keeps them as surrogate escapes), and names that are not images at all
-names = st.text(st.characters(blacklist_categories=('Cs',), blacklist_characters='/\0') | st.sampled_from(['\udcff', '\udc80']),
-                min_size=1, max_size=40).filter(lambda s: s not in ('.', '..') and len(os.fsencode(s)) < 250)
+names = st.text(st.characters(blacklist_categories=('Cs',), blacklist_characters='/\0')
+                | st.sampled_from(['\udcff', '\udc80']), min_size=1, max_size=40).filter(
+                    lambda s: s not in ('.', '..') and len(os.fsencode(s)) < 250)
 
 
 @fuzz('image_names')
@@ -424,8 +429,9 @@ def parser_words():
     return sorted(words)
 
 WORDS = parser_words()
-values = st.sampled_from(['0', '1', '-1', '2', '3', '28', '0.5', '1e999', '-1e999', 'nan', 'inf', 'auto', '', ' ', '-',
-                          '--', '9' * 5000, '0x10', '1_000', '٣', 'fast', 'seed', 'cpu', 'cuda', 'mps', 'cuda:7', 'x.png'])
+values = st.sampled_from(['0', '1', '-1', '2', '3', '28', '0.5', '1e999', '-1e999', 'nan', 'inf', 'auto', '', ' ',
+                          '-', '--', '9' * 5000, '0x10', '1_000', '٣', 'fast', 'seed', 'cpu', 'cuda', 'mps', 'cuda:7',
+                          'x.png'])
 printable = st.text(string.printable.replace('\n', '').replace('\r', '').replace('\x0b', '').replace('\x0c', ''),
                     max_size=12)
 
