@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #57e57edb
 from __future__ import annotations
-import contextlib, errno, json, os, platform, random, subprocess, sys, tempfile, time, warnings
+import contextlib, errno, itertools, json, os, platform, random, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,7 @@ def atomic_path(path:str|Path, # The file that will exist, complete, after the b
                ):
     "Yield a temporary path next to `path`; after the block, flush it to disk, rename it over `path`, flush the folder."
     path = Path(path)
+    made = list(itertools.takewhile(lambda d: not d.exists(), [path.parent, *path.parent.parents]))   # folders it makes
     path.parent.mkdir(parents=True, exist_ok=True)
     try: fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     except OSError as e: raise OSError(e.errno, e.strerror, str(path)) from None   # the file, not the temporary
@@ -148,7 +149,7 @@ def atomic_path(path:str|Path, # The file that will exist, complete, after the b
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
-    _fsync_folder(path.parent)                # the rename itself, durable across a power cut
+    for d in [path.parent, *(m.parent for m in made)]: _fsync_folder(d)   # the rename, and new folders' entries
 
 @contextlib.contextmanager
 def atomic_write(path:str|Path, # The file to write
