@@ -3,13 +3,15 @@
 #   make test   install everything, then run the whole test suite (what CI runs)
 #   make docs   build the documentation site into _docs/
 #   make lab    start JupyterLab on the notebooks
+#   make fuzz   the parsers fuzzed with LEPTON_FUZZ_CASES generated inputs per target (the quick lane is in make test)
+#   make lint   ruff on the package and the notebooks (not yet part of make test)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: install system-deps demo test check-sync nbtest pytest slow docs lab readme clean
+.PHONY: install system-deps demo test check-sync nbtest pytest slow fuzz lint docs lab readme clean
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +47,17 @@ pytest: install
 # The long lane: full training runs in the notebooks (minutes to an hour on 2 CPU cores).
 slow: install
 	$(BIN)/nbdev_test --flags slow --timing
+
+# The long fuzz lane: the quick lane's tests (tests/test_fuzz.py) with LEPTON_FUZZ_CASES cases per target, fresh random
+# draws each run (hours on 2 CPU cores at 100,000).
+LEPTON_FUZZ_CASES ?= 100000
+fuzz: install
+	LEPTON_FUZZ_CASES=$(LEPTON_FUZZ_CASES) OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_fuzz.py -q \
+		--hypothesis-show-statistics
+
+# Lint: ruff (its settings in ruff.toml) on the exported package, the notebooks, the tests and the scripts.
+lint: install
+	$(BIN)/ruff check lepton_nb nbs tests scripts
 
 readme: install
 	$(BIN)/python scripts/make_readme.py

@@ -81,7 +81,7 @@ def process(cfg) -> Path:
         # missing, or a plain file (nbdev writes its default when the link is missing; a checkout without symbolic
         # links has a copy): the link again, or else a copy of the one source of truth
         if link.exists() or link.is_symlink():
-            log(f"note: nbs/_quarto.yml was not the link to _quarto.yml; replaced (edit _quarto.yml, the only one)")
+            log("note: nbs/_quarto.yml was not the link to _quarto.yml; replaced (edit _quarto.yml, the only one)")
             link.unlink()
         try: link.symlink_to(Path('..')/'_quarto.yml')
         except OSError: shutil.copyfile(top, link)
@@ -609,7 +609,7 @@ def build(renderer:str='auto', out:str|None=None) -> int:
     cfg = get_config()
     site_url = cfg.doc_host.rstrip('/') + '/' + cfg.doc_baseurl.strip('/')
     if renderer == 'auto': renderer = 'quarto' if shutil.which('quarto') else 'smalldocs'
-    log(f"processing the notebooks into _proc/ (nbdev)")
+    log("processing the notebooks into _proc/ (nbdev)")
     proc = process(cfg)
     prepare_pages(proc, cfg.nbs_path, site_url)
     notes = planned_links(cfg.nbs_path)

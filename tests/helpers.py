@@ -6,7 +6,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 def lepton(*args, env=None, timeout=600, cwd=None):
-    "Run the installed `lepton` command (in a fresh temporary folder unless `cwd` is given); return the CompletedProcess."
+    "Run the installed `lepton` command (in a fresh temporary folder unless `cwd` is given); return the result."
     import tempfile
     cwd = cwd or tempfile.mkdtemp(prefix='lepton-test-')
     exe = shutil.which('lepton', path=str(BIN)) or 'lepton'
@@ -37,7 +37,7 @@ def lepton_here(*args, cwd=None):
     from lepton_nb.cli import main
     from lepton_nb.core import get_rng_states, set_rng_states
     out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
-    rng, threads = get_rng_states(), torch.get_num_threads()   # a run seeds the generators: the tests after it keep theirs
+    rng, threads = get_rng_states(), torch.get_num_threads()   # a run seeds the generators: later tests keep theirs
     os.chdir(cwd or tempfile.mkdtemp(prefix='lepton-test-'))
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -49,7 +49,8 @@ def browser():
 def lab(tmp_path_factory):
     "JupyterLab on a copy of the notebooks plus a scratch notebook; yields (url, token, folder)."
     root = tmp_path_factory.mktemp('lab')
-    shutil.copytree(NBS, root/'nbs', ignore=lambda d, names: [n for n in names if n.startswith(('_', '.')) or n == 'runs'])
+    shutil.copytree(NBS, root/'nbs',
+                    ignore=lambda d, names: [n for n in names if n.startswith(('_', '.')) or n == 'runs'])
     (root/'scratch').mkdir()
     (root/'scratch'/'widgets.ipynb').write_text(json.dumps(WIDGETS))
     # no news toast over the page (and no question about it) in these tests
@@ -75,7 +76,8 @@ def lab(tmp_path_factory):
                 with urllib.request.urlopen(f'{url}api/status?token={token}', timeout=5) as r:
                     if r.status == 200: break
             except OSError: pass
-            if time.monotonic() > end: pytest.fail(f'jupyter lab did not answer: {(root/"lab.log").read_text()[-3000:]}')
+            if time.monotonic() > end:
+                pytest.fail(f'jupyter lab did not answer: {(root/"lab.log").read_text()[-3000:]}')
             time.sleep(0.3)
         yield url, token, root
     finally:
@@ -92,7 +94,8 @@ def open_in_lab(browser, lab, path, workspace):
     url, token, _ = lab
     page = browser.new_page()
     page.goto(f'{url}lab/workspaces/{workspace}/tree/{path}?reset&token={token}', timeout=120)
-    page.wait_for("!!document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell')", 120, what=f'{path} shows cells')
+    page.wait_for("!!document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell')", 120,
+                  what=f'{path} shows cells')
     return page
 
 
@@ -156,8 +159,8 @@ def open_and_run(browser, lab, path, workspace):
     prompt = f"document.querySelector('{PANEL} .jp-Cell .jp-InputPrompt').innerText"
     for attempt in range(8):   # a first kernel start on a fresh install can take most of a minute on 2 cores
         if attempt == 4:
-            browser.send('Target.closeTarget', {'targetId': page.target})
-            page.settle(3)   # let the server see the old tab's connections close before the new tab opens its own
+            page.close()
+            time.sleep(3)    # let the server see the old tab's connections close before the new tab opens its own
             page = open_in_lab(browser, lab, path, workspace)
             kernel_idle(page)
         dialogs = page.eval("[...document.querySelectorAll('.jp-Dialog')].map(d => d.innerText)")
@@ -201,7 +204,8 @@ def test_widgets_render_and_respond(browser, lab):
     n = int(page.eval(readout))
     assert 6 <= n <= 10, n
     try: page.wait_for(f"{out}.innerText.includes('{n} squared is {n * n}')", 30, what='the output follows the slider')
-    except TimeoutError: raise AssertionError(f'the output did not follow the slider to {n}: {lab_state(page, lab[2])}') from None
+    except TimeoutError:
+        raise AssertionError(f'the output did not follow the slider to {n}: {lab_state(page, lab[2])}') from None
     assert page.eval("document.querySelectorAll('.jp-Dialog').length") == 0
     assert 'Error displaying widget' not in page.eval(f'{out}.innerText')
     page.screenshot(ARTIFACTS/'lab-widgets.png')
