@@ -12,7 +12,7 @@ try: from lepton_nb.core import LeptonError, LeptonWarning   # this imports torc
 except KeyboardInterrupt: print('lepton: interrupted', file=sys.stderr); sys.exit(130)
 
 # %% auto #0
-__all__ = ['PLOT_MAX', 'BENCH_PARTS', 'COMMANDS', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan',
+__all__ = ['PLOT_MAX', 'COMMANDS', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan',
            'cmd_gan_sample', 'build_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #3f676e04
@@ -382,12 +382,12 @@ def cmd_train(args) -> dict:
 def cmd_evaluate(args) -> dict:
     "Evaluate a saved model on Fashion-MNIST's test split or on every image of a folder."
     from lepton_nb.cnn import eval_settings, evaluate_model, load_model
-    from lepton_nb.data import TensorLoader, _fashion_files_in, decode_folder, get_data, scan_image_folder
+    from lepton_nb.data import TensorLoader, fashion_files_in, decode_folder, get_data, scan_image_folder
     from lepton_nb.metrics import classification_report
     _check_kind(Path(args.model_dir), 'train', 'MODEL_DIR')
     model, cfg = load_model(args.model_dir, args.device)
     dev = next(model.parameters()).device
-    idx_dir = _data_name(args.data) != 'fashion-mnist' and Path(args.data).is_dir() and _fashion_files_in(Path(args.data))
+    idx_dir = _data_name(args.data) != 'fashion-mnist' and Path(args.data).is_dir() and fashion_files_in(Path(args.data))
     if _data_name(args.data) == 'fashion-mnist' or idx_dir:   # the data set's test split (from a folder of its IDX files too)
         d = get_data(args.data if idx_dir else 'fashion-mnist')
         if d.classes != cfg['classes'] or (cfg['channels'], cfg['size']) != (1, 28):
@@ -422,11 +422,11 @@ def _png_file(path, option:str) -> Path:
 
 def _image_args(paths:list) -> list[Path]:
     "IMAGE arguments: a file as given (it must exist); a folder stands for every file under it (hidden files and tools' folders left out)."
-    from lepton_nb.data import _is_data
+    from lepton_nb.data import is_data_name
     out = []
     for a in map(Path, paths):
         if a.is_dir():
-            found = sorted(f for f in a.rglob('*') if all(_is_data(s) for s in f.relative_to(a).parts) and f.is_file())
+            found = sorted(f for f in a.rglob('*') if all(is_data_name(s) for s in f.relative_to(a).parts) and f.is_file())
             if not found: raise LeptonError(f"{a}: a folder with no files in it")
             out += found
         elif not os.path.lexists(a): raise LeptonError(f"{a}: file not found")   # a path given by name: a typo, not a skip
@@ -460,53 +460,12 @@ def cmd_predict(args) -> dict:
             'skipped': [{'file': f, 'reason': why} for f, why in skipped or []]}
 
 # %% ../nbs/16_cli.ipynb #096251e8
-BENCH_PARTS = ('conv', 'loader', 'learner', 'optimize', 'train')
+from .bench import BENCH_PARTS   # the parts the parser names
 
 def cmd_bench(args) -> dict:
     "Run the benchmarks and print each figure; `--json` prints them as one object."
-    import importlib, statistics
-    from lepton_nb.core import get_device
-    dev = get_device(args.device)
-    parts = args.only.split(',') if args.only is not None else [p for p in BENCH_PARTS if not (args.quick and p == 'train')]
-    bad = sorted(set(parts) - set(BENCH_PARTS))
-    if bad: raise LeptonError(f"unknown benchmark {bad}: choose from {', '.join(BENCH_PARTS)}")
-    res = {'device': str(dev)}
-    def show(d):
-        for k, v in d.items(): print(f"  {k:40s} {v:.4g}" if isinstance(v, float) else f"  {k:40s} {v}")
-        res.update(d)
-    if 'conv' in parts:
-        print("conv: our im2col conv2d and max-pool vs torch (forward + backward; ratio = ours / torch)")
-        conv = importlib.import_module('lepton_nb.conv')
-        r = conv.bench(device=dev); res.update(r)
-        print('\n'.join('  ' + l for l in conv.bench_table(r).splitlines()))
-    fm = None
-    if {'loader', 'learner', 'optimize', 'train'} & set(parts):
-        from lepton_nb.data import load_fashion_mnist
-        fm = load_fashion_mnist()
-    if 'loader' in parts:
-        from lepton_nb.data import bench_loaders
-        print("loader: one epoch of Fashion-MNIST, batch 256: TensorLoader vs DataLoader + ToTensor")
-        show({f'loader_{k}': v for k, v in bench_loaders(fm, 256, workers=(0,), device=dev).items()})
-    if 'learner' in parts:
-        from lepton_nb.data import TensorLoader
-        from lepton_nb.learner import bench_overhead
-        from lepton_nb.cnn import fast_cnn
-        print("learner: Learner.fit with lepton train's callbacks vs a plain loop, same batches (fast CNN, 15,000 images)")
-        dl = TensorLoader(fm.x_train[:15000], fm.y_train[:15000], 256, shuffle=True, device=dev, mean=fm.mean, std=fm.std)
-        show(bench_overhead(lambda: fast_cnn(width=16), dl, lr=1e-3, repeats=3, device=dev))
-    if 'optimize' in parts:
-        from lepton_nb.optimize import bench as bench_optimize
-        print("optimize: seed CNN after 1 epoch: int8 (static) vs fp32 size, latency, accuracy; pruning; channels_last")
-        show(bench_optimize(fm, device=dev))
-    if 'train' in parts:
-        from lepton_nb.cnn import time_to_accuracy
-        print("train: seconds of training to 91% test accuracy, seed recipe vs fast recipe (this takes minutes)")
-        f = time_to_accuracy(fm, 'fast', 0.91, dev)
-        s = time_to_accuracy(fm, 'seed', 0.91, dev)
-        d = {'fast_seconds_to_91': f['seconds'], 'seed_seconds_to_91': s['seconds']}
-        if f['seconds'] and s['seconds']: d['seed_over_fast_time_to_91'] = s['seconds'] / f['seconds']
-        show(d)
-    return res
+    from lepton_nb.bench import run_bench
+    return run_bench(args.only.split(',') if args.only is not None else None, args.device, args.quick)
 
 # %% ../nbs/16_cli.ipynb #e0af4375
 _GAN_KEYS = ('data', 'val', 'size', 'channels', 'valid_pct', 'epochs', 'time_budget', 'batch_size', 'lr', 'width',

@@ -4,17 +4,17 @@
 
 # %% ../nbs/02_convolution.ipynb #303431f8
 from __future__ import annotations
-import math, os, statistics, time
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import LeptonError, Timer, get_device
+from .core import LeptonError
 
 # %% auto #0
 __all__ = ['CHUNK_BYTES', 'conv_output_size', 'conv2d_unfold', 'Conv2dFunction', 'conv2d', 'MaxPool2dFunction', 'max_pool2d',
-           'Conv2d', 'MaxPool2d', 'bench', 'bench_table']
+           'Conv2d', 'MaxPool2d']
 
 # %% ../nbs/02_convolution.ipynb #a3639745
 def _pair(v, name:str, minimum:int=0) -> tuple[int, int]:
@@ -372,87 +372,3 @@ class MaxPool2d(nn.Module):
 
     def forward(self, x): return max_pool2d(x, self.kernel_size, self.stride, self.padding)
     def extra_repr(self): return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
-
-# %% ../nbs/02_convolution.ipynb #0ac648f3
-def _median_ms(fns:dict, repeats:int, device, cpu_time:bool=False) -> dict:
-    "Median time (ms) of each function over `repeats` rounds, each round running every function once; wall or CPU time."
-    times = {k: [] for k in fns}
-    for f in fns.values(): f()                                 # warm-up: allocations, kernel selection
-    for _ in range(repeats):
-        for k, f in fns.items():
-            if cpu_time:                                       # CPU time of this thread: what the work cost, not the wait
-                t0 = time.thread_time(); f(); times[k].append((time.thread_time() - t0) * 1e3)
-            else:
-                with Timer(device) as t: f()
-                times[k].append(t.elapsed * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-def _load_average() -> float|None:
-    "The 1-minute load average (runnable processes), where the system reports one."
-    try: return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError): return None
-
-def _fwd_bwd(fn, x, params:list, grad):
-    "A function running fn(x) forward and backward with a fixed output gradient."
-    def run():
-        for p in params: p.grad = None
-        fn(x).backward(grad)
-    return run
-
-def bench(device=None, # Where to run: None or "auto" for the fastest device, "cpu", "cuda"...
-          repeats:int=7, # Timed rounds per case (the median is reported), after one warm-up round
-          batch:int=256, # Images per batch (256 in the reported figures)
-          threads:int|None=None, # CPU threads during the measurement; None keeps PyTorch's current setting
-         ) -> dict:
-    "Time forward+backward of our conv2d and max_pool2d against PyTorch's; flat dict of ratios (ours/PyTorch) and ms."
-    dev = get_device(device)
-    if repeats < 1 or batch < 1: raise LeptonError(f"bench: repeats and batch must be at least 1, got {repeats}, {batch}")
-    if threads is not None and threads < 1: raise LeptonError(f"bench: threads must be at least 1, got {threads}")
-    prev = torch.get_num_threads()
-    if threads is not None: torch.set_num_threads(threads)
-    try: return _bench(dev, repeats, batch)
-    finally: torch.set_num_threads(prev)
-
-def _bench(dev, repeats, batch):
-    "The measurements of `bench`, threads already set."
-    g = torch.Generator(device='cpu').manual_seed(0)
-    def rand(*shape): return torch.randn(*shape, generator=g).to(dev)
-    cpu_time = dev.type == 'cpu' and torch.get_num_threads() == 1   # one thread: its CPU time ignores other programs
-    res = {'device': str(dev), 'threads': torch.get_num_threads(), 'batch': batch, 'repeats': repeats,
-           'clock': 'thread CPU time' if cpu_time else 'wall time',
-           'load_average': _load_average()}                 # other programs running slow both sides, ours more (see below)
-    convs = {'conv2d': (1, 32, 28, 0, False, False), 'conv2d_deep': (32, 64, 14, 1, True, False),
-             'conv2d_deep_cl': (32, 64, 14, 1, True, True)}
-    for name, (C, O, S, p, needs_x, cl) in convs.items():
-        x = rand(batch, C, S, S)
-        if cl: x = x.contiguous(memory_format=torch.channels_last)
-        x.requires_grad_(needs_x)
-        w, b = rand(O, C, 3, 3).requires_grad_(), rand(O).requires_grad_()
-        params = [w, b] + ([x] if needs_x else [])
-        fns = {'ours': lambda x: conv2d(x, w, b, 1, p), 'torch': lambda x: F.conv2d(x, w, b, 1, p)}
-        if name == 'conv2d': fns['unfold'] = lambda x: conv2d_unfold(x, w, b, 1, p)
-        with torch.no_grad(): grads = {k: torch.randn_like(f(x)) for k, f in fns.items()}   # in each output's layout
-        t = _median_ms({k: _fwd_bwd(f, x, params, grads[k]) for k, f in fns.items()}, repeats, dev, cpu_time)
-        res[f'{name}_fwd_bwd_ratio'] = t['ours'] / t['torch']
-        res[f'{name}_fwd_bwd_ms'], res[f'{name}_torch_fwd_bwd_ms'] = t['ours'], t['torch']
-        if 'unfold' in t: res['conv2d_unfold_fwd_bwd_ratio'], res['conv2d_unfold_fwd_bwd_ms'] = t['unfold'] / t['torch'], t['unfold']
-    for name, cl in (('maxpool', False), ('maxpool_cl', True)):
-        x = rand(batch, 32, 28, 28).relu()
-        if cl: x = x.contiguous(memory_format=torch.channels_last)
-        x.requires_grad_()
-        fns = {'ours': lambda x: max_pool2d(x, 2), 'torch': lambda x: F.max_pool2d(x, 2)}
-        with torch.no_grad(): grads = {k: torch.randn_like(f(x)) for k, f in fns.items()}
-        t = _median_ms({k: _fwd_bwd(f, x, [x], grads[k]) for k, f in fns.items()}, repeats, dev, cpu_time)
-        res[f'{name}_fwd_bwd_ratio'] = t['ours'] / t['torch']
-        res[f'{name}_fwd_bwd_ms'], res[f'{name}_torch_fwd_bwd_ms'] = t['ours'], t['torch']
-    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()}
-
-def bench_table(res:dict) -> str:
-    "The ratios of `bench` as a small text table."
-    rows = [k[:-len('_fwd_bwd_ratio')] for k in res if k.endswith('_fwd_bwd_ratio')]
-    lines = [f"{'case':16s} {'ours ms':>9s} {'torch ms':>9s} {'ours/torch':>11s}"]
-    for r in rows:
-        torch_ms = res.get(f'{r}_torch_fwd_bwd_ms', res.get('conv2d_torch_fwd_bwd_ms'))
-        lines.append(f"{r:16s} {res[f'{r}_fwd_bwd_ms']:9.1f} {torch_ms:9.1f} {res[f'{r}_fwd_bwd_ratio']:10.2f}x")
-    return '\n'.join(lines) + (f"\n({res['device']}, {res['threads']} threads, batch {res['batch']}, median of {res['repeats']}, "
-                                f"{res['clock']}, load average {res['load_average']})")

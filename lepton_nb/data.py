@@ -19,10 +19,10 @@ from .core import LeptonError, LeptonWarning, atomic_path, get_device, load_json
 
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'FASHION_FILES', 'FASHION_SHAPES', 'DEBIAN_FASHION_DIR', 'GET_DATA_HELP', 'MAX_PIXELS', 'read_idx',
-           'cache_dir', 'fashion_mnist_places', 'find_fashion_mnist', 'load_fashion_mnist_raw', 'store_tensors',
-           'load_stored', 'ImageData', 'channel_stats', 'load_fashion_mnist', 'show_images', 'load_image',
-           'make_messy_folder', 'loose_files', 'scan_image_folder', 'decode_folder', 'stratified_split',
-           'load_image_folder', 'get_data', 'TensorLoader', 'bench_loaders']
+           'cache_dir', 'fashion_files_in', 'fashion_mnist_places', 'find_fashion_mnist', 'load_fashion_mnist_raw',
+           'store_tensors', 'load_stored', 'ImageData', 'channel_stats', 'load_fashion_mnist', 'show_images',
+           'load_image', 'make_messy_folder', 'is_data_name', 'loose_files', 'scan_image_folder', 'decode_folder',
+           'stratified_split', 'load_image_folder', 'get_data', 'TensorLoader']
 
 # %% ../nbs/05_data.ipynb #e2ce5038
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
@@ -62,7 +62,7 @@ def cache_dir() -> Path:
     base = os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache'
     return Path(base).expanduser()/'lepton_nb'
 
-def _fashion_files_in(d:Path) -> dict|None:
+def fashion_files_in(d:Path) -> dict|None:
     "The four IDX files in `d` or its usual sub-folders, or None."
     for sub in (d, d/'fashion-mnist', d/'FashionMNIST'/'raw'):
         found = {}
@@ -79,12 +79,9 @@ GET_DATA_HELP = ("get it with `sudo apt-get install dataset-fashion-mnist` (Debi
 
 def fashion_mnist_places(path:str|Path|None=None) -> list[tuple[str, Path]]:
     "The places searched for Fashion-MNIST, in order, as (why, folder) pairs."
-    places = []
-    if path is not None: places.append(('given path', Path(path).expanduser()))
+    places = [('given path', Path(path).expanduser())] if path is not None else []
     if os.environ.get('LEPTON_DATA'): places.append(('$LEPTON_DATA', Path(os.environ['LEPTON_DATA']).expanduser()))
-    places.append(('user cache', cache_dir()))
-    places.append(('Debian package dataset-fashion-mnist', DEBIAN_FASHION_DIR))
-    return places
+    return places + [('user cache', cache_dir()), ('Debian package dataset-fashion-mnist', DEBIAN_FASHION_DIR)]
 
 def _download_fashion_mnist(dest:Path) -> dict|None:
     import torchvision
@@ -94,7 +91,7 @@ def _download_fashion_mnist(dest:Path) -> dict|None:
             torchvision.datasets.FashionMNIST(dest, train=True, download=True)
             torchvision.datasets.FashionMNIST(dest, train=False, download=True)
     except Exception: return None   # no network, or a mirror failed: reported by the caller with every place tried
-    return _fashion_files_in(dest)
+    return fashion_files_in(dest)
 
 def find_fashion_mnist(path:str|Path|None=None, # A folder to try first
                        download:bool=True, # Try a torchvision download into the user cache when nothing is found
@@ -102,7 +99,7 @@ def find_fashion_mnist(path:str|Path|None=None, # A folder to try first
     "Locate the four Fashion-MNIST IDX files; one clear error naming every place tried if they are nowhere."
     tried = []
     for why, d in fashion_mnist_places(path):
-        files = _fashion_files_in(d)
+        files = fashion_files_in(d)
         if files: return files
         tried.append(f"{d} ({why}): {'no IDX files there' if d.is_dir() else 'no such folder'}")
         if why == '$LEPTON_DATA':       # set on purpose, so say that it was passed over
@@ -244,23 +241,19 @@ def show_images(x:torch.Tensor, # uint8 or float images, N x C x H x W
     "Show a grid of images with optional titles; returns the figure."
     import matplotlib.pyplot as plt
     n = len(x)
-    if axs is None: ncols = max(1, min(ncols, n))   # two images make a figure two images wide, not eight
-    nrows = max(1, -(-n // ncols))
     if axs is None:
-        fig, axs = plt.subplots(nrows, ncols, figsize=(ncols*size, nrows*size*(1.25 if labels else 1)), squeeze=False)
+        ncols = max(1, min(ncols, n)); nrows = max(1, -(-n // ncols))   # two images: a figure two images wide, not eight
+        _, axs = plt.subplots(nrows, ncols, figsize=(ncols*size, nrows*size*(1.25 if labels else 1)), squeeze=False)
     axs = np.asarray(axs).ravel()
     for i, ax in enumerate(axs):
         ax.axis('off')
         if i >= n: continue
-        im = x[i].detach().float().cpu()
-        if x.dtype == torch.uint8: im = im / 255
-        im = im.clamp(0, 1)
+        im = (x[i].detach().float().cpu() / (255 if x.dtype == torch.uint8 else 1)).clamp(0, 1)
         if im.shape[0] == 1: ax.imshow(im[0].numpy(), cmap='gray', vmin=0, vmax=1)
         else: ax.imshow(im.permute(1, 2, 0).numpy())
         if labels is not None: ax.set_title(str(labels[i]), fontsize=8)
-    fig = axs[0].figure
-    fig.tight_layout()
-    return fig
+    axs[0].figure.tight_layout()
+    return axs[0].figure
 
 # %% ../nbs/05_data.ipynb #fb59f62b
 def _to_8bit(im:Image.Image) -> Image.Image:
@@ -365,13 +358,13 @@ def make_messy_folder(root:str|Path, # Where to create the folder
 
 # %% ../nbs/05_data.ipynb #4ed50166
 _NOT_DATA = {'__MACOSX', '@eaDir', '$RECYCLE.BIN', 'System Volume Information', '__pycache__'}   # folders tools leave behind
-def _is_data(name:str) -> bool: return not name.startswith('.') and name not in _NOT_DATA
+def is_data_name(name:str) -> bool: return not name.startswith('.') and name not in _NOT_DATA
 
 def loose_files(root:str|Path) -> list:
     "Files next to the class folders (root/<file>): no folder says their class, so they are left out, and listed as (file, reason)."
     root = Path(root).expanduser()
     if not root.is_dir(): return []
-    return [(p, "not in a class folder") for p in sorted(root.iterdir()) if _is_data(p.name) and not p.is_dir()]
+    return [(p, "not in a class folder") for p in sorted(root.iterdir()) if is_data_name(p.name) and not p.is_dir()]
 
 def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
                       classes:list|None=None, # Expected class names (for a validation folder); None: read them from root
@@ -380,7 +373,7 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
     root = Path(root).expanduser()
     if not root.exists(): raise LeptonError(f"{root}: no such folder")
     if not root.is_dir(): raise LeptonError(f"{root}: not a folder (expected root/<class>/<image> folders)")
-    dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and _is_data(d.name))
+    dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and is_data_name(d.name))
     if not dirs: raise LeptonError(f"{root}: no class folders inside (expected root/<class>/<image>)")
     split = {d.lower() for d in dirs} <= {'train', 'training', 'val', 'valid', 'validation', 'test', 'testing'}
     if classes is None and split and len(dirs) > 1:   # photos/ holding train/ and val/: not two classes named so
@@ -403,19 +396,27 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
         for dp, dns, fns in os.walk(d, followlinks=True):
             read.add(os.path.realpath(dp))
             keep = []
-            for n in sorted(n for n in dns if _is_data(n)):
+            for n in sorted(n for n in dns if is_data_name(n)):
                 real = os.path.realpath(Path(dp)/n)
                 back = os.path.islink(Path(dp)/n) and (real == inside or real.startswith(inside + os.sep)
                                                        or inside.startswith(real + os.sep))
                 if back or real in read: files.append(Path(dp)/n)   # listed, and skipped with its reason when decoded
                 else: keep.append(n); read.add(real)
             dns[:] = keep
-            files += [Path(dp)/f for f in sorted(fns) if _is_data(f)]
+            files += [Path(dp)/f for f in sorted(fns) if is_data_name(f)]
         if not files: raise LeptonError(f"{d}: class folder '{c}' is empty")
         items += [(f, ci) for f in files]
     return items, list(classes)
 
 # %% ../nbs/05_data.ipynb #e24fda99
+def _peek(path:Path) -> tuple|None:
+    "(PIL mode, (width, height)) of an image file without decoding it, or None."
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            with Image.open(path) as im: return im.mode, im.size
+    except Exception: return None
+
 def _decode_one(args):
     path, size, channels = args
     if _not_regular(path): return path, None, "not a regular file (a pipe, socket or device)", None, None
@@ -424,31 +425,16 @@ def _decode_one(args):
         if path.is_dir(): return path, None, "a linked folder, not followed: it leads back into the data or to a folder already read", None, None
         return path, None, f"unreadable ({e.strerror or e})", None, None
     if not raw: return path, None, "an empty file (0 bytes)", None, None
-    digest = hashlib.sha1(raw).hexdigest()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-            with Image.open(path) as im: mode, wh = im.mode, im.size
-    except Exception: mode, wh = None, None
-    try: return path, _decode_image(path, size, channels), None, digest, (mode, wh)   # checked above: a regular file
-    except LeptonError as e: return path, None, str(e), digest, (mode, wh)
+    digest, info = hashlib.sha1(raw).hexdigest(), _peek(path) or (None, None)
+    try: return path, _decode_image(path, size, channels), None, digest, info   # checked above: a regular file
+    except LeptonError as e: return path, None, str(e), digest, info
 
 def _pick_channels(items:list, sample:int=200) -> int:
     "1 if most of a sample of the files are grey, else 3."
-    grey = colour = 0
-    step = max(1, len(items) // sample)
-    for p, _ in items[::step]:
-        if _not_regular(p): continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                with Image.open(p) as im:
-                    m = im.mode
-                    if m == 'P': m = 'RGB'
-        except Exception: continue
-        if m in ('L', 'LA', '1', 'I', 'I;16', 'I;16B', 'I;16L', 'F'): grey += 1
-        else: colour += 1
-    return 1 if grey >= colour else 3
+    seen = [_peek(p) for p, _ in items[::max(1, len(items) // sample)] if not _not_regular(p)]
+    modes = [s[0] for s in seen if s is not None]
+    grey = sum(m in ('L', 'LA', '1', 'I', 'I;16', 'I;16B', 'I;16L', 'F') for m in modes)
+    return 1 if grey >= len(modes) - grey else 3
 
 def decode_folder(items:list, # (file, class index) pairs from `scan_image_folder`
                   classes:list, # Class names
@@ -498,9 +484,7 @@ def stratified_split(rel_paths:list, # Each file's path relative to the root
                     ) -> dict:
     "Assign each file to 'train' or 'valid': stratified by class, seeded, stable for files already in `prior`."
     if not 0 < valid_pct < 1: raise LeptonError(f"valid_pct must be between 0 and 1, got {valid_pct}")
-    prior = prior or {}
-    out = {}
-    by_class = {}
+    prior, out, by_class = prior or {}, {}, {}
     for r, l in zip(rel_paths, labels): by_class.setdefault(l, []).append(r)
     for l, rs in by_class.items():
         want = int(round(len(rs) * valid_pct)) if len(rs) > 1 else 0
@@ -592,7 +576,7 @@ def get_data(data:str|Path='fashion-mnist', # "fashion-mnist", or an image folde
         return load_fashion_mnist(download=download, cache=cache)
     if not str(data).strip(): raise LeptonError("--data is empty: give fashion-mnist or a folder root/<class>/<image>")
     p = Path(data).expanduser()
-    if p.is_dir() and _fashion_files_in(p):   # a folder holding the IDX files
+    if p.is_dir() and fashion_files_in(p):   # a folder holding the IDX files
         return load_fashion_mnist(p, download=False, cache=cache)
     if not p.exists(): raise LeptonError(f"{data}: no such folder (use --data fashion-mnist, or a folder root/<class>/<image>)")
     if not isinstance(size, int) or size < 4 or size > 1024: raise LeptonError(f"size must be an integer from 4 to 1024, got {size}")
@@ -655,34 +639,3 @@ class TensorLoader:
         for i in range(start, len(self)):
             yield self.batch(idx[i*self.bs:(i+1)*self.bs])
     def __iter__(self): return self.iter_from(0)
-
-# %% ../nbs/05_data.ipynb #848b8088
-def bench_loaders(data:ImageData, # The data set (its train split is timed)
-                  bs:int=256, # Batch size
-                  workers:tuple=(0, 2), # DataLoader worker counts to time
-                  device=None) -> dict:
-    "Seconds per epoch: `TensorLoader` against torchvision `DataLoader` + `ToTensor` + `Normalize` on the same images."
-    import torchvision.transforms as T
-    from lepton_nb.core import Timer
-    dev = get_device(device)
-    tf = T.Compose([T.ToTensor(), T.Normalize(data.mean, data.std)])
-    class _PILDataset(torch.utils.data.Dataset):   # what torchvision.datasets.FashionMNIST does per item
-        def __init__(self, x, y): self.x, self.y = x.numpy(), y.tolist()
-        def __len__(self): return len(self.y)
-        def __getitem__(self, i):
-            a = self.x[i]
-            im = Image.fromarray(a[0], mode='L') if a.shape[0] == 1 else Image.fromarray(a.transpose(1, 2, 0))
-            return tf(im), self.y[i]
-    ds = _PILDataset(data.x_train, data.y_train)
-    out = {}
-    tl = TensorLoader(data.x_train, data.y_train, bs, shuffle=True, device=dev, mean=data.mean, std=data.std)
-    with Timer(dev) as t:
-        for xb, yb in tl: pass
-    out['tensor_loader_s'] = t.elapsed
-    for w in workers:
-        dl = torch.utils.data.DataLoader(ds, bs, shuffle=True, num_workers=w, pin_memory=dev.type == 'cuda')
-        with Timer(dev) as t:
-            for xb, yb in dl: xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
-        out[f'dataloader_{w}w_s'] = t.elapsed
-        out[f'dataloader_{w}w_ratio'] = t.elapsed / out['tensor_loader_s']
-    return out

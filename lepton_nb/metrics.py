@@ -73,7 +73,8 @@ def classification_report(m:dict, # The result of `metrics_from_confusion` or `C
                           classes:list, # Class names
                          ) -> str:
     """A per-class table of precision, recall, F1 and support, then accuracy and the macro averages. A class with no
-    examples here shows n/a where its ratio has no denominator, and a second macro line averages the classes present."""
+    examples here shows n/a where its ratio has no denominator (F1's, 2TP + FP + FN, is 0 only if it is never predicted
+    either), and a second macro line averages the classes present."""
     present = [i for i, s in enumerate(m['support']) if s > 0]
     part = f'macro avg, {len(present)} present' if 0 < len(present) < len(classes) else None   # K-class averages count absent classes as 0
     w = max(12, max(len(str(c)) for c in classes) + 2, len(part or '') + 2)
@@ -81,7 +82,7 @@ def classification_report(m:dict, # The result of `metrics_from_confusion` or `C
     predicted = torch.as_tensor(m['confusion']).sum(0).tolist() if 'confusion' in m else [1] * len(classes)
     lines = [f"{'class':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for c, p, r, f, s, k in zip(classes, m['precision'], m['recall'], m['f1'], m['support'], predicted):
-        lines.append(f"{str(c):<{w}}{cell(p, k > 0 or s > 0)}{cell(r, s > 0)}{cell(f, s > 0)}{s:>10d}")
+        lines.append(f"{str(c):<{w}}{cell(p, k > 0 or s > 0)}{cell(r, s > 0)}{cell(f, s > 0 or k > 0)}{s:>10d}")
     lines.append(f"{'macro avg':<{w}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}{m['f1_macro']:>10.4f}{m['n']:>10d}")
     if part:
         lines.append(f"{part:<{w}}" + ''.join(cell(macro_over_present(m, k)) for k in ('precision', 'recall', 'f1')) + f"{m['n']:>10d}")

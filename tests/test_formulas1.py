@@ -1,11 +1,12 @@
 """Activations (01) and convolution (02) against PyTorch on random configurations other than the notebooks' seeds,
-and the contract of `bench` that `lepton bench` relies on."""
+and the contract of `bench_conv` that `lepton bench` relies on."""
 import json, random
 import pytest
 import torch
 import torch.nn.functional as F
 from lepton_nb.activations import relu, sigmoid, tanh, ReLU, Sigmoid, Tanh
-from lepton_nb.conv import conv2d, max_pool2d, conv_output_size, Conv2d, MaxPool2d, bench
+from lepton_nb.conv import conv2d, max_pool2d, conv_output_size, Conv2d, MaxPool2d
+from lepton_nb.bench import bench_conv
 from lepton_nb.core import LeptonError
 
 @pytest.fixture(autouse=True)
@@ -82,9 +83,9 @@ def test_bad_input_is_one_clear_error():
 
 def test_bench_contract():
     "What `lepton bench --json` prints: one flat JSON object with a ratio and the times for each measured pair."
-    r = bench('cpu', repeats=1, batch=4)
+    r = bench_conv('cpu', repeats=1, batch=4)
     json.dumps(r)
     for case in ('conv2d', 'conv2d_deep', 'conv2d_deep_cl', 'conv2d_unfold', 'maxpool', 'maxpool_cl'):
         assert r[f'{case}_fwd_bwd_ratio'] > 0 and r[f'{case}_fwd_bwd_ms'] > 0
     assert r['conv2d_torch_fwd_bwd_ms'] > 0 and r['device'] == 'cpu' and r['batch'] == 4
-    with pytest.raises(LeptonError): bench('cpu', repeats=0)
+    with pytest.raises(LeptonError): bench_conv('cpu', repeats=0)

@@ -1,15 +1,16 @@
-"`lepton bench --only optimize`: the compression figures of notebook 10, end to end (in this process, on a subset)."
+"`lepton bench --only optimize`: the compression figures of notebook 13, end to end (in this process, on a subset)."
 import lepton_nb.data as D
+import lepton_nb.bench as B
 import lepton_nb.optimize as O
 from helpers import last_json, lepton_here
 
 def test_bench_optimize_reports_compression(cache, monkeypatch):
     # 10,000 training and 2,000 test images, a seed CNN trained on 3,000 of them: the figures' kinds and the int8
-    # model's size and accuracy are what is checked here; notebook 10 measures them on the whole data set
+    # model's size and accuracy are what is checked here; notebook 13 measures them on the whole data set
     fm = D.load_fashion_mnist(cache=False)
     monkeypatch.setattr(D, 'load_fashion_mnist', lambda *a, **k: O.subset(fm, 10_000, n_valid=2_000))
-    bench = O.bench
-    monkeypatch.setattr(O, 'bench', lambda data, device=None: bench(data, device, n_train=3_000, repeats=3))
+    bench = B.bench_optimize
+    monkeypatch.setattr(B, 'bench_optimize', lambda data, device=None: bench(data, device, n_train=3_000, repeats=3))
     r = lepton_here('bench', '--only', 'optimize', '--json')
     assert r.returncode == 0, r.stderr
     b = last_json(r.stdout)
