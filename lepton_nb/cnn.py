@@ -86,8 +86,8 @@ def flip_tta(model:nn.Module, x:torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/10_cnn.ipynb #749646d5
 CONFIG_FORMAT = 'lepton_nb.classifier'
-_CONFIG_SCHEMA = {'arch': str, 'impl': str, 'n_classes': int, 'classes': list, 'channels': int, 'size': int, 'mean': list,
-                  'std': list, 'width': int, 'hidden': int}
+_CONFIG_SCHEMA = {'arch': str, 'impl': str, 'n_classes': int, 'classes': list, 'channels': int, 'size': int,
+                  'mean': list, 'std': list, 'width': int, 'hidden': int}
 _CONFIG_OPTIONAL = {'tta': bool, 'amp': bool}   # how training evaluated the model; older configs: the recipe's
 
 def _finite(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -97,14 +97,16 @@ def _classifier_rules(cfg:dict):
     require(cfg['arch'] in ARCHS, f"unknown arch {cfg['arch']!r} (known: {', '.join(ARCHS)})")
     require(cfg['impl'] in ('torch', 'scratch'), f"unknown impl {cfg['impl']!r}")
     require(2 <= cfg['n_classes'] <= 10_000, f"n_classes must be 2..10000, got {cfg['n_classes']}")
-    require(len(cfg['classes']) == cfg['n_classes'] and all(isinstance(c, str) and 0 < len(c) <= 200 for c in cfg['classes']),
+    names = cfg['classes']
+    require(len(names) == cfg['n_classes'] and all(isinstance(c, str) and 0 < len(c) <= 200 for c in names),
             "classes must be n_classes non-empty names")
     require(len(set(cfg['classes'])) == len(cfg['classes']), "class names must be distinct")
     require(cfg['channels'] in (1, 3), f"channels must be 1 or 3, got {cfg['channels']}")
     require(8 <= cfg['size'] <= 512, f"size must be 8..512, got {cfg['size']}")
     require(1 <= cfg['width'] <= 512 and 1 <= cfg['hidden'] <= 8192, "width must be 1..512 and hidden 1..8192")
     for k in ('mean', 'std'):
-        require(len(cfg[k]) == cfg['channels'] and all(map(_finite, cfg[k])), f"{k} must be {cfg['channels']} finite numbers")
+        require(len(cfg[k]) == cfg['channels'] and all(map(_finite, cfg[k])),
+                f"{k} must be {cfg['channels']} finite numbers")
     require(all(1e-3 <= s < 10 for s in cfg['std']) and all(abs(m) <= 10 for m in cfg['mean']),
             "std must be 0.001..10 and mean -10..10 (pixels are scaled to 0-1)")
 
@@ -131,11 +133,11 @@ def build_model(cfg:dict) -> nn.Module:
     return ARCHS[cfg['arch']](n_classes=cfg['n_classes'], channels=cfg['channels'], size=cfg['size'], impl=cfg['impl'],
                               width=cfg['width'], hidden=cfg['hidden'])
 
-CLASSIFIER = register_kind(ModelKind(CONFIG_FORMAT, _CONFIG_SCHEMA, nets={'model': ('model.safetensors', 'weights_sha256')},
-                                     build=lambda cfg: {'model': build_model(cfg)}, check=_classifier_rules,
+CLASSIFIER = register_kind(ModelKind(CONFIG_FORMAT, _CONFIG_SCHEMA, build=lambda cfg: {'model': build_model(cfg)},
+                                     nets={'model': ('model.safetensors', 'weights_sha256')}, check=_classifier_rules,
                                      optional=_CONFIG_OPTIONAL, writer='lepton train'))
 
-_sha256 = file_sha256   # for gan.py until it takes notebook 09's names (file_sha256, load_weights_strict) from artifacts
+_sha256 = file_sha256   # for gan.py until it takes file_sha256 and load_weights_strict from artifacts (notebook 09)
 
 # %% ../nbs/10_cnn.ipynb #dc978230
 def recipe_for(model:str, time_budget:float|None=None, device_type:str='cpu', **overrides) -> dict:
@@ -191,17 +193,18 @@ def holdout_split(y:torch.Tensor, # Labels
 # %% ../nbs/10_cnn.ipynb #0c6c3090
 def _check_recipe(epochs:int, r:dict):
     if not isinstance(epochs, int) or epochs < 1: raise LeptonError(f"epochs must be a positive integer, got {epochs}")
-    if not isinstance(r['bs'], int) or r['bs'] < 1: raise LeptonError(f"batch size must be a positive integer, got {r['bs']}")
+    if not isinstance(r['bs'], int) or r['bs'] < 1:
+        raise LeptonError(f"batch size must be a positive integer, got {r['bs']}")
     if not 0 < r['lr'] <= 1e3:   # (a larger rate overflows float32 in Adam's first step: a crash, not a message)
         raise LeptonError(f"learning rate must be a positive number up to 1000, got {r['lr']}")
 
 def _classifier_loaders(data:ImageData, r:dict, dev, seed:int, patience, monitor_pct:float):
     "Training, watched (early stopping's held-out images, else the test split) and test loaders; the watched images."
     x_tr, y_tr, watch = data.x_train, data.y_train, None
-    if patience:   # early stopping watches training images held out: choosing the epoch by the test split would flatter it
+    if patience:   # early stopping watches held-out training images: an epoch chosen by the test split would flatter it
         keep, held = holdout_split(data.y_train, monitor_pct, seed)
-        if not len(held): raise LeptonError("early stopping holds out some training images to watch, and no class has two: "
-                                            "add images, or leave --patience out")
+        if not len(held): raise LeptonError("early stopping holds out some training images to watch, and no class has "
+                                            "two: add images, or leave --patience out")
         x_tr, y_tr, watch = data.x_train[keep], data.y_train[keep], (data.x_train[held], data.y_train[held])
     bs, cl = min(r['bs'], len(y_tr)), r['channels_last']
     tr = TensorLoader(x_tr, y_tr, bs, shuffle=True, seed=seed, device=dev, mean=data.mean, std=data.std,
@@ -210,8 +213,15 @@ def _classifier_loaders(data:ImageData, r:dict, dev, seed:int, patience, monitor
     va = te if watch is None else TensorLoader(*watch, 1024, device=dev, mean=data.mean, std=data.std, channels_last=cl)
     return tr, va, te, watch
 
-def _classifier_callbacks(r:dict, n_classes:int, progress:bool, time_budget, patience, monitor:str, out, checkpoint_every:float,
-                          tensorboard:bool, cbs) -> list:
+def _optimizer_and_loss(net:nn.Module, r:dict):
+    "The recipe's optimiser over `net`'s parameters, and its loss: cross-entropy, label-smoothed if the recipe says so."
+    opt = (torch.optim.AdamW if r['opt'] == 'adamw' else torch.optim.Adam)(net.parameters(), r['lr'],
+                                                                         weight_decay=r['weight_decay'])
+    ls = r['label_smoothing']
+    return opt, ((lambda p, y: F.cross_entropy(p, y, label_smoothing=ls)) if ls else F.cross_entropy)
+
+def _classifier_callbacks(r:dict, n_classes:int, progress:bool, time_budget, patience, monitor:str, out,
+                          checkpoint_every:float, tensorboard:bool, cbs) -> list:
     "The callbacks a recipe needs, in the order `train_classifier` has always added them."
     cbs = [MetricsCB(n_classes), NonFiniteGuardCB(), *cbs]
     if progress: cbs.append(ProgressCB())
@@ -233,8 +243,8 @@ def _per_class(m:dict, classes:list) -> dict:
 def _classifier_metrics(learn:Learner, m:dict, data:ImageData, r:dict, run:dict, watch) -> dict:
     "metrics.json of a finished run: the final figures (`m`), how it trained (`run`) and what early stopping saw."
     done = learn.epoch + learn.iter / max(run['n_batches'], 1)
-    metrics = {'test_accuracy': m['accuracy'], 'precision_macro': m['precision_macro'], 'recall_macro': m['recall_macro'],
-               'f1_macro': m['f1_macro'], 'epochs': round(done, 3), 'train_seconds': round(learn.train_time, 2),
+    metrics = {'test_accuracy': m['accuracy'], 'precision_macro': m['precision_macro'],
+               'recall_macro': m['recall_macro'], 'f1_macro': m['f1_macro'], 'epochs': round(done, 3), 'train_seconds': round(learn.train_time, 2),
                'wall_seconds': round(time.perf_counter() - run['t0'], 2), 'device': run['device'], 'seed': run['seed'],
                'model': run['model'], 'impl': run['impl'], 'data': data.source, 'n_train': run['n_train'],
                'n_test': len(data.y_valid), 'evaluated_on': _evaluated_on(data), 'tta': r['tta'],
@@ -245,11 +255,12 @@ def _classifier_metrics(learn:Learner, m:dict, data:ImageData, r:dict, run:dict,
         metrics['absent_classes'], metrics['f1_macro_present'] = absent, macro_over_present(m, 'f1')
     if watch is not None:
         es, monitor = learn.cb(EarlyStoppingCB), run['monitor']
-        metrics['early_stopping'] = {'watched': f"{monitor} on {len(watch[1])} training images held out ({run['monitor_pct']:.0%} "
-                                                 "of each class, not trained on); the history's valid figures are theirs",
-                                     'monitor': monitor, 'patience': run['patience'], 'best_epoch': es.best_epoch,
-                                     f'best_{monitor}': es.best, 'weights_kept': es.kept}
-        if es.at_end is not None: metrics['early_stopping'][f'{monitor}_of_the_last_weights'] = es.at_end   # stopped mid-epoch
+        watched = (f"{monitor} on {len(watch[1])} training images held out ({run['monitor_pct']:.0%} of each class, "
+                   "not trained on); the history's valid figures are theirs")
+        metrics['early_stopping'] = {'watched': watched, 'monitor': monitor, 'patience': run['patience'],
+                                     'best_epoch': es.best_epoch, f'best_{monitor}': es.best, 'weights_kept': es.kept}
+        if es.at_end is not None:   # stopped mid-epoch
+            metrics['early_stopping'][f'{monitor}_of_the_last_weights'] = es.at_end
     return metrics
 
 def train_classifier(data:ImageData, # From `get_data`
@@ -272,23 +283,25 @@ def train_classifier(data:ImageData, # From `get_data`
                      **recipe_overrides, # Any other recipe key (width, label_smoothing, augment, amp, ...)
                     ) -> tuple[Learner, dict]:
     "Train a classifier on `data` with a recipe; returns the learner and the final metrics."
-    if len(data.classes) < 2: raise LeptonError(f"a classifier needs at least 2 classes, the data has {len(data.classes)}")
+    if len(data.classes) < 2:
+        raise LeptonError(f"a classifier needs at least 2 classes, the data has {len(data.classes)}")
     dev = get_device(device)
     r = recipe_for(model, time_budget, dev.type, bs=bs, lr=lr, **recipe_overrides)
     if epochs is None: epochs = 10_000 if time_budget else r['epochs']
     _check_recipe(epochs, r)
     out = Path(out) if out is not None else None
-    if resume and (out is None or not (out/'checkpoint.pt').is_file()): raise LeptonError(f"nothing to resume: no checkpoint.pt in {out}")
+    if resume and (out is None or not (out/'checkpoint.pt').is_file()):
+        raise LeptonError(f"nothing to resume: no checkpoint.pt in {out}")
     seed_everything(seed)
-    cfg = model_config(r['arch'], data, impl, width=r.get('width', 32), hidden=r.get('hidden', 128), tta=r['tta'], amp=r['amp'])
-    check_config(cfg, CLASSIFIER, 'model settings')   # the limits `save_model` enforces, checked before training, not after it
+    cfg = model_config(r['arch'], data, impl, width=r.get('width', 32), hidden=r.get('hidden', 128), tta=r['tta'],
+                       amp=r['amp'])
+    check_config(cfg, CLASSIFIER, 'model settings')   # the limits `save_model` enforces, checked before training
     net = build_model(cfg).to(dev)
     if r['channels_last']: net = net.to(memory_format=torch.channels_last)
-    if monitor not in MONITORS: raise LeptonError(f"early stopping watches {' or '.join(map(repr, MONITORS))}, not {monitor!r}")
+    if monitor not in MONITORS:
+        raise LeptonError(f"early stopping watches {' or '.join(map(repr, MONITORS))}, not {monitor!r}")
     tr, va, te, watch = _classifier_loaders(data, r, dev, seed, patience, monitor_pct)
-    opt = (torch.optim.AdamW(net.parameters(), r['lr'], weight_decay=r['weight_decay']) if r['opt'] == 'adamw'
-           else torch.optim.Adam(net.parameters(), r['lr'], weight_decay=r['weight_decay']))
-    loss = (lambda p, y: F.cross_entropy(p, y, label_smoothing=r['label_smoothing'])) if r['label_smoothing'] else F.cross_entropy
+    opt, loss = _optimizer_and_loss(net, r)
     cbs = _classifier_callbacks(r, len(data.classes), progress, time_budget, patience, monitor, out, checkpoint_every,
                                 tensorboard, cbs)
     learn = Learner(net, tr, va, loss_func=loss, opt=opt, cbs=cbs, device=dev)
@@ -297,10 +310,11 @@ def train_classifier(data:ImageData, # From `get_data`
     done_before = resume and learn.epoch >= epochs   # a finished run resumed with no more epochs than it has
     learn.fit(epochs)
     if done_before and learn.stop_reason is None:
-        learn.stop_reason = f"{learn.epoch} epochs were done already: nothing to train up to {epochs} (ask for more epochs)"
-    if learn.interrupted:                            # stopped by Ctrl-C / SIGTERM
-        if out is None: raise KeyboardInterrupt(f"stopped by {learn.interrupted}")   # no checkpoint: the caller's work ends here
-        return learn, {}                             # the checkpoint is written, no final metrics: the caller says how to resume
+        learn.stop_reason = (f"{learn.epoch} epochs were done already: nothing to train up to {epochs} "
+                             "(ask for more epochs)")
+    if learn.interrupted:   # stopped by Ctrl-C / SIGTERM; no checkpoint: the caller's work ends here
+        if out is None: raise KeyboardInterrupt(f"stopped by {learn.interrupted}")
+        return learn, {}    # the checkpoint is written, no final metrics: the caller says how to resume
     m, learn.final_probs = evaluate_model(learn.model, te, len(data.classes), dev, tta=r['tta'], amp=r['amp'])
     run = dict(t0=t0, seed=seed, model=model, impl=impl, device=str(dev), n_batches=len(tr), monitor=monitor,
                monitor_pct=monitor_pct, patience=patience, n_train=len(data.y_train) - (len(watch[1]) if watch else 0))
