@@ -4,16 +4,18 @@
 
 # %% ../nbs/16_cli.ipynb #7542bd81
 from __future__ import annotations
-import argparse, contextlib, hashlib, importlib.util, json, os, sys, tempfile, warnings
+import argparse, importlib.util, json, os, sys, tempfile, warnings
 from pathlib import Path
-from types import SimpleNamespace
 
-try: from lepton_nb.core import LeptonError, LeptonWarning   # this imports torch: a second or two in which Ctrl-C may come
+try:   # these import torch: a second or two in which Ctrl-C may come
+    from lepton_nb.core import LeptonError, LeptonWarning
+    from lepton_nb.artifacts import (RUN_OPTIONS, check_kind, claim_run_dir, data_name, run_folder, saved_args, start_run,
+                                     unstarted_removed)
 except KeyboardInterrupt: print('lepton: interrupted', file=sys.stderr); sys.exit(130)
 
 # %% auto #0
-__all__ = ['PLOT_MAX', 'COMMANDS', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan',
-           'cmd_gan_sample', 'build_parser', 'main']
+__all__ = ['PLOT_MAX', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan', 'cmd_gan_sample',
+           'build_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #3f676e04
 def _int_at_least(lo:int):
@@ -115,176 +117,6 @@ def _add_data_args(p, val=True):
     p.add_argument('--valid-pct', type=_fraction, default=0.2, help="image folders without --val: share of each class held out (default 0.2)")
 
 # %% ../nbs/16_cli.ipynb #384f4095
-_TRAIN_KEYS = ('data', 'val', 'size', 'channels', 'valid_pct', 'model', 'impl', 'epochs', 'time_budget', 'batch_size',
-               'lr', 'device', 'seed', 'patience', 'watch', 'checkpoint_every', 'width', 'tensorboard')
-_TRAIN_DEFAULTS = dict(data='fashion-mnist', val=None, size=28, channels=None, valid_pct=0.2, model='fast', impl='torch',
-                       epochs=None, time_budget=None, batch_size=None, lr=None, device='auto', seed=0, patience=None,
-                       watch='valid_loss', checkpoint_every=60.0, width=None, tensorboard=False)
-
-def _data_name(data) -> str:
-    if data is None or str(data).lower() in ('fashion-mnist', 'fashion_mnist', 'fmnist'): return 'fashion-mnist'
-    p = Path(str(data)).expanduser().resolve()
-    if p.name.lower() in ('train', 'training') and p.parent.name: p = p.parent   # photos/train -> runs/photos-...
-    return p.name or 'data'
-
-def _finished(run:Path) -> bool:
-    "A run folder whose metrics.json was written after its last checkpoint: the run ended (a kill leaves no newer metrics)."
-    m, c = run/'metrics.json', run/'checkpoint.pt'
-    return m.is_file() and (not c.is_file() or m.stat().st_mtime_ns >= c.stat().st_mtime_ns)
-
-_SAVED_TYPES = {**{k: (str,) for k in ('data', 'val', 'model', 'impl', 'device', 'loss', 'watch', 'data_hash')}, 'classes': (list,),
-                **{k: (bool,) for k in ('tensorboard', 'unconditional')},
-                **{k: (int, float) for k in ('valid_pct', 'time_budget', 'lr', 'checkpoint_every')},
-                **{k: (int,) for k in ('size', 'channels', 'epochs', 'batch_size', 'seed', 'patience', 'width', 'n_eval')}}
-
-def _saved_args(run:Path, name:str) -> dict:
-    "The options a run folder was started with (`name`: train_args.json or gan_args.json; {} if absent), type-checked."
-    from lepton_nb.core import load_json
-    saved = load_json(run/name) if (run/name).is_file() else {}
-    if not isinstance(saved, dict): raise LeptonError(f"{run/name}: expected a JSON object of options")
-    for k, v in saved.items():         # the types the parser gives; anything else is a damaged or hand-edited file
-        want = _SAVED_TYPES.get(k, (str, int, float, bool))
-        if v is not None and (not isinstance(v, want) or (isinstance(v, bool) and bool not in want)):
-            raise LeptonError(f"{run/name}: '{k}' has the value {v!r}, not a valid setting (fix or delete that entry)")
-    return saved
-
-_KIND_FILES = {'train': ('model.safetensors', 'train_args.json'), 'gan': ('generator.safetensors', 'gan_args.json')}
-
-def _run_kind(run:Path) -> str|None:
-    "'train' or 'gan' for a folder written by `lepton train` or `lepton gan` (by its weights or saved settings), else None."
-    return next((k for k, files in _KIND_FILES.items() if any((run/f).is_file() for f in files)), None)
-
-def _check_kind(run:Path, kind:str, what:str):
-    "Refuse a run folder written by the other command, naming it (`what`: what this command needs the folder for)."
-    found = _run_kind(run)
-    if found is not None and found != kind:
-        tip = f"; to draw images from it: lepton gan sample {run}" if found == 'gan' and what == 'MODEL_DIR' else ''
-        raise LeptonError(f"{run} holds a run of lepton {found}; {what} must be a folder of lepton {kind}{tip}")
-
-def _run_dir(args, kind:str='train') -> Path:
-    "The output folder: --out, or runs/<data>-<model>[-N]; when resuming, the latest unfinished run (of --data and --model where given)."
-    if args.out:
-        out = Path(args.out)
-        _check_kind(out, kind, '--out')   # never mix the two commands' files in one folder
-        if args.resume and not (out/'checkpoint.pt').is_file():
-            raise LeptonError(f"nothing to resume: no checkpoint.pt in {args.out}")
-        if not args.resume and (out/'checkpoint.pt').is_file() and not _finished(out):   # never start over an interrupted run
-            raise LeptonError(f"{args.out} holds an interrupted run (checkpoint.pt, no final metrics): continue it with "
-                              f"--resume --out {args.out}, or give another --out")
-        weights = out/_KIND_FILES[kind][0]
-        if not args.resume and weights.is_file() and not getattr(args, 'overwrite', False):   # nor replace a finished one
-            raise LeptonError(f"{args.out} holds a finished run ({weights.name}): give another --out, or --overwrite to "
-                              "replace it")
-        return out
-    if args.resume:                    # any run folder of this command under runs/ whose saved arguments match
-        name = 'gan_args.json' if kind == 'gan' else 'train_args.json'
-        def matches(run):
-            try: s = _saved_args(run, name) if (run/name).is_file() else None
-            except LeptonError: return False   # a damaged file: not a run to pick by itself (--out names it, and hears why)
-            return s is not None and (args.data is None or _data_name(s.get('data')) == _data_name(args.data)) \
-                   and (args.model is None or s.get('model') == args.model)
-        what = (f"lepton {kind} run" + (f" on {_data_name(args.data)}" if args.data else '')
-                + (f" with --model {args.model}" if args.model else ''))
-        found = [c for c in sorted(Path('runs').glob('*')) if (c/'checkpoint.pt').is_file() and matches(c)]
-        if not found: raise LeptonError(f"nothing to resume: runs/ holds no checkpoint of a {what} (give --out DIR)")
-        open_ = [c for c in found if not _finished(c)]
-        if not open_: raise LeptonError(f"nothing to resume: every {what} in runs/ finished (to train one further, give --out DIR "
-                                        f"and a larger --epochs or --time-budget)")
-        return max(open_, key=lambda c: (c/'checkpoint.pt').stat().st_mtime)
-    base = Path('runs')/f"{_data_name(args.data)}-{args.model}"
-    cands = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 10_000)]
-    free = next((c for c in cands if not os.path.lexists(c)), None)   # anything there (a run starting, a link) is taken
-    if free is None: raise LeptonError(f"runs/ holds {len(cands)} folders named {base.name}[-N]: give --out DIR")
-    return free
-
-def _claim_run_dir(out:Path, pick=None) -> tuple[Path, bool]:
-    """Create the run folder; returns it, and whether this command created it. A default name (`pick`: what gives the
-    next free one) is claimed by creating it: runs started at once, which all saw the same name free, each get their own."""
-    while True:
-        try:
-            if pick is None: created = not out.exists(); out.mkdir(parents=True, exist_ok=True); return out, created
-            out.mkdir(parents=True); return out, True
-        except FileExistsError:
-            if pick is None: raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)") from None
-            nxt = pick()                   # taken since it was picked: the next free name
-            if nxt == out: raise LeptonError(f"{out}: cannot create the run folder (is runs/ a broken link?)") from None
-            out = nxt
-        except OSError as e: raise LeptonError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
-
-def _saved_options(args, keys) -> dict:
-    "The options to save in a run folder; a folder of data by its absolute path, so --resume works from anywhere."
-    d = {k: getattr(args, k) for k in keys}
-    for k in ('data', 'val'):
-        if d.get(k) is not None and _data_name(d[k]) != 'fashion-mnist': d[k] = str(Path(d[k]).expanduser().resolve())
-    return d
-
-# What a resumed run cannot change: its data and everything that shapes the model or the sequence of steps. The budget
-# (--epochs, --time-budget), the device, checkpoints, early stopping's patience and logging may change; early stopping
-# cannot be turned on, since it holds out training images, and keeps what it watches (--watch).
-_FIXED_ON_RESUME = ('data', 'val', 'size', 'channels', 'valid_pct', 'model', 'impl', 'width', 'seed', 'batch_size', 'lr',
-                    'watch', 'unconditional', 'loss', 'n_eval')
-
-def _merge_resume_args(args, out:Path, keys=_TRAIN_KEYS, defaults=_TRAIN_DEFAULTS, name='train_args.json'):
-    "On --resume, fill every option not given on the command line from the run's saved arguments (`name`); refuse changes to its data or model."
-    saved = _saved_args(out, name)
-    if getattr(args, 'patience', None) is not None and 'patience' in keys and saved.get('patience') is None:
-        raise LeptonError("--patience on a run that started without early stopping: it would hold out training images the "
-                          "run has trained on; start a new run with another --out")
-    given = _saved_options(args, [k for k in keys if k in _FIXED_ON_RESUME])   # data folders as absolute paths, as saved
-    for k, v in given.items():
-        same = lambda a: 'fashion-mnist' if k in ('data', 'val') and _data_name(a) == 'fashion-mnist' else a
-        if v is None or k not in saved or same(v) == same(saved[k]): continue
-        if (k in ('data', 'val') and saved[k] is not None and 'fashion-mnist' not in (_data_name(saved[k]), _data_name(v))
-            and not Path(saved[k]).exists()): continue   # a folder of data that moved: its new place
-        raise LeptonError(f"--{k.replace('_', '-')} {v} differs from the run's own ({'the default' if saved[k] is None else saved[k]}): "
-                          "a resumed run keeps its data and model (the budget, device and checkpoints may change); start a "
-                          "new run with another --out")
-    budget = [k for k in ('epochs', 'time_budget') if k in keys]   # a budget given again replaces the saved one whole:
-    new_budget = any(getattr(args, k) is not None for k in budget)   # a run of --time-budget 20 resumed with --epochs 50
-    for k in keys:                                                    # is not stopped by its old 20 s
-        if new_budget and k in budget: continue
-        if getattr(args, k) is None and saved.get(k) is not None:
-            if k in ('data', 'val') and _data_name(saved[k]) != 'fashion-mnist' and not Path(saved[k]).exists():
-                raise LeptonError(f"{saved[k]}: the run's {'data' if k == 'data' else 'validation'} folder is not there any "
-                                  f"more: if it moved, resume with --{k} NEW_PLACE")
-            setattr(args, k, saved[k])
-    for k, v in defaults.items():
-        if getattr(args, k) is None: setattr(args, k, v)
-
-def _check_resumed_data(out:Path, data, name:str, quiet:bool=False, facts:dict|None=None):
-    """On --resume: the data must have the classes the run started with (a folder given at a new place could be any
-    folder); a change in its files since then gets a note. (`name`: train_args.json or gan_args.json; `facts`: this
-    data's `_run_facts`, if the caller has them already.)"""
-    saved = _saved_args(out, name)
-    was = saved.get('classes')
-    if isinstance(was, list) and was != list(data.classes):
-        raise LeptonError(f"{data.source} has the classes {', '.join(data.classes)}; the run started on "
-                          f"{', '.join(map(str, was))}: resume it with its own data, or start a new run")
-    if not quiet and saved.get('data_hash') not in (None, (facts or _run_facts(data))['data_hash']):
-        print("note: the data changed since the run started (files added, removed or edited): it resumes on the data as it "
-              "is now", file=sys.stderr)
-
-def _data_digest(data) -> str:
-    "SHA-256 of the decoded images and labels: the same data gives the same digest wherever its folder is."
-    h = hashlib.sha256()
-    for t in (data.x_train, data.y_train, data.x_valid, data.y_valid): h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-def _run_facts(data) -> dict:
-    "What a run folder's settings file records of its data, besides the options, for `_check_resumed_data`."
-    return {'classes': list(data.classes), 'data_hash': _data_digest(data)}
-
-@contextlib.contextmanager
-def _unstarted_removed(out:Path, created:bool, args_file:str):
-    "If the run fails before it wrote anything but its settings, remove them and the folder this command created."
-    try: yield
-    except BaseException:
-        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {args_file}:
-            (out/args_file).unlink(missing_ok=True)
-            try: out.rmdir()
-            except OSError: pass
-        raise
-
 def _look(data) -> str: return f"{data.size[0]}x{data.size[1]} {'grey' if data.channels == 1 else 'RGB'}"   # (the start line)
 
 def _note_skipped(data, args, quiet:bool=False):
@@ -295,7 +127,7 @@ def _note_skipped(data, args, quiet:bool=False):
 
 def _unused_options(args) -> list[str]:
     "Options given on the command line that this run will not use, each as a line to print (nothing is refused)."
-    out, fm = [], _data_name(args.data) == 'fashion-mnist' and not args.resume
+    out, fm = [], data_name(args.data) == 'fashion-mnist' and not args.resume
     if getattr(args, 'model', None) == 'seed' and args.width is not None: out.append("--width is the fast model's; the seed model has the article's sizes")
     if args.val is not None and args.valid_pct is not None: out.append("--valid-pct is not used: --val gives the validation images")
     if getattr(args, 'watch', None) is not None and getattr(args, 'patience', None) is None and not args.resume:
@@ -304,91 +136,96 @@ def _unused_options(args) -> list[str]:
         out.append("--size and --channels are for image folders: Fashion-MNIST stays 28x28 grey")
     return out
 
+def _fix_width(args, out:Path, dev):
+    "The fast recipe's width depends on the budget: fixed by the run's first one (a resume keeps it)."
+    if args.width is None and args.model == 'fast':
+        from lepton_nb.cnn import recipe_for
+        first = saved_args(out, 'train_args.json').get('time_budget') if args.resume else args.time_budget
+        args.width = recipe_for('fast', first, dev.type).get('width')
+
+def _train_start_line(args, data, out:Path, ddp) -> str:
+    n_watch = 0
+    if args.patience:                  # the images early stopping watches come out of the training split
+        from lepton_nb.cnn import MONITOR_PCT, holdout_split
+        n_watch = len(holdout_split(data.y_train, MONITOR_PCT, args.seed)[1])   # the split train_classifier makes
+    return (f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train) - n_watch} train"
+            + (f" (+{n_watch} held out for early stopping)" if n_watch else '')
+            + f" / {len(data.y_valid)} held-out images, {len(data.classes)} classes, {_look(data)} -> {out}"
+            + (f" on {ddp.world_size} processes ({ddp.backend})" if ddp else ''))
+
+def _print_train_result(metrics:dict, data, out:Path):
+    absent = metrics.get('absent_classes', [])
+    if absent:
+        named = ', '.join(map(repr, absent[:5])) + (' ...' if len(absent) > 5 else '')
+        print(f"note: the held-out images hold no {named} ({len(absent)} of {len(data.classes)} classes): their figures "
+              "are n/a, and the macro averages count them as 0", file=sys.stderr)
+    print(f"test accuracy {metrics['test_accuracy']:.4f}{' (with flip averaging)' if metrics.get('tta') else ''}  "
+          f"f1 (macro) {metrics['f1_macro']:.4f}"
+          + (f" ({metrics['f1_macro_present']:.4f} over the {len(data.classes) - len(absent)} classes present)"
+             if absent else '')
+          + f"  after {metrics['epochs']:g} epoch{'s' * (metrics['epochs'] != 1)}, {metrics['train_seconds']:.1f} s of "
+          f"training on {metrics['device']} ({metrics['stop_reason']})")
+    print(f"wrote {out}/: " + ' '.join(sorted(p.name for p in out.iterdir() if p.is_file())))
+
 def cmd_train(args) -> dict:
     "Train a classifier and write the model, metrics and plots."
-    from lepton_nb.core import get_device, save_json
+    from lepton_nb.core import get_device
     from lepton_nb.data import get_data
     from lepton_nb.cnn import train_classifier
     ddp = None
     if args.ddp:                       # under torchrun: join the process group; rank 0 alone writes and prints
         from lepton_nb.distributed import agree, finish_ddp, init_ddp, train_kwargs
-        ddp = init_ddp(args.device or _TRAIN_DEFAULTS['device'])
+        ddp = init_ddp(args.device or RUN_OPTIONS['train']['device'])
     unused = _unused_options(args)     # what the command line gave, before saved settings and defaults fill the rest
-    if args.resume:
-        out = _run_dir(SimpleNamespace(out=args.out, resume=True, data=args.data, model=args.model))
-        _merge_resume_args(args, out)
-    else:
-        for k, v in _TRAIN_DEFAULTS.items():
-            if getattr(args, k) is None: setattr(args, k, v)
-        out = _run_dir(args)
-    pick = None if args.out or args.resume else (lambda: _run_dir(args))   # a default name: claimed when created
+    out, pick = run_folder(args, 'train')
     if ddp: out = agree(out)           # the folder rank 0 chose
-    if out.exists() and not out.is_dir(): raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
     dev = get_device(args.device)      # an unavailable device fails here, before any data is loaded
     if args.tensorboard and importlib.util.find_spec('tensorboard') is None:   # and a missing package
         raise LeptonError("--tensorboard needs the tensorboard package: pip install 'lepton_nb[tensorboard]'")
     quiet = bool(ddp and ddp.rank)
     data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
                     seed=args.seed, progress=not (args.json or quiet))
-    if len(data.classes) < 2: raise LeptonError(f"a classifier needs at least 2 classes, {data.source} has {len(data.classes)}")
+    if len(data.classes) < 2:
+        raise LeptonError(f"a classifier needs at least 2 classes, {data.source} has {len(data.classes)}")
     _note_skipped(data, args, quiet)
-    if not quiet and (data.report or {}).get('held_out_copies_of_training_images'): print(f"note: {_leak_line(data.report)}", file=sys.stderr)
+    if not quiet and (data.report or {}).get('held_out_copies_of_training_images'):
+        print(f"note: {_leak_line(data.report)}", file=sys.stderr)
     for u in ([] if quiet else unused): print(f"note: {u}", file=sys.stderr)
-    out, created = _claim_run_dir(out, pick) if not quiet else (out, False)
+    out, created = claim_run_dir(out, pick) if not quiet else (out, False)
     if ddp: out = agree(out)           # (the other ranks write nothing there)
-    if args.width is None and args.model == 'fast':   # the recipe's width depends on the budget: fixed by the first one
-        from lepton_nb.cnn import _recipe
-        first = _saved_args(out, 'train_args.json').get('time_budget') if args.resume else args.time_budget
-        args.width = _recipe('fast', first, dev.type).get('width')
-    if args.overwrite and not args.resume:   # the replaced run's checkpoint and metrics must not pass for this run's
-        for f in ('checkpoint.pt', 'metrics.json'): (out/f).unlink(missing_ok=True)
-    facts = None if quiet else _run_facts(data)   # (a digest of every image: once, and by the rank that writes)
-    if args.resume: _check_resumed_data(out, data, 'train_args.json', quiet, facts)
-    if not quiet: save_json({**_saved_options(args, _TRAIN_KEYS), **facts}, out/'train_args.json')
+    _fix_width(args, out, dev)
+    start_run(out, args, data, 'train', quiet)   # (only the rank that writes saves the options)
     extra = {'width': args.width} if args.width else {}
     run = train_kwargs(ddp, out, args.resume) if ddp else dict(out=out, resume=args.resume)
-    n_watch = 0
-    if args.patience:                  # the images early stopping watches come out of the training split
-        from lepton_nb.cnn import MONITOR_PCT, holdout_split
-        n_watch = len(holdout_split(data.y_train, MONITOR_PCT, args.seed)[1])   # the split train_classifier makes
-    if not quiet: print(f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train) - n_watch} train"
-          + (f" (+{n_watch} held out for early stopping)" if n_watch else '')
-          + f" / {len(data.y_valid)} held-out images, {len(data.classes)} classes, {_look(data)} -> {out}"
-                        + (f" on {ddp.world_size} processes ({ddp.backend})" if ddp else ''), file=sys.stderr)
-    with _unstarted_removed(out, created, 'train_args.json'):
-        learn, metrics = train_classifier(data, args.model, impl=args.impl, epochs=args.epochs, time_budget=args.time_budget,
-                                          bs=args.batch_size, lr=args.lr, device=ddp.device if ddp else args.device,
-                                          seed=args.seed, progress=not (args.json or quiet), checkpoint_every=args.checkpoint_every,
-                                          patience=args.patience, monitor=args.watch, tensorboard=args.tensorboard, **run, **extra)
+    if not quiet: print(_train_start_line(args, data, out, ddp), file=sys.stderr)
+    with unstarted_removed(out, created, 'train_args.json'):
+        learn, metrics = train_classifier(data, args.model, impl=args.impl, epochs=args.epochs,
+                                          time_budget=args.time_budget, bs=args.batch_size, lr=args.lr,
+                                          device=ddp.device if ddp else args.device, seed=args.seed,
+                                          progress=not (args.json or quiet), checkpoint_every=args.checkpoint_every,
+                                          patience=args.patience, monitor=args.watch, tensorboard=args.tensorboard,
+                                          **run, **extra)
     if ddp: metrics = finish_ddp(learn, metrics, out, ddp)
     if learn.interrupted:
+        how = 'torchrun ... -m lepton_nb.cli train --ddp' if ddp else 'lepton train'
         raise KeyboardInterrupt(f"stopped by {learn.interrupted}; checkpoint saved in {out}; "
-                                f"continue with: {'torchrun ... -m lepton_nb.cli train --ddp' if ddp else 'lepton train'} --resume --out {out}")
+                                f"continue with: {how} --resume --out {out}")
     if quiet: return None
-    absent = metrics.get('absent_classes', [])
-    if absent:
-        print(f"note: the held-out images hold no {', '.join(map(repr, absent[:5]))}{' ...' if len(absent) > 5 else ''} "
-              f"({len(absent)} of {len(data.classes)} classes): their figures are n/a, and the macro averages count them as 0",
-              file=sys.stderr)
-    print(f"test accuracy {metrics['test_accuracy']:.4f}{' (with flip averaging)' if metrics.get('tta') else ''}  "
-          f"f1 (macro) {metrics['f1_macro']:.4f}"
-          + (f" ({metrics['f1_macro_present']:.4f} over the {len(data.classes) - len(absent)} classes present)" if absent else '')
-          + f"  after {metrics['epochs']:g} epoch{'s' * (metrics['epochs'] != 1)}, {metrics['train_seconds']:.1f} s of training "
-          f"on {metrics['device']} ({metrics['stop_reason']})")
-    print(f"wrote {out}/: " + ' '.join(sorted(p.name for p in out.iterdir() if p.is_file())))
+    _print_train_result(metrics, data, out)
     return metrics
 
 # %% ../nbs/16_cli.ipynb #753d31ee
 def cmd_evaluate(args) -> dict:
     "Evaluate a saved model on Fashion-MNIST's test split or on every image of a folder."
-    from lepton_nb.cnn import eval_settings, evaluate_model, load_model
+    from lepton_nb.artifacts import load_model
+    from lepton_nb.cnn import CLASSIFIER, eval_settings, evaluate_model
     from lepton_nb.data import TensorLoader, fashion_files_in, decode_folder, get_data, scan_image_folder
     from lepton_nb.metrics import classification_report
-    _check_kind(Path(args.model_dir), 'train', 'MODEL_DIR')
-    model, cfg = load_model(args.model_dir, args.device)
+    check_kind(Path(args.model_dir), 'train', 'MODEL_DIR')
+    model, cfg = load_model(args.model_dir, args.device, CLASSIFIER)
     dev = next(model.parameters()).device
-    idx_dir = _data_name(args.data) != 'fashion-mnist' and Path(args.data).is_dir() and fashion_files_in(Path(args.data))
-    if _data_name(args.data) == 'fashion-mnist' or idx_dir:   # the data set's test split (from a folder of its IDX files too)
+    idx_dir = data_name(args.data) != 'fashion-mnist' and Path(args.data).is_dir() and fashion_files_in(Path(args.data))
+    if data_name(args.data) == 'fashion-mnist' or idx_dir:   # the data set's test split (from a folder of its IDX files too)
         d = get_data(args.data if idx_dir else 'fashion-mnist')
         if d.classes != cfg['classes'] or (cfg['channels'], cfg['size']) != (1, 28):
             raise LeptonError(f"{args.model_dir} was not trained on Fashion-MNIST (classes {cfg['classes'][:3]}...): give "
@@ -437,9 +274,10 @@ PLOT_MAX = 30   # images drawn by --plot (every image is labelled in the text)
 
 def cmd_predict(args) -> dict:
     "Label images with a saved model: top-k labels and probabilities, and optionally a picture."
-    from lepton_nb.cnn import check_model_folder, plot_predictions_grid, predict
-    _check_kind(Path(args.model_dir), 'train', 'MODEL_DIR')
-    check_model_folder(args.model_dir)             # a wrong MODEL_DIR is named first, before the images
+    from lepton_nb.artifacts import check_model_folder
+    from lepton_nb.cnn import CLASSIFIER, plot_predictions_grid, predict
+    check_kind(Path(args.model_dir), 'train', 'MODEL_DIR')
+    check_model_folder(args.model_dir, CLASSIFIER)           # a wrong MODEL_DIR is named first, before the images
     if args.plot: _png_file(args.plot, '--plot')   # before any work
     files = _image_args(args.images)
     skipped = [] if len(files) > 1 else None      # of several files, one that cannot be read is listed, not fatal
@@ -460,38 +298,26 @@ def cmd_predict(args) -> dict:
             'skipped': [{'file': f, 'reason': why} for f, why in skipped or []]}
 
 # %% ../nbs/16_cli.ipynb #096251e8
-from .bench import BENCH_PARTS   # the parts the parser names
-
 def cmd_bench(args) -> dict:
-    "Run the benchmarks and print each figure; `--json` prints them as one object."
-    from lepton_nb.bench import run_bench
-    return run_bench(args.only.split(',') if args.only is not None else None, args.device, args.quick)
+    "Run the benchmarks of notebook 15 and print each figure; `--json` prints them as one object."
+    from lepton_nb.bench import BENCH_PARTS, run_bench
+    from lepton_nb.core import get_device
+    dev = get_device(args.device)
+    if args.only is not None: parts = args.only.split(',')
+    else: parts = [p for p in BENCH_PARTS if not (args.quick and p == 'train')]
+    return run_bench(parts, dev, quick=args.quick)
 
 # %% ../nbs/16_cli.ipynb #e0af4375
-_GAN_KEYS = ('data', 'val', 'size', 'channels', 'valid_pct', 'epochs', 'time_budget', 'batch_size', 'lr', 'width',
-             'device', 'seed', 'n_eval', 'checkpoint_every', 'unconditional', 'loss', 'threads')
-_GAN_DEFAULTS = dict(data='fashion-mnist', val=None, size=28, channels=None, valid_pct=0.2, epochs=None, time_budget=None,
-                     batch_size=64, lr=2e-3, width=32, device='auto', seed=0, n_eval=10_000, checkpoint_every=60.0,
-                     unconditional=False, loss='ns', threads='auto')
-
 def cmd_gan(args) -> dict:
     "Train a DCGAN and write the generator, discriminator, metrics and plots; or, with `sample`, draw from a saved one."
     if getattr(args, 'gan_command', None) == 'sample': return cmd_gan_sample(args)
     import matplotlib; matplotlib.use('Agg')
-    from lepton_nb.core import get_device, save_json
+    from lepton_nb.core import get_device
     from lepton_nb.data import get_data
     from lepton_nb.gan import train_gan
     unused = _unused_options(args)     # what the command line gave, before saved settings and defaults fill the rest
-    if args.resume:
-        out = _run_dir(SimpleNamespace(out=args.out, resume=True, data=args.data, model=None), kind='gan')
-        _merge_resume_args(args, out, _GAN_KEYS, _GAN_DEFAULTS, 'gan_args.json')
-    else:
-        for k, v in _GAN_DEFAULTS.items():
-            if getattr(args, k) is None: setattr(args, k, v)
-        out = _run_dir(SimpleNamespace(out=args.out, resume=False, data=args.data, model='gan', overwrite=args.overwrite), kind='gan')
-    pick = None if args.out or args.resume else (lambda: _run_dir(SimpleNamespace(out=None, resume=False, data=args.data, model='gan'), kind='gan'))
-    if out.exists() and not out.is_dir(): raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
-    if _data_name(args.data) != 'fashion-mnist' and (args.size % 4 or not 8 <= args.size <= 64):
+    out, pick = run_folder(args, 'gan')
+    if data_name(args.data) != 'fashion-mnist' and (args.size % 4 or not 8 <= args.size <= 64):
         raise LeptonError(f"the DCGAN needs --size from 8 to 64, a multiple of 4, got {args.size}")
     get_device(args.device)            # an unavailable device fails here, before any data is loaded
     data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
@@ -509,15 +335,11 @@ def cmd_gan(args) -> dict:
     for u in unused: print(f"note: {u}", file=sys.stderr)
     if data.size[0] != data.size[1] or data.size[0] % 4 or not 8 <= data.size[0] <= 64:
         raise LeptonError(f"the DCGAN needs square images of 8 to 64 pixels, a multiple of 4 (use --size), got {data.size}")
-    out, created = _claim_run_dir(out, pick)
-    if args.overwrite and not args.resume:   # the replaced run's checkpoint and metrics must not pass for this run's
-        for f in ('checkpoint.pt', 'metrics.json'): (out/f).unlink(missing_ok=True)
-    facts = _run_facts(data)                      # (a digest of every image: once)
-    if args.resume: _check_resumed_data(out, data, 'gan_args.json', facts=facts)
-    save_json({**_saved_options(args, _GAN_KEYS), **facts}, out/'gan_args.json')
+    out, created = claim_run_dir(out, pick)
+    start_run(out, args, data, 'gan')
     print(f"training a {'' if args.unconditional else 'class-conditional '}DCGAN on {data.source}: {len(data.y_train)} "
           f"images, {len(data.classes)} classes, {_look(data)} -> {out}", file=sys.stderr)
-    with _unstarted_removed(out, created, 'gan_args.json'):
+    with unstarted_removed(out, created, 'gan_args.json'):
         trainer, metrics = train_gan(data, epochs=args.epochs, time_budget=args.time_budget, bs=args.batch_size, lr=args.lr,
                                      width=args.width, conditional=not args.unconditional, loss=args.loss, device=args.device,
                                      seed=args.seed, out=out, resume=args.resume, progress=not args.json,
@@ -536,7 +358,7 @@ def cmd_gan(args) -> dict:
 def cmd_gan_sample(args) -> dict:
     "Draw `--n` images from a saved generator into one PNG grid."
     from lepton_nb.gan import class_labels, generate, load_gan, make_grid, save_png
-    _check_kind(Path(args.model_dir), 'gan', 'MODEL_DIR')
+    check_kind(Path(args.model_dir), 'gan', 'MODEL_DIR')
     G, _, cfg = load_gan(args.model_dir, args.device)   # first: a wrong MODEL_DIR is named as such
     out = _png_file(args.out if args.out else Path(args.model_dir)/'generated.png', '--out')
     per_class = cfg['n_classes'] and args.cls is None   # each column a class
@@ -557,8 +379,6 @@ def cmd_gan_sample(args) -> dict:
             'labels': [cfg['classes'][int(i)] for i in labels] if labels is not None else None}
 
 # %% ../nbs/16_cli.ipynb #ddaeac5c
-COMMANDS = {}   # name -> (function, help); filled in below
-
 def build_parser() -> argparse.ArgumentParser:
     "The `lepton` argument parser with every sub-command."
     import lepton_nb
@@ -710,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
     q.add_argument('--json', action='store_true', help="print what was written as one JSON object on the last line")
 
+    from lepton_nb.bench import BENCH_PARTS
     p = sub.add_parser('bench', help="benchmarks: our layers vs torch, loaders, Learner overhead, int8 and pruning, time to 91%%",
                        formatter_class=_Formatter, description=
                        "Each figure is measured side by side in one process; ratios are ours / reference.\n\n"

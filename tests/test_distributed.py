@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 
 from helpers import assert_one_line_error, last_json, lepton
 import lepton_nb.data as D
-from lepton_nb.cnn import export_image_folder, load_model
+from lepton_nb.artifacts import load_model
+from lepton_nb.cnn import export_image_folder
 from lepton_nb.distributed import weights_sha256
 
 CLASSES = ['Trouser', 'Sneaker', 'Bag', 'Coat']

@@ -26,7 +26,8 @@ from safetensors.torch import load_file, save as st_save
 from helpers import BIN, last_json, lepton, lepton_here
 import lepton_nb.data as D
 from lepton_nb.cli import main
-from lepton_nb.cnn import export_image_folder, fast_cnn, load_model, model_config, save_model, train_classifier
+from lepton_nb.artifacts import load_model, save_model
+from lepton_nb.cnn import export_image_folder, fast_cnn, model_config, train_classifier
 from lepton_nb.learner import Callback
 
 CLASSES = ['Trouser', 'Sneaker', 'Bag']

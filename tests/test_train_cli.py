@@ -197,7 +197,7 @@ def test_evaluate_repeats_the_training_evaluation(folders, cache, tmp_path):
 def test_resume_picks_the_latest_unfinished_run(tmp_path, monkeypatch):
     "`--resume` without --out continues the newest interrupted run (of --data/--model when given), not a finished one."
     from types import SimpleNamespace
-    from lepton_nb.cli import _run_dir
+    from lepton_nb.artifacts import run_dir
     from lepton_nb.core import LeptonError, save_json
     monkeypatch.chdir(tmp_path)
     def run(name, model, finished, data='fashion-mnist', args='train_args.json'):
@@ -209,92 +209,93 @@ def test_resume_picks_the_latest_unfinished_run(tmp_path, monkeypatch):
     a = run('fashion-mnist-fast', 'fast', False)                           # interrupted
     b = run('fashion-mnist-fast-2', 'fast', True)                          # newer, finished
     run('fashion-mnist-gan', None, False, args='gan_args.json')            # newer, interrupted, but a GAN run
-    resume = lambda **k: _run_dir(SimpleNamespace(out=None, resume=True, **{'data': None, 'model': None, **k}))
+    resume = lambda **k: run_dir(SimpleNamespace(out=None, resume=True, **{'data': None, 'model': None, **k}))
     assert resume() == resume(model='fast') == resume(data='fashion-mnist') == a
     c = run('photos-seed', 'seed', False, data='photos/train')             # the newest interrupted run: found without options
     assert resume() == resume(model='seed') == resume(data='photos/train') == resume(data='photos') == c
     assert resume(data='fashion-mnist') == resume(model='fast') == a
-    assert _run_dir(SimpleNamespace(out=None, resume=True, data=None, model=None), kind='gan') == Path('runs/fashion-mnist-gan')
+    assert run_dir(SimpleNamespace(out=None, resume=True, data=None, model=None), kind='gan') == Path('runs/fashion-mnist-gan')
     (a/'metrics.json').write_text('{}')                                    # now every fast run has finished
     with pytest.raises(LeptonError, match='every lepton train run with --model fast in runs/ finished'): resume(model='fast')
     with pytest.raises(LeptonError, match='no checkpoint of a lepton train run on shoes'): resume(data='shoes')
-    assert _run_dir(SimpleNamespace(out=None, resume=False, data='photos/train', model='fast')) == Path('runs/photos-fast')
+    assert run_dir(SimpleNamespace(out=None, resume=False, data='photos/train', model='fast')) == Path('runs/photos-fast')
 
 def test_runs_started_at_once_get_a_folder_each(tmp_path, monkeypatch):
     "Two runs that both picked the free default name while loading their data: the first to create it has it."
     from types import SimpleNamespace
-    from lepton_nb.cli import _claim_run_dir, _run_dir
+    from lepton_nb.artifacts import claim_run_dir, run_dir
     from lepton_nb.core import LeptonError
     monkeypatch.chdir(tmp_path)
     args = SimpleNamespace(out=None, resume=False, data=None, model='fast')
-    first, second = _run_dir(args), _run_dir(args)
+    first, second = run_dir(args), run_dir(args)
     assert first == second == Path('runs/fashion-mnist-fast')
-    pick = lambda: _run_dir(args)
-    assert _claim_run_dir(first, pick) == (Path('runs/fashion-mnist-fast'), True)
-    assert _claim_run_dir(second, pick) == (Path('runs/fashion-mnist-fast-2'), True)
-    assert _run_dir(args) == Path('runs/fashion-mnist-fast-3')       # a folder there, whatever it holds, is not a default
-    assert _claim_run_dir(Path('mine'), None) == (Path('mine'), True) and _claim_run_dir(Path('mine'), None) == (Path('mine'), False)
+    pick = lambda: run_dir(args)
+    assert claim_run_dir(first, pick) == (Path('runs/fashion-mnist-fast'), True)
+    assert claim_run_dir(second, pick) == (Path('runs/fashion-mnist-fast-2'), True)
+    assert run_dir(args) == Path('runs/fashion-mnist-fast-3')       # a folder there, whatever it holds, is not a default
+    assert claim_run_dir(Path('mine'), None) == (Path('mine'), True) and claim_run_dir(Path('mine'), None) == (Path('mine'), False)
     Path('file').write_text('x')
-    with pytest.raises(LeptonError, match='exists and is not a folder'): _claim_run_dir(Path('file'), None)
+    with pytest.raises(LeptonError, match='exists and is not a folder'): claim_run_dir(Path('file'), None)
     os.symlink('/no/such/place', 'runs/photos-fast')                     # a broken link is taken too, and cannot loop
-    assert _run_dir(SimpleNamespace(out=None, resume=False, data='photos', model='fast')) == Path('runs/photos-fast-2')
+    assert run_dir(SimpleNamespace(out=None, resume=False, data='photos', model='fast')) == Path('runs/photos-fast-2')
     with pytest.raises(LeptonError, match='cannot create the run folder'):
-        _claim_run_dir(Path('runs/photos-fast'), lambda: Path('runs/photos-fast'))
+        claim_run_dir(Path('runs/photos-fast'), lambda: Path('runs/photos-fast'))
 
 def test_a_resumed_run_checks_its_data(tmp_path, capsys):
     "A data folder that moved is named; one given at a new place must have the run's classes; changed files get a note."
     from types import SimpleNamespace
-    from lepton_nb.cli import _check_resumed_data, _merge_resume_args, build_parser
+    from lepton_nb.artifacts import check_resumed_data, merge_resume_args, run_facts
+    from lepton_nb.cli import build_parser
     from lepton_nb.core import LeptonError, save_json
-    from lepton_nb.cli import _run_facts
     from lepton_nb.data import ImageData
     x, y = torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
     data = lambda classes, x=x: ImageData(x, y, x, y, classes, source='moved')
-    save_json({'data': str(tmp_path/'gone'), 'model': 'seed', **_run_facts(data(['cats', 'dogs']))}, tmp_path/'train_args.json')
+    save_json({'data': str(tmp_path/'gone'), 'model': 'seed', **run_facts(data(['cats', 'dogs']))}, tmp_path/'train_args.json')
     with pytest.raises(LeptonError, match="gone: the run's data folder is not there any more: if it moved, resume with --data NEW_PLACE"):
-        _merge_resume_args(build_parser().parse_args(['train', '--resume']), tmp_path)
+        merge_resume_args(build_parser().parse_args(['train', '--resume']), tmp_path)
     args = build_parser().parse_args(['train', '--resume', '--data', str(tmp_path/'moved')])
-    _merge_resume_args(args, tmp_path)                                      # a new place is taken ...
+    merge_resume_args(args, tmp_path)                                      # a new place is taken ...
     assert args.data == str(tmp_path/'moved')
     with pytest.raises(LeptonError, match='moved has the classes dogs, kittens; the run started on cats, dogs'):
-        _check_resumed_data(tmp_path, data(['dogs', 'kittens']), 'train_args.json')   # ... if it holds the run's classes
-    _check_resumed_data(tmp_path, data(['cats', 'dogs']), 'train_args.json')          # the same images: no note
+        check_resumed_data(tmp_path, data(['dogs', 'kittens']), 'train')   # ... if it holds the run's classes
+    check_resumed_data(tmp_path, data(['cats', 'dogs']), 'train')                  # the same images: no note
     assert capsys.readouterr().err == ''
-    _check_resumed_data(tmp_path, data(['cats', 'dogs'], x + 1), 'train_args.json')   # edited images: a note
+    check_resumed_data(tmp_path, data(['cats', 'dogs'], x + 1), 'train')                  # edited images: a note
     assert 'note: the data changed since the run started' in capsys.readouterr().err
     save_json({'data': 'fashion-mnist', 'model': 'seed'}, tmp_path/'train_args.json')  # Fashion-MNIST never "moved"
     with pytest.raises(LeptonError, match='differs from the run'):
-        _merge_resume_args(build_parser().parse_args(['train', '--resume', '--data', str(tmp_path/'photos')]), tmp_path)
+        merge_resume_args(build_parser().parse_args(['train', '--resume', '--data', str(tmp_path/'photos')]), tmp_path)
 
 def test_resume_restores_every_saved_option(tmp_path):
     "Options not given again on --resume come from train_args.json, switches like --tensorboard included."
-    from lepton_nb.cli import build_parser, _merge_resume_args
+    from lepton_nb.artifacts import merge_resume_args
+    from lepton_nb.cli import build_parser
     from lepton_nb.core import save_json
     save_json({'model': 'seed', 'epochs': 4, 'tensorboard': True, 'seed': 3}, tmp_path/'train_args.json')
     args = build_parser().parse_args(['train', '--resume', '--epochs', '6'])
-    _merge_resume_args(args, tmp_path)
+    merge_resume_args(args, tmp_path)
     assert (args.model, args.epochs, args.tensorboard, args.seed, args.impl) == ('seed', 6, True, 3, 'torch')
     # the budget is one thing: given again in either form, it replaces the saved one, which would otherwise still stop it
     save_json({'model': 'seed', 'time_budget': 20}, tmp_path/'train_args.json')
-    args = build_parser().parse_args(['train', '--resume', '--epochs', '50']); _merge_resume_args(args, tmp_path)
+    args = build_parser().parse_args(['train', '--resume', '--epochs', '50']); merge_resume_args(args, tmp_path)
     assert (args.epochs, args.time_budget) == (50, None)
     save_json({'model': 'seed', 'epochs': 5}, tmp_path/'train_args.json')
-    args = build_parser().parse_args(['train', '--resume', '--time-budget', '30']); _merge_resume_args(args, tmp_path)
+    args = build_parser().parse_args(['train', '--resume', '--time-budget', '30']); merge_resume_args(args, tmp_path)
     assert (args.epochs, args.time_budget) == (None, 30)
-    args = build_parser().parse_args(['train', '--resume']); _merge_resume_args(args, tmp_path)
+    args = build_parser().parse_args(['train', '--resume']); merge_resume_args(args, tmp_path)
     assert (args.epochs, args.time_budget) == (5, None)                     # not given: the saved budget
     args = build_parser().parse_args(['train'])                            # a new run: the switch is off unless given
     assert args.tensorboard is None and build_parser().parse_args(['train', '--tensorboard']).tensorboard is True
     # early stopping's patience may change on resume, but it cannot be turned on: it holds out training images
     from lepton_nb.core import LeptonError
     with pytest.raises(LeptonError, match='started without early stopping'):
-        _merge_resume_args(build_parser().parse_args(['train', '--resume', '--patience', '2']), tmp_path)
+        merge_resume_args(build_parser().parse_args(['train', '--resume', '--patience', '2']), tmp_path)
     save_json({'model': 'seed', 'patience': 3, 'watch': 'valid_loss'}, tmp_path/'train_args.json')
     args = build_parser().parse_args(['train', '--resume', '--patience', '5'])
-    _merge_resume_args(args, tmp_path)
+    merge_resume_args(args, tmp_path)
     assert args.patience == 5 and args.watch == 'valid_loss'
     with pytest.raises(LeptonError, match='--watch accuracy differs'):   # its best loss is no best accuracy
-        _merge_resume_args(build_parser().parse_args(['train', '--resume', '--watch', 'accuracy']), tmp_path)
+        merge_resume_args(build_parser().parse_args(['train', '--resume', '--watch', 'accuracy']), tmp_path)
 
 def test_early_stopping_watches_held_out_training_images(folders, cache, tmp_path):
     "--patience trains on nine tenths of each class, watches the rest, and still reports the held-out split's accuracy."
