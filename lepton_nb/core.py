@@ -84,11 +84,12 @@ def get_rng_states() -> dict:
     return st
 
 def set_rng_states(st:dict):
-    "Restore generator states saved by `get_rng_states`."
-    p = st['python']
-    random.setstate((p['version'], tuple(int(o) for o in p['state'].tolist()), p['gauss']))
-    n = st['numpy']
-    np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
+    "Restore generator states saved by `get_rng_states`; a damaged one is a `ValueError`, as a wrong length is."
+    p, n = st['python'], st['numpy']
+    try:
+        random.setstate((p['version'], tuple(int(o) for o in p['state'].tolist()), p['gauss']))
+        np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
+    except OverflowError as e: raise ValueError(f"a generator state is out of range ({e})") from None   # a flipped bit
     torch.set_rng_state(st['torch'])
     if 'cuda' in st and torch.cuda.is_available():   # one state per GPU; a machine with fewer restores those it has
         for i, s in enumerate(st['cuda'][:torch.cuda.device_count()]): torch.cuda.set_rng_state(s, i)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from lepton_nb.core import LeptonError, get_rng_states, load_json, set_rng_states
+from lepton_nb.core import LeptonError, get_rng_states, load_json, seed_everything, set_rng_states
 from lepton_nb.data import load_image, read_idx
 # the model-config checkers and the checkpoint loader are moving to lepton_nb.artifacts and lepton_nb.resilience
 try: from lepton_nb.artifacts import check_config, check_gan_config
@@ -303,6 +303,7 @@ def checkpoint(tmp_path_factory):
     "The bytes of a real checkpoint of a tiny learner."
     p = tmp_path_factory.mktemp('ckpt')/'checkpoint.pt'
     rng = get_rng_states()
+    seed_everything(0)                           # the same bytes on every run, so that examples hit the same fields
     save_checkpoint(tiny_learner(), p)
     load_checkpoint(tiny_learner(), p)           # once before the cases: the first load imports what loading needs
     set_rng_states(rng)
@@ -330,8 +331,10 @@ def test_checkpoint_random_bytes(work, rng_kept, checkpoint, raw):
     check_checkpoint(p)
 
 
+@pytest.mark.filterwarnings('ignore:Detected pickle protocol')
 @fuzz('checkpoint_mutated')
 @given(m=mutations)
+@example(m=('flip', 0, [(2967, 7)], b''))        # the sign bit of a word of Python's generator state: OverflowError
 def test_checkpoint_mutated(work, rng_kept, checkpoint, m):
     p = work/'mutated.pt'
     p.write_bytes(checkpoint)
