@@ -112,8 +112,9 @@ def _bench_conv(dev, repeats, batch):
         if cl: x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(needs_x)
         w, b = rand(O, C, 3, 3).requires_grad_(), rand(O).requires_grad_()
-        fns = {'ours': lambda x: conv2d(x, w, b, 1, p), 'torch': lambda x: F.conv2d(x, w, b, 1, p)}
-        if name == 'conv2d': fns['unfold'] = lambda x: conv2d_unfold(x, w, b, 1, p)
+        fns = {'ours': lambda x, w=w, b=b, p=p: conv2d(x, w, b, 1, p),
+               'torch': lambda x, w=w, b=b, p=p: F.conv2d(x, w, b, 1, p)}
+        if name == 'conv2d': fns['unfold'] = lambda x, w=w, b=b, p=p: conv2d_unfold(x, w, b, 1, p)
         _time_pair(res, name, fns, x, [w, b] + ([x] if needs_x else []), dev, repeats, cpu_time)
     for name, cl in (('maxpool', False), ('maxpool_cl', True)):
         x = rand(batch, 32, 28, 28).relu()

@@ -328,7 +328,7 @@ def plot_predictions(x:torch.Tensor, # uint8 images
                      classes:list, targets:torch.Tensor|None=None, n:int=24, ncols:int=8, mistakes_first:bool=True):
     "A grid of images titled with the predicted label and probability (red when wrong, with the true label)."
     import matplotlib.pyplot as plt
-    from lepton_nb.data import show_images
+    from lepton_nb.metrics import show_images
     pred = probs.argmax(1)
     idx = torch.arange(len(x))
     if targets is not None and mistakes_first:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_data.ipynb #8cd3ed63
 from __future__ import annotations
-import gzip, hashlib, json, os, stat, struct, sys, warnings
+import gzip, hashlib, io, json, os, stat, struct, sys, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,9 +20,9 @@ from .core import LeptonError, LeptonWarning, atomic_path, get_device, load_json
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'FASHION_FILES', 'FASHION_SHAPES', 'DEBIAN_FASHION_DIR', 'GET_DATA_HELP', 'MAX_PIXELS', 'read_idx',
            'cache_dir', 'fashion_files_in', 'fashion_mnist_places', 'find_fashion_mnist', 'load_fashion_mnist_raw',
-           'store_tensors', 'load_stored', 'ImageData', 'channel_stats', 'load_fashion_mnist', 'show_images',
-           'load_image', 'make_messy_folder', 'is_data_name', 'loose_files', 'scan_image_folder', 'decode_folder',
-           'stratified_split', 'load_image_folder', 'get_data', 'TensorLoader']
+           'store_tensors', 'load_stored', 'ImageData', 'channel_stats', 'load_fashion_mnist', 'load_image',
+           'make_messy_folder', 'is_data_name', 'loose_files', 'scan_image_folder', 'decode_folder', 'stratified_split',
+           'load_image_folder', 'get_data', 'TensorLoader']
 
 # %% ../nbs/05_data.ipynb #e2ce5038
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
@@ -38,10 +38,9 @@ def read_idx(path:str|Path, # An IDX file, gzip-compressed or not (detected from
     except (OSError, EOFError, gzip.BadGzipFile) as e: raise LeptonError(f"{path}: damaged gzip file ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise LeptonError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    ndim = raw[3]
+    ndim, dtype = raw[3], np.dtype(_IDX_TYPES[raw[2]])
     if ndim == 0 or len(raw) < 4 + 4*ndim: raise LeptonError(f"{path}: IDX header is truncated")
     shape = struct.unpack(f'>{ndim}I', raw[4:4+4*ndim])
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
     expected, found = int(np.prod(shape, dtype=object)) * dtype.itemsize, len(raw) - 4 - 4*ndim   # Python ints: no wrap-around
     if found != expected:
         raise LeptonError(f"{path}: IDX data is {'truncated' if found < expected else 'too long'}: "
@@ -65,14 +64,10 @@ def cache_dir() -> Path:
 def fashion_files_in(d:Path) -> dict|None:
     "The four IDX files in `d` or its usual sub-folders, or None."
     for sub in (d, d/'fashion-mnist', d/'FashionMNIST'/'raw'):
-        found = {}
-        for k, name in FASHION_FILES.items():
-            for cand in (sub/name, sub/f'{name}.gz'):
-                if cand.is_file(): found[k] = cand; break
-        if len(found) == 4: return found
+        found = {k: next((f for f in (sub/n, sub/f'{n}.gz') if f.is_file()), None) for k, n in FASHION_FILES.items()}
+        if all(found.values()): return found
     return None
 
-# %% ../nbs/05_data.ipynb #20cc9631
 GET_DATA_HELP = ("get it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or with a network connection "
                  "run `lepton data` once (torchvision downloads it into the user cache), or point LEPTON_DATA or --data "
                  "at a folder holding the four IDX files")
@@ -162,8 +157,8 @@ def load_stored(path:str|Path, # A cache file written by `store_tensors`
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception: return None   # truncated or corrupt: rebuilt from the source by the caller
     for k, shape in (shapes or {}).items():
-        if k not in tensors or len(tensors[k].shape) != len(shape): return None
-        if any(s is not None and s != t for s, t in zip(shape, tensors[k].shape)): return None
+        if k not in tensors or len(tensors[k].shape) != len(shape) or any(
+                s is not None and s != t for s, t in zip(shape, tensors[k].shape)): return None
     return tensors, meta
 
 # %% ../nbs/05_data.ipynb #2468f001
@@ -208,8 +203,7 @@ def channel_stats(x:torch.Tensor, # uint8 images, N x C x H x W
         c = x[i:i+chunk].to('cpu', torch.float64) / 255
         s += c.sum((0, 2, 3)); s2 += (c*c).sum((0, 2, 3))
     n = len(x) * x.shape[2] * x.shape[3]
-    mean = s / n
-    std = (s2 / n - mean**2).clamp_min(1e-12).sqrt()
+    mean, std = s / n, (s2 / n - (s / n)**2).clamp_min(1e-12).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())
 
 # %% ../nbs/05_data.ipynb #4103ad97
@@ -231,29 +225,6 @@ def load_fashion_mnist(path:str|Path|None=None, # A folder to look in first (see
             except OSError as e: warnings.warn(f"could not write the cache {cpath}: {e}", LeptonWarning)
     return ImageData(t['x_train'], t['y_train'], t['x_test'], t['y_test'], list(FASHION_CLASSES),
                      source=f"fashion-mnist ({Path(files['x_train']).parent})", source_hash=src_hash)
-
-# %% ../nbs/05_data.ipynb #a8e338fb
-def show_images(x:torch.Tensor, # uint8 or float images, N x C x H x W
-                labels:list|None=None, # One title per image
-                ncols:int=8, # Images per row
-                size:float=1.3, # Inches per image
-                axs=None):
-    "Show a grid of images with optional titles; returns the figure."
-    import matplotlib.pyplot as plt
-    n = len(x)
-    if axs is None:
-        ncols = max(1, min(ncols, n)); nrows = max(1, -(-n // ncols))   # two images: a figure two images wide, not eight
-        _, axs = plt.subplots(nrows, ncols, figsize=(ncols*size, nrows*size*(1.25 if labels else 1)), squeeze=False)
-    axs = np.asarray(axs).ravel()
-    for i, ax in enumerate(axs):
-        ax.axis('off')
-        if i >= n: continue
-        im = (x[i].detach().float().cpu() / (255 if x.dtype == torch.uint8 else 1)).clamp(0, 1)
-        if im.shape[0] == 1: ax.imshow(im[0].numpy(), cmap='gray', vmin=0, vmax=1)
-        else: ax.imshow(im.permute(1, 2, 0).numpy())
-        if labels is not None: ax.set_title(str(labels[i]), fontsize=8)
-    axs[0].figure.tight_layout()
-    return axs[0].figure
 
 # %% ../nbs/05_data.ipynb #fb59f62b
 def _to_8bit(im:Image.Image) -> Image.Image:
@@ -279,7 +250,6 @@ def _normalise_mode(im:Image.Image, background:int=0) -> Image.Image:
     if im.mode not in ('L', 'RGB'): im = im.convert('RGB')   # CMYK, YCbCr, LAB, HSV
     return im
 
-# %% ../nbs/05_data.ipynb #09d2aff9
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # PIL's own refusal point, about 179 million pixels (13,400 x 13,400): likely decompression bombs
 
 def _not_regular(path:Path) -> bool:
@@ -295,8 +265,8 @@ def _decode_image(path:Path, size, channels, background:int=0) -> torch.Tensor:
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise LeptonError(f"image too large ({im.width}x{im.height} pixels)")
-                if size is not None and im.format == 'JPEG':   # decode a large JPEG at a reduced scale: much faster
-                    s = (size, size) if isinstance(size, int) else size
+                s = None if size is None else (size, size) if isinstance(size, int) else tuple(size)
+                if s is not None and im.format == 'JPEG':   # decode a large JPEG at a reduced scale: much faster
                     im.draft(im.mode if channels is None else ('L' if channels == 1 else 'RGB'), (s[1], s[0]))
                 im.seek(0)
                 im = ImageOps.exif_transpose(im)
@@ -304,9 +274,8 @@ def _decode_image(path:Path, size, channels, background:int=0) -> torch.Tensor:
                 if channels == 1 and im.mode != 'L': im = im.convert('L')
                 elif channels == 3 and im.mode != 'RGB': im = im.convert('RGB')
                 elif channels not in (1, 3, None): raise LeptonError(f"channels must be 1 or 3, got {channels}")
-                if size is not None:
-                    s = (size, size) if isinstance(size, int) else tuple(size)
-                    if im.size != (s[1], s[0]): im = im.resize((s[1], s[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
+                if s is not None and im.size != (s[1], s[0]):
+                    im = im.resize((s[1], s[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
                 a = np.asarray(im, dtype=np.uint8)
         except LeptonError: raise
         except FileNotFoundError: raise LeptonError(f"{path}: file not found") from None
@@ -342,17 +311,16 @@ def make_messy_folder(root:str|Path, # Where to create the folder
         elif kind == 'square': a[int(c[0]-r):int(c[0]+r), int(c[1]-r):int(c[1]+r)] = 255
         else: a[np.abs(xx-c[1]) < (yy - (c[0]-r)) / 2] = 255; a[yy > c[0]+r] = 0
         return a
+    def put(rel, im, kind='good', **kw): p = root/rel; im.save(p, **kw); made[kind].append(p)
     for k in ('circle', 'square', 'triangle'):
-        d = root/k; d.mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            p = d/f'{k}_{i}.png'; Image.fromarray(shape_img(k, size)).save(p); made['good'].append(p)
+        (root/k).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class): put(f'{k}/{k}_{i}.png', Image.fromarray(shape_img(k, size)))
     a = shape_img('circle', size)
-    p = root/'circle'/'rgba.png'; Image.fromarray(np.dstack([a, a, a, np.full_like(a, 200)]), 'RGBA').save(p); made['good'].append(p)
-    p = root/'square'/'deep16.png'; Image.fromarray(shape_img('square', size).astype(np.uint16) * 257).save(p); made['good'].append(p)
-    p = root/'triangle'/'photo.jpg'; Image.fromarray(shape_img('triangle', size)).convert('RGB').save(p, quality=90); made['good'].append(p)
-    p = root/'circle'/'corrupt.jpg'; good = root/'_tmp.jpg'
-    Image.fromarray(shape_img('circle', size)).convert('RGB').save(good, quality=90)
-    p.write_bytes(good.read_bytes()[:len(good.read_bytes())//2]); good.unlink(); made['bad'].append(p)
+    put('circle/rgba.png', Image.fromarray(np.dstack([a, a, a, np.full_like(a, 200)]), 'RGBA'))
+    put('square/deep16.png', Image.fromarray(shape_img('square', size).astype(np.uint16) * 257))
+    put('triangle/photo.jpg', Image.fromarray(shape_img('triangle', size)).convert('RGB'), quality=90)
+    jpg = io.BytesIO(); Image.fromarray(shape_img('circle', size)).convert('RGB').save(jpg, 'JPEG', quality=90)
+    p = root/'circle'/'corrupt.jpg'; p.write_bytes(jpg.getvalue()[:len(jpg.getvalue())//2]); made['bad'].append(p)
     p = root/'square'/'notes.png'; p.write_text('this is not a picture\n'); made['bad'].append(p)
     return made
 
@@ -446,11 +414,9 @@ def decode_folder(items:list, # (file, class index) pairs from `scan_image_folde
                  ) -> tuple[torch.Tensor, torch.Tensor, list, dict]:
     "Decode every file once: (uint8 images, labels, skipped (file, reason) list, checker report)."
     if channels is None: channels = _pick_channels(items)
-    results = [None] * len(items)
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as ex:
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as ex:   # results in the order of `items`
         it = ex.map(_decode_one, [(p, size, channels) for p, _ in items], chunksize=16)
-        for i, r in enumerate(tqdm(it, total=len(items), desc='decoding images', disable=not progress, leave=False, delay=2)):
-            results[i] = r
+        results = list(tqdm(it, total=len(items), desc='decoding images', disable=not progress, leave=False, delay=2))
     xs, ys, skipped, skipped_class, by_hash, modes, sizes = [], [], [], [], {}, Counter(), Counter()
     for (p, ci), (_, t, err, digest, info) in zip(items, results):
         if info and info[0]: modes[info[0]] += 1; sizes[f"{info[1][0]}x{info[1][1]}"] += 1
@@ -518,10 +484,8 @@ def load_image_folder(root:str|Path, # Training folder, root/<class>/<image>
     cpath = cache_dir()/'folders'/f'{key}.safetensors'
     hit = load_stored(cpath, {'source_hash': src_hash}, {'x': (None, None, size, size), 'y': (None,)}) if cache else None
     if hit:
-        t, meta = hit
-        x, y, report = t['x'], t['y'], meta['report']
-        skipped = [(Path(f), r) for f, r in meta['skipped']]
-        is_val = t['is_val'].bool()
+        (t, meta), skipped = hit, [(Path(f), r) for f, r in hit[1]['skipped']]
+        x, y, report, is_val = t['x'], t['y'], meta['report'], t['is_val'].bool()
     else:
         x, y, skipped, report = decode_folder(items + vitems, classes, size, channels, progress)
         good = {str(p) for p, _ in items + vitems} - {str(p) for p, _ in skipped}
@@ -536,12 +500,10 @@ def load_image_folder(root:str|Path, # Training folder, root/<class>/<image>
         bad = {str(p) for p, _ in skipped}
         rels = [p.relative_to(root).as_posix() for p, _ in items if str(p) not in bad]
         spath = cache_dir()/'splits'/f'{key}.json'
-        prior = None
-        if spath.is_file():
-            try:
-                s = load_json(spath)
-                if s.get('seed') == seed and s.get('valid_pct') == valid_pct: prior = s['files']
-            except (LeptonError, KeyError, TypeError): prior = None
+        try:   # the earlier split of this folder, kept where its seed and share match
+            s = load_json(spath) if spath.is_file() else {}
+            prior = s['files'] if s.get('seed') == seed and s.get('valid_pct') == valid_pct else None
+        except (LeptonError, KeyError, TypeError, AttributeError): prior = None
         assign = stratified_split(rels, y.tolist(), valid_pct, seed, prior)
         if cache:
             try: save_json({'root': str(root), 'seed': seed, 'valid_pct': valid_pct, 'files': assign}, spath)
@@ -555,9 +517,8 @@ def load_image_folder(root:str|Path, # Training folder, root/<class>/<image>
     report = {**report, 'held_out_copies_of_training_images': leaks}
     skipped = skipped + loose_files(root) + (loose_files(val) if val is not None else [])   # listed, not decoded
     names = [os.fsencode(c).decode('utf-8', 'backslashreplace') for c in classes]   # a folder name that is not UTF-8: \xff, printable
-    data = ImageData(x[~is_val], y[~is_val], x[is_val], y[is_val], names, source=str(root), skipped=skipped,
+    return ImageData(x[~is_val], y[~is_val], x[is_val], y[is_val], names, source=str(root), skipped=skipped,
                      report=report, source_hash=src_hash)
-    return data
 
 # %% ../nbs/05_data.ipynb #714708fd
 def get_data(data:str|Path='fashion-mnist', # "fashion-mnist", or an image folder root/<class>/<image>
@@ -616,11 +577,8 @@ class TensorLoader:
     def set_epoch(self, epoch:int): self.epoch = epoch
     def indices(self) -> torch.Tensor:
         "This rank's sample order for the current epoch."
-        n = len(self.y)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            idx = torch.randperm(n, generator=g)
-        else: idx = torch.arange(n)
+        n, g = len(self.y), torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        idx = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         if self.world_size > 1:
             per = n // self.world_size   # equal shards: every rank runs the same number of steps
             idx = idx[self.rank*per:(self.rank+1)*per]

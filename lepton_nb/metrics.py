@@ -10,7 +10,7 @@ from .core import LeptonError
 
 # %% auto #0
 __all__ = ['confusion_matrix', 'metrics_from_confusion', 'Confusion', 'macro_over_present', 'classification_report',
-           'plot_confusion', 'worst_mistakes', 'plot_mistakes']
+           'show_images', 'plot_confusion', 'worst_mistakes', 'plot_mistakes']
 
 # %% ../nbs/06_metrics.ipynb #e5eb7ba7
 def confusion_matrix(preds:torch.Tensor, # Predicted class per example (N,), or scores (N, K)
@@ -89,6 +89,29 @@ def classification_report(m:dict, # The result of `metrics_from_confusion` or `C
     lines.append(f"{'accuracy':<{w}}{'':>20}{m['accuracy']:>10.4f}{m['n']:>10d}")
     return '\n'.join(lines)
 
+# %% ../nbs/06_metrics.ipynb #15921f8a
+def show_images(x:torch.Tensor, # uint8 or float images, N x C x H x W
+                labels:list|None=None, # One title per image
+                ncols:int=8, # Images per row
+                size:float=1.3, # Inches per image
+                axs=None):
+    "Show a grid of images with optional titles; returns the figure."
+    import matplotlib.pyplot as plt, numpy as np
+    n = len(x)
+    if axs is None:
+        ncols = max(1, min(ncols, n)); nrows = max(1, -(-n // ncols))   # two images: a figure two images wide, not eight
+        _, axs = plt.subplots(nrows, ncols, figsize=(ncols*size, nrows*size*(1.25 if labels else 1)), squeeze=False)
+    axs = np.asarray(axs).ravel()
+    for i, ax in enumerate(axs):
+        ax.axis('off')
+        if i >= n: continue
+        im = (x[i].detach().float().cpu() / (255 if x.dtype == torch.uint8 else 1)).clamp(0, 1)
+        if im.shape[0] == 1: ax.imshow(im[0].numpy(), cmap='gray', vmin=0, vmax=1)
+        else: ax.imshow(im.permute(1, 2, 0).numpy())
+        if labels is not None: ax.set_title(str(labels[i]), fontsize=8)
+    axs[0].figure.tight_layout()
+    return axs[0].figure
+
 # %% ../nbs/06_metrics.ipynb #db1c6e21
 def plot_confusion(cm, # K x K counts (tensor or nested list)
                    classes:list, # Class names
@@ -126,7 +149,6 @@ def worst_mistakes(probs:torch.Tensor, # N x K predicted probabilities
 def plot_mistakes(x:torch.Tensor, # Images (uint8 or float), N x C x H x W
                   probs:torch.Tensor, targets:torch.Tensor, classes:list, k:int=16, ncols:int=8):
     "A grid of the most confident mistakes, titled 'predicted (p) / true'; returns the figure."
-    from lepton_nb.data import show_images
     idx = worst_mistakes(probs, targets, k)
     titles = [f"{classes[int(probs[i].argmax())]} ({probs[i].max():.2f})\ntrue: {classes[int(targets[i])]}" for i in idx]
     fig = show_images(x[idx], titles, ncols=min(ncols, max(1, len(idx))), size=1.5)
