@@ -421,6 +421,9 @@ def run_folder(args, # The command line's options (None: not given); filled in p
             if getattr(args, k) is None: setattr(args, k, v)
         out = run_dir(SimpleNamespace(out=args.out, resume=False, data=args.data, model=model(),
                                       overwrite=getattr(args, 'overwrite', False)), kind)
-    pick = None if args.out or args.resume else            (lambda: run_dir(SimpleNamespace(out=None, resume=False, data=args.data, model=model()), kind))
-    if out.exists() and not out.is_dir(): raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
+    pick = None
+    if not (args.out or args.resume):   # a default name: what picks the next free one, should it be taken meanwhile
+        pick = lambda: run_dir(SimpleNamespace(out=None, resume=False, data=args.data, model=model()), kind)
+    if out.exists() and not out.is_dir():
+        raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
     return out, pick
