@@ -275,7 +275,7 @@ no_breaks = st.characters(blacklist_characters='\n\r')
 
 @fuzz('train_args')
 @given(args=st.dictionaries(st.sampled_from(sorted(cli._SAVED_TYPES)) | st.text(no_breaks, max_size=10), json_values,
-                            max_size=6) | json_values)
+                            max_size=6) | json_values.filter(lambda v: not isinstance(v, dict)))   # keys: see below
 def test_saved_run_options(work, args):
     "train_args.json / gan_args.json of a run folder, read back by --resume (`cli._saved_args`)."
     check_saved_args(work, args)
