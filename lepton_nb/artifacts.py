@@ -320,7 +320,7 @@ def saved_args(run:Path, name:str) -> dict:
     for k, v in saved.items():         # the types the parser gives; anything else is a damaged or hand-edited file
         want = SAVED_TYPES.get(k, (str, int, float, bool))
         if v is not None and (not isinstance(v, want) or (isinstance(v, bool) and bool not in want)):
-            raise LeptonError(f"{run/name}: '{k}' has the value {v!r}, not a valid setting (fix or delete that entry)")
+            raise LeptonError(f"{run/name}: {k!r} has the value {v!r}, not a valid setting (fix or delete that entry)")
     return saved
 
 def saved_options(args, keys) -> dict:

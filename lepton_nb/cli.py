@@ -571,7 +571,7 @@ def main(argv:list|None=None) -> int:
         if hasattr(s, 'reconfigure'): s.reconfigure(errors='backslashreplace')
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra: _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")   # lepton train: error: ...
+    if extra: _command_parser(parser, args).error("unrecognized arguments: " + ' '.join(a if a.isprintable() else repr(a) for a in extra))   # lepton train: error: ...
     if not getattr(args, 'func', None):
         parser.print_help(); return 2
     name = args.command + (f" {args.gan_command}" if getattr(args, 'gan_command', None) else '')   # "gan sample"

@@ -92,7 +92,8 @@ _CONFIG_SCHEMA = {'arch': str, 'impl': str, 'n_classes': int, 'classes': list, '
                   'mean': list, 'std': list, 'width': int, 'hidden': int}
 _CONFIG_OPTIONAL = {'tta': bool, 'amp': bool}   # how training evaluated the model; older configs: the recipe's
 
-def _finite(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _finite(v) -> bool:   # a JSON integer of any size is finite (math.isfinite would overflow on a huge one)
+    return not isinstance(v, bool) and (isinstance(v, int) or (isinstance(v, float) and math.isfinite(v)))
 
 def _classifier_rules(cfg:dict):
     "A classifier config's limits: known architecture and layers, sizes a network can have, a sane normalisation."

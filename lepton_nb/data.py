@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_data.ipynb #8cd3ed63
 from __future__ import annotations
-import gzip, hashlib, io, json, os, stat, struct, sys, warnings
+import gzip, hashlib, io, json, os, stat, struct, sys, warnings, zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +35,7 @@ def read_idx(path:str|Path, # An IDX file, gzip-compressed or not (detected from
         raw = path.read_bytes()
         if raw[:2] == b'\x1f\x8b': raw = gzip.decompress(raw)
     except FileNotFoundError: raise LeptonError(f"{path}: file not found") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as e: raise LeptonError(f"{path}: damaged gzip file ({e})") from None
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e: raise LeptonError(f"{path}: damaged gzip file ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise LeptonError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
     ndim, dtype = raw[3], np.dtype(_IDX_TYPES[raw[2]])

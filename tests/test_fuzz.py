@@ -182,8 +182,6 @@ def check_idx_mutated(work, name, m):
 def test_idx_mutated(work, name, m): check_idx_mutated(work, name, m)
 
 
-@pytest.mark.xfail(strict=True, raises=zlib.error, reason="read_idx lets zlib.error through on damaged deflate data "
-                   "(a bit flipped inside a .gz): a traceback, not a LeptonError (lepton_nb.data, nbs/05_data.ipynb)")
 @fuzz('idx_mutated')
 @given(name=st.sampled_from([n for n in sorted(REAL_IDX) if n.endswith('.gz')]), m=mutations)
 @example(name='>f4.gz', m=('flip', 0, [(26, 3)], b''))
@@ -250,9 +248,6 @@ finite_json = st.recursive(
 def test_check_config(cfg): check_config_case(check_config, cfg)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="check_config calls math.isfinite on a JSON integer too "
-                   "large for a float (mean or std of 400 digits): OverflowError, a traceback, not a LeptonError "
-                   "(lepton_nb.cnn, nbs/10_cnn.ipynb)")
 @fuzz('config')
 @given(cfg=edited(CONFIG, json_values))
 @example(cfg={**CONFIG, 'mean': [10**400]})
@@ -281,9 +276,6 @@ def test_saved_run_options(work, args):
     check_saved_args(work, args)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="cli._saved_args quotes a key of train_args.json as "
-                   "it is ('{k}', not {k!r}): a key with a line break makes a LeptonError of two lines "
-                   "(lepton_nb.cli, nbs/16_cli.ipynb)")
 @fuzz('train_args')
 @given(args=st.dictionaries(st.text(max_size=10), json_values, max_size=6))
 @example(args={'\n': []})
@@ -488,9 +480,6 @@ def test_cli_argv(monkeypatch, stub_parser, argv): check_argv(monkeypatch, stub_
 def test_cli_argv_any_text(monkeypatch, stub_parser, argv): check_argv(monkeypatch, stub_parser, argv)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="`lepton` prints an unrecognised argument as it is "
-                   "('unrecognized arguments: a<newline>b'): an argument with a line break makes an error of two lines "
-                   "(lepton_nb.cli.main, nbs/16_cli.ipynb)")
 @fuzz('cli')
 @given(argv=st.lists(st.sampled_from(WORDS) | st.text(max_size=12), max_size=6))
 @example(argv=['data', 'a\nb'])
