@@ -14,9 +14,9 @@ from torch import nn
 
 from .core import LeptonError, atomic_path, get_device, load_json, run_card, save_json, seed_everything
 from .data import ImageData, TensorLoader, decode_folder, get_data, load_image, scan_image_folder
-from .learner import (BatchTransformCB, CancelFitException, Callback, CheckpointCB, Learner, MetricsCB,
-                               MixedPrecisionCB, NonFiniteGuardCB, OneCycleCB, ProgressCB, TensorBoardCB, TimeBudgetCB,
-                               EarlyStoppingCB, load_checkpoint, plot_history)
+from .learner import (BatchTransformCB, CancelFitException, Callback, Learner, MetricsCB, MixedPrecisionCB,
+                               OneCycleCB, ProgressCB, TensorBoardCB, plot_history)
+from .resilience import CheckpointCB, EarlyStoppingCB, NonFiniteGuardCB, TimeBudgetCB, load_checkpoint
 from .metrics import Confusion, classification_report, macro_over_present, plot_confusion
 from .svm import LinearSVM
 
