@@ -301,20 +301,16 @@ class GANScorer:
         self.real_score, self.real_coverage = classifier_score(logits), class_coverage(logits, len(self.classes))
         self.floor = frechet_distance(*feature_stats(self.features(data.x_train[tr])[0]), self.mu, self.cov)
 
-    def _ctx(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16_supported(self.device) else contextlib.nullcontext()
-
     @torch.no_grad()
     def features(self, x:torch.Tensor, # uint8 images N x C x H x W
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        "Penultimate features and logits of the classifier, in float64 on the CPU."
+        "Penultimate features and logits of the classifier, computed in float32 (no bf16 autocast: the metric must not depend on the device's bf16 support), returned in float64 on the CPU."
         mean = torch.tensor(self.cfg['mean'], device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.cfg['std'], device=self.device).view(1, -1, 1, 1)
         fs, ls = [], []
         for i in range(0, len(x), self.bs):
             xb = (x[i:i+self.bs].to(self.device).float() / 255 - mean) / std
-            with self._ctx():
-                f = self.model[:-1](xb); l = self.model[-1](f)
+            f = self.model[:-1](xb); l = self.model[-1](f)
             fs.append(f.double().cpu()); ls.append(l.double().cpu())
         return torch.cat(fs), torch.cat(ls)
 
@@ -658,7 +654,7 @@ def save_png(img:torch.Tensor, # uint8 C x H x W
     with atomic_path(path) as tmp: im.save(tmp, format='PNG')
 
 def slerp(z0:torch.Tensor, z1:torch.Tensor, t:float) -> torch.Tensor:
-    "Spherical interpolation between two latent vectors (eq. slerp); linear when they are (almost) parallel."
+    "Spherical interpolation between two latent vectors (eq. slerp); on the sphere only if |z0| = |z1|; linear when (almost) parallel, nearly opposite ones not handled."
     cos = (z0 @ z1 / (z0.norm() * z1.norm())).clamp(-1, 1)
     om = torch.arccos(cos)
     if om.abs() < 1e-4: return (1 - t) * z0 + t * z1

@@ -85,7 +85,7 @@ class Learner:
         return self.train_time + (time.perf_counter() - self._t0 if self.training else 0.0)
 
     def train_step(self):
-        "Forward, loss, `after_loss`, backward, step: the training step, unless a callback has a `train_step` of its own."
+        "Forward, loss, `after_loss`, backward, step: the training step, unless a callback has a `train_step`."
         with self.autocast():
             self.preds = self.model(self.xb)
             self.loss = self.loss_func(self.preds, self.yb)
@@ -111,7 +111,7 @@ class Learner:
         if self.iter and not hasattr(dl, 'iter_from'):
             for _ in range(self.iter): next(batches)
         self.model.train(); self.training = True
-        s, n = getattr(self, '_resume_loss', (0.0, 0)) if self.iter else (0.0, 0)   # a resumed epoch keeps its running loss
+        s, n = getattr(self, '_resume_loss', (0.0, 0)) if self.iter else (0.0, 0)   # a resumed epoch keeps its loss
         self._loss_sum, self._n_loss = torch.full((), s, device=self.device), n
         self._t0 = time.perf_counter()
         try:
@@ -162,7 +162,8 @@ class Learner:
             cbs:list=(), # Extra callbacks for this call only
            ):
         "Train until `n_epochs` epochs are done or a callback cancels; `learn.end` then says how the run ended."
-        if not isinstance(n_epochs, int) or n_epochs < 0: raise LeptonError(f"epochs must be a non-negative integer, got {n_epochs}")
+        if not isinstance(n_epochs, int) or n_epochs < 0:
+            raise LeptonError(f"epochs must be a non-negative integer, got {n_epochs}")
         extra = [self.add_cb(c) for c in cbs]
         self.n_epochs, self.end = n_epochs, RunEnd()
         try:
@@ -201,7 +202,8 @@ class MetricsCB(Callback):
         if not self.learn.training: self.conf.update(self.learn.preds, self.learn.yb)
     def after_validate(self):
         m = self.conf.compute()
-        self.learn.record.update({k: round(m[k], 6) for k in ('accuracy', 'precision_macro', 'recall_macro', 'f1_macro')})
+        keys = ('accuracy', 'precision_macro', 'recall_macro', 'f1_macro')
+        self.learn.record.update({k: round(m[k], 6) for k in keys})
         self.last = m
 
 # %% ../nbs/07_learner.ipynb #06389689
@@ -216,7 +218,7 @@ def progress_bar(total:int|None, # Steps in the bar (None when unknown)
                  file=None, # Where to draw (default: standard error)
                  leave:bool=False, # Keep the bar once it is closed
                 ):
-    "A `tqdm.auto` bar; text redraws 4 times a second on a terminal, every 10 s in a file or pipe (a log keeps each one)."
+    "A `tqdm.auto` bar; text redraws 4 times a second on a terminal, every 10 s in a file or pipe (a log keeps each)."
     from tqdm.auto import tqdm
     file = file or sys.stderr
     try: tty = file.isatty()
@@ -247,8 +249,9 @@ class ProgressCB(Callback):
     def _close(self):
         if getattr(self, 'bar', None) is not None: self.bar.close(); self.bar = None
     def _print(self, r):
-        parts = [f"epoch {self._of(r['epoch'])}"] + [f"{k} {v:.4f}" for k, v in r.items()
-                 if k not in ('epoch', 'train_seconds', 'lr') and isinstance(v, float)] + [f"{r.get('train_seconds', 0):.1f}s"]
+        parts = ([f"epoch {self._of(r['epoch'])}"] + [f"{k} {v:.4f}" for k, v in r.items()
+                 if k not in ('epoch', 'train_seconds', 'lr') and isinstance(v, float)]
+                 + [f"{r.get('train_seconds', 0):.1f}s"])
         print('  '.join(parts), file=self.file or sys.stderr, flush=True)
         self.last_line, self.shown = time.perf_counter(), r['epoch']
     def after_epoch(self):
@@ -328,10 +331,12 @@ class TensorBoardCB(Callback):
     def __init__(self, log_dir:str|Path, every:int=50):
         try: from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise LeptonError("TensorBoard logging needs the tensorboard package: pip install 'lepton_nb[tensorboard]'") from None
+            raise LeptonError("TensorBoard logging needs the tensorboard package: "
+                              "pip install 'lepton_nb[tensorboard]'") from None
         self.writer, self.every = SummaryWriter(str(log_dir)), every
     def after_step(self):
-        if self.learn.step % self.every == 0: self.writer.add_scalar('train/loss', self.learn.loss.item(), self.learn.step)
+        if self.learn.step % self.every == 0:
+            self.writer.add_scalar('train/loss', self.learn.loss.item(), self.learn.step)
     def after_epoch(self):
         for k, v in self.learn.history[-1].items():
             if isinstance(v, (int, float)) and k != 'epoch': self.writer.add_scalar(f'epoch/{k}', v, self.learn.epoch)
@@ -342,7 +347,7 @@ class TensorBoardCB(Callback):
 def plot_history(history:list, # `learn.history`: one dict per epoch
                  metrics:tuple=('accuracy',), # Record keys plotted on the second axis
                  title:str|None=None, # Over both panels (for example, which images the validation figures are of)
-                 mark:int|None=None, # An epoch to mark with a dotted line (for example, the one whose weights were kept)
+                 mark:int|None=None, # An epoch to mark with a dotted line (such as the one whose weights were kept)
                 ):
     "Training and validation loss, and the chosen metrics, per epoch; returns the figure."
     import matplotlib.pyplot as plt

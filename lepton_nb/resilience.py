@@ -18,7 +18,7 @@ __all__ = ['CHECKPOINT_VERSION', 'InterruptCB', 'TimeBudgetCB', 'EarlyStoppingCB
 
 # %% ../nbs/08_resilience.ipynb #cc708ac7
 class InterruptCB(Callback):
-    "Ctrl-C and SIGTERM stop the run after the batch in progress (main thread only); `learn.interrupted` names the signal."
+    "Ctrl-C and SIGTERM stop the run after the batch in progress (main thread only); `learn.interrupted` names it."
     order = -100   # its handlers first (DDPCB's, at -30, replace them), its check before a batch's checkpoint
     def before_fit(self):
         main = threading.current_thread() is threading.main_thread()
@@ -56,60 +56,69 @@ class EarlyStoppingCB(Callback):
                  restore_best:bool=True, # At the end of the run, keep the best weights rather than the last
                 ):
         if mode not in ('min', 'max'): raise LeptonError(f"mode must be 'min' or 'max', got {mode!r}")
-        if not isinstance(patience, int) or patience < 1: raise LeptonError(f"patience must be a positive integer, got {patience}")
-        self.monitor, self.patience, self.min_delta, self.mode, self.restore_best = monitor, patience, min_delta, mode, restore_best
+        if not isinstance(patience, int) or patience < 1:
+            raise LeptonError(f"patience must be a positive integer, got {patience}")
+        self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
+        self.restore_best = restore_best
         self.best, self.wait, self.best_epoch, self.weights, self.kept, self.at_end = None, 0, None, None, None, None
-    def _better(self, v): return self.best is None or (v < self.best - self.min_delta if self.mode == 'min' else v > self.best + self.min_delta)
+    def _better(self, v):
+        if self.best is None: return True
+        return v < self.best - self.min_delta if self.mode == 'min' else v > self.best + self.min_delta
     def after_epoch(self):
         r = self.learn.history[-1]; v = r.get(self.monitor)
         if v is None: return
         if self._better(v):
             self.best, self.wait, self.best_epoch = v, 0, r['epoch']
-            if self.restore_best: self.weights = {k: t.detach().clone() for k, t in self.learn.model.state_dict().items()}
+            if self.restore_best:
+                self.weights = {k: t.detach().clone() for k, t in self.learn.model.state_dict().items()}
         else:
             self.wait += 1
             if self.wait >= self.patience:
-                self.learn.stop_reason = f"{self.monitor} did not improve for {self.patience} epoch{'s' * (self.patience > 1)}"
+                s = 's' * (self.patience > 1)
+                self.learn.stop_reason = f"{self.monitor} did not improve for {self.patience} epoch{s}"
                 raise CancelFitException()
     def after_fit(self):
-        "Keep the best epoch's weights, unless the run was interrupted (it will resume) or failed, or the last weights are as good."
+        """Keep the best epoch's weights, unless the run was interrupted (it will resume) or failed, or the last weights
+        are as good."""
         l = self.learn
         self.kept = 'last'
         if not self.restore_best or self.weights is None or l.interrupted or l.error is not None or l.end.crash: return
-        if l.iter and l.valid_dl is not None:   # stopped within an epoch (a time budget): the weights now are not validated yet
+        if l.iter and l.valid_dl is not None:   # stopped within an epoch (a time budget): weights not validated yet
             v = self.at_end = l.validate().get(self.monitor)
             if v is not None and self._better(v): return
         elif l.history and l.history[-1]['epoch'] == self.best_epoch: return   # the last epoch was the best
         l.model.load_state_dict(self.weights)
         self.kept = self.best_epoch
-        l.stop_reason = f"{l.stop_reason or 'epochs done'}; the weights of epoch {self.best_epoch} ({self.monitor} {self.best:.4f}) were kept"
-    def state_dict(self): return {'best': self.best, 'wait': self.wait, 'best_epoch': self.best_epoch, 'weights': self.weights,
-                                  'monitor': self.monitor, 'mode': self.mode}
+        l.stop_reason = (f"{l.stop_reason or 'epochs done'}; the weights of epoch {self.best_epoch} "
+                         f"({self.monitor} {self.best:.4f}) were kept")
+    def state_dict(self): return {'best': self.best, 'wait': self.wait, 'best_epoch': self.best_epoch,
+                                  'weights': self.weights, 'monitor': self.monitor, 'mode': self.mode}
     def load_state_dict(self, d):
         if 'best_epoch' not in d:   # written before early stopping kept weights, when it watched the held-out split
-            raise LeptonError("the checkpoint's early stopping is of an older version (it watched the held-out split, which "
-                              "is now left for the final figures): start a new run")
-        was = (d.get('monitor', 'valid_loss'), d.get('mode', 'min'))   # (checkpoints from before `monitor` was saved watched the loss)
+            raise LeptonError("the checkpoint's early stopping is of an older version (it watched the held-out split, "
+                              "which is now left for the final figures): start a new run")
+        was = (d.get('monitor', 'valid_loss'), d.get('mode', 'min'))   # (before `monitor` was saved: the loss)
         if was != (self.monitor, self.mode):   # a best value of another measure would be compared with this one
-            raise LeptonError(f"the checkpoint's early stopping watched {was[0]} ({was[1]}), this run watches {self.monitor} "
-                              f"({self.mode}): resume with the same measure, or start a new run")
+            raise LeptonError(f"the checkpoint's early stopping watched {was[0]} ({was[1]}), this run watches "
+                              f"{self.monitor} ({self.mode}): resume with the same measure, or start a new run")
         self.best, self.wait, self.best_epoch, self.weights = d['best'], d['wait'], d['best_epoch'], d['weights']
 
 class NonFiniteGuardCB(Callback):
     "Stop with a clear error when the training loss is nan or inf; no checkpoint is written after that."
     order = 30   # before CheckpointCB (60), so an epoch-end check comes before the epoch-end save
-    def __init__(self, every:int|None=None): self.every = every   # Read the flag every this many steps (None: 1 on CPU, 25 on a GPU)
+    def __init__(self, every:int|None=None): self.every = every   # Read the flag every `every` steps (None: 1/CPU, 25/GPU)
     def before_fit(self):
         self.n = self.every or (1 if self.learn.device.type == 'cpu' else 25)
         self.bad = torch.zeros((), dtype=torch.bool, device=self.learn.device)
     def check(self, steps:int|None=None) -> bool:
-        """Read the flag (on a GPU this waits for the device); if a loss was non-finite, mark the learner as failed (`steps`:
-        the steps run so far, for the message). True if all is well. Only the flag decides, so under DDP, whose callback
-        agrees the flag across ranks at every step, every rank stops on the same step."""
+        """Read the flag (on a GPU this waits for the device); if a loss was non-finite, mark the learner as failed
+        (`steps`: the steps run so far, for the message). True if all is well. Only the flag decides, so under DDP,
+        whose callback agrees the flag across ranks at every step, every rank stops on the same step."""
         bad = bool(self.bad.item())
         if bad and self.learn.error is None:
             self.learn.error = LeptonError(
-                f"the training loss became non-finite (nan or inf) by step {self.learn.step if steps is None else steps}: "
+                f"the training loss became non-finite (nan or inf) by step "
+                f"{self.learn.step if steps is None else steps}: "
                 "training stopped and the last good checkpoint was kept; try a lower --lr")
         return not bad
     def after_loss(self):
@@ -127,11 +136,12 @@ def learner_state(learn) -> dict:
     return {'version': CHECKPOINT_VERSION, 'model': learn.model.state_dict(), 'opt': learn.opt.state_dict(),
             'epoch': learn.epoch, 'iter': learn.iter, 'step': learn.step, 'train_time': learn.train_time,
             'history': learn.history, 'rng': get_rng_states(),
-            'epoch_loss': ((learn._loss_sum.item(), learn._n_loss) if learn.iter and hasattr(learn, '_loss_sum') else (0.0, 0)),
+            'epoch_loss': ((learn._loss_sum.item(), learn._n_loss) if learn.iter and hasattr(learn, '_loss_sum')
+                           else (0.0, 0)),
             'callbacks': {type(c).__name__: c.state_dict() for c in learn.cbs if c.state_dict()}}
 
 def write_state(state:dict, path:str|Path):
-    "`torch.save` a dict of tensors and numbers to `path` atomically: if the write fails (a full disk...), the previous file stays."
+    "`torch.save` a dict of tensors and numbers to `path` atomically: if the write fails (a full disk), the old one stays."
     try:
         with atomic_path(path) as tmp: torch.save(state, tmp)
     except (OSError, RuntimeError) as e:   # torch.save reports a failed write (ENOSPC) as a RuntimeError
@@ -143,9 +153,10 @@ def save_checkpoint(learn, path:str|Path):
     write_state(learner_state(learn), path)
 
 def check_state(st:dict, kinds:dict, path=None) -> dict:
-    "Refuse a loaded checkpoint whose entries are missing or of the wrong type (`kinds`: name -> type or tuple of types)."
+    "Refuse a loaded checkpoint whose entries are missing or of the wrong type (`kinds`: name -> type or types)."
     bad = [k for k, t in kinds.items() if not isinstance(st.get(k), t) or isinstance(st.get(k), bool)]
-    if bad: raise LeptonError(f"{f'{path}: ' if path else ''}damaged checkpoint (missing or malformed: {', '.join(bad)})")
+    where = f'{path}: ' if path else ''
+    if bad: raise LeptonError(f"{where}damaged checkpoint (missing or malformed: {', '.join(bad)})")
     return st
 
 def load_checkpoint(learn, path:str|Path, # A file written by `save_checkpoint`
@@ -154,7 +165,8 @@ def load_checkpoint(learn, path:str|Path, # A file written by `save_checkpoint`
     path = Path(path)
     if not path.is_file(): raise LeptonError(f"{path}: no checkpoint to resume from")
     try: st = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise LeptonError(f"{path}: not a readable lepton_nb checkpoint ({type(e).__name__})") from None
+    except Exception as e:
+        raise LeptonError(f"{path}: not a readable lepton_nb checkpoint ({type(e).__name__})") from None
     if not isinstance(st, dict) or st.get('version') != CHECKPOINT_VERSION:
         raise LeptonError(f"{path}: not a lepton_nb checkpoint of version {CHECKPOINT_VERSION}")
     kinds = {'model': dict, 'opt': dict, 'epoch': int, 'iter': int, 'step': int, 'train_time': (int, float),
@@ -164,7 +176,8 @@ def load_checkpoint(learn, path:str|Path, # A file written by `save_checkpoint`
         learn.model.load_state_dict(st['model'])
         learn.opt.load_state_dict(st['opt'])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise LeptonError(f"{path}: the checkpoint does not fit this model or optimiser ({str(e).splitlines()[0]})") from None
+        first = str(e).splitlines()[0]
+        raise LeptonError(f"{path}: the checkpoint does not fit this model or optimiser ({first})") from None
     learn.epoch, learn.iter, learn.step, learn.train_time = st['epoch'], st['iter'], st['step'], st['train_time']
     learn.history = list(st['history'])
     try:
@@ -178,8 +191,8 @@ def load_checkpoint(learn, path:str|Path, # A file written by `save_checkpoint`
     return learn
 
 def check_finite(learn) -> bool:
-    """Whether the run is healthy: a guard's flag not read yet is read first, and the weights must be finite (one update
-    can overflow them after a finite loss). A failure is recorded in `learn.error`. Checked before a checkpoint is written."""
+    """Whether the run is healthy: a guard's flag not read yet is read first, and the weights must be finite (one
+    update can overflow them after a finite loss). A failure is recorded in `learn.error`. Checked before a save."""
     guard = learn.cb(NonFiniteGuardCB)
     if guard is not None: guard.check()
     if learn.error is None and not all(torch.isfinite(p).all() for p in learn.model.parameters()):
@@ -205,6 +218,7 @@ class CheckpointCB(Callback):
     # A failed save does not stop the run here: under DDP only rank 0 saves, and one rank stopping alone would leave the
     # others waiting. Non-finite weights give a non-finite loss at the next step, and the guard stops every rank then.
     def after_batch(self):
-        if self.every is not None and self.learn.training and self.learn.elapsed() - self.last >= self.every: self.save()
+        if self.every is not None and self.learn.training and self.learn.elapsed() - self.last >= self.every:
+            self.save()
     def after_epoch(self): self.save()
     def after_cancel_fit(self): self.save()
