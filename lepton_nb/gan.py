@@ -304,7 +304,8 @@ class GANScorer:
     @torch.no_grad()
     def features(self, x:torch.Tensor, # uint8 images N x C x H x W
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        "Penultimate features and logits of the classifier, computed in float32 (no bf16 autocast: the metric must not depend on the device's bf16 support), returned in float64 on the CPU."
+        """Penultimate features and logits of the classifier, computed in float32 (no bf16 autocast: the metric must not
+        depend on the device's bf16 support), returned in float64 on the CPU."""
         mean = torch.tensor(self.cfg['mean'], device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.cfg['std'], device=self.device).view(1, -1, 1, 1)
         fs, ls = [], []
@@ -343,7 +344,7 @@ class GANModule(nn.Module):
     def forward(self, z, y=None): return self.G(z, y)
 
 class OptPair:
-    "The two optimisers as the `Learner` sees one: one state dict, and their parameter groups together (a schedule sets both)."
+    "The two optimisers as the `Learner` sees one: one state dict, their parameter groups together (a schedule sets both)."
     def __init__(self, g:torch.optim.Optimizer, d:torch.optim.Optimizer): self.g, self.d = g, d
     @property
     def param_groups(self) -> list: return self.g.param_groups + self.d.param_groups
@@ -351,7 +352,8 @@ class OptPair:
     def load_state_dict(self, sd:dict): self.g.load_state_dict(sd['g']); self.d.load_state_dict(sd['d'])
 
 class GANCB(Callback):
-    "The GAN's training step (`gan_step`), the average of G, the per-step log, the fixed samples and metric of each epoch, the collapse guard."
+    """The GAN's training step (`gan_step`), the average of G, the per-step log, the fixed samples and metric of each
+    epoch, the collapse guard."""
     order = 45   # after the guard's epoch-end read (30), before the epoch line (50) and the checkpoint (60)
     def __init__(self, G:Generator, # The generator (on its device): the average starts as a copy of it
                  loss:str='ns', # A key of `LOSSES`
@@ -363,7 +365,8 @@ class GANCB(Callback):
         if loss not in LOSSES: raise LeptonError(f"unknown GAN loss {loss!r}: use {', '.join(LOSSES)}")
         if ema is not None and not (isinstance(ema, float) and 0 < ema < 1):
             raise LeptonError(f"ema must be a number between 0 and 1 (or None), got {ema!r}")
-        self.loss, self.scorer, self.ema, self.collapse_steps, self.collapse_at = loss, scorer, ema, collapse_steps, collapse_at
+        self.loss, self.scorer, self.ema = loss, scorer, ema
+        self.collapse_steps, self.collapse_at = collapse_steps, collapse_at
         self.G_ema = copy.deepcopy(G).requires_grad_(False).eval() if ema else None   # the averaged generator
         k, g = G.n_classes, torch.Generator().manual_seed(1234)   # the fixed latent batch: the same samples every epoch
         self.y_fixed = torch.arange(k).repeat_interleave(n_fixed) if k else torch.zeros(8 * n_fixed, dtype=torch.long)
@@ -380,7 +383,7 @@ class GANCB(Callback):
         if len(self.chunks) > 1: self.chunks = [torch.cat(self.chunks)]
         return self.chunks[0]
 
-    def before_fit(self): self.sync = 1 if self.learn.device.type == 'cpu' else 25   # read the stats back every `sync` steps
+    def before_fit(self): self.sync = 1 if self.learn.device.type == 'cpu' else 25   # stats read back every `sync` steps
     def train_step(self):
         "The Learner's training step, replaced: D's update, then G's (`gan_step`), then the average of G."
         l, m = self.learn, self.learn.model
@@ -392,7 +395,7 @@ class GANCB(Callback):
 
     @torch.no_grad()
     def update_ema(self):
-        "G_ema <- d G_ema + (1 - d) G, d warming up as (1 + t)/(10 + t) to `ema` (eq. ema); batch-norm statistics are copied."
+        "G_ema <- d G_ema + (1 - d) G, d warming up as (1 + t)/(10 + t) to `ema` (eq. ema); batch-norm statistics copied."
         if self.G_ema is None: return
         d, G = min(self.ema, (1 + self.learn.step) / (10 + self.learn.step)), self.learn.model.G
         for pe, p in zip(self.G_ema.parameters(), G.parameters()): pe.lerp_(p, 1 - d)
@@ -428,7 +431,8 @@ class GANCB(Callback):
         "Means of the per-step log over the current (possibly partial) epoch, with counters."
         l, n = self.learn, len(self.learn.train_dl)
         rows = self.log[l.step - l.iter:l.step] if l.iter else self.log[max(0, l.step - n):l.step]
-        r = {'epoch': round(l.epoch + l.iter / n, 4) if l.iter else l.epoch, 'step': l.step, 'train_seconds': round(l.train_time, 3)}
+        r = {'epoch': round(l.epoch + l.iter / n, 4) if l.iter else l.epoch, 'step': l.step,
+             'train_seconds': round(l.train_time, 3)}
         if len(rows): r.update({k: round(v, 5) for k, v in zip(STAT_NAMES, rows.mean(0).tolist())})
         return r
 
@@ -436,7 +440,7 @@ class GANCB(Callback):
         "Add the metric (if a scorer is set) to the record `r`, and draw the fixed samples into `grids`."
         if self.scorer is not None:
             s = self.scorer.score(self.G_out)
-            r.update(fid=round(s['fid'], 5), classifier_score=round(s['classifier_score'], 5), coverage_min=round(s['coverage_min'], 5))
+            r.update({k: round(s[k], 5) for k in ('fid', 'classifier_score', 'coverage_min')})
         self.grids.append(self.fixed_samples())
         return r
 
@@ -449,17 +453,19 @@ class GANCB(Callback):
 
     def arch(self) -> dict:
         G, D = self.learn.model.G, self.learn.model.D
-        return {'nz': G.nz, 'n_classes': G.n_classes, 'ema': self.ema is not None, 'g_params': sum(p.numel() for p in G.parameters()),
-                'd_params': sum(p.numel() for p in D.parameters()), 'loss': self.loss}
+        return {'nz': G.nz, 'n_classes': G.n_classes, 'ema': self.ema is not None,
+                'g_params': sum(p.numel() for p in G.parameters()), 'd_params': sum(p.numel() for p in D.parameters()),
+                'loss': self.loss}
     def state_dict(self) -> dict:
-        "What the checkpoint needs besides the two nets and optimisers: the average, the fixed noise, the logs, the guard's count."
+        "What a checkpoint needs besides the nets and optimisers: the average, the fixed noise, the logs, the guard's count."
         log = torch.cat([self.log, *([torch.stack(self.pending).float().cpu()] if self.pending else [])])
-        return {'arch': self.arch(), 'G_ema': self.G_ema.state_dict() if self.G_ema is not None else {}, 'z_fixed': self.z_fixed,
-                'y_fixed': self.y_fixed, 'low_run': self.low_run, 'log': log, 'grids': self.grids}
+        return {'arch': self.arch(), 'G_ema': self.G_ema.state_dict() if self.G_ema is not None else {},
+                'z_fixed': self.z_fixed, 'y_fixed': self.y_fixed, 'low_run': self.low_run, 'log': log, 'grids': self.grids}
     def load_state_dict(self, d:dict):
         check_state(d, {'arch': dict, 'G_ema': dict, 'z_fixed': torch.Tensor, 'y_fixed': torch.Tensor, 'low_run': int,
                         'log': torch.Tensor, 'grids': list})
-        if d['arch'] != self.arch(): raise LeptonError(f"the checkpoint is of another GAN ({d['arch']} vs {self.arch()})")
+        if d['arch'] != self.arch():
+            raise LeptonError(f"the checkpoint is of another GAN ({d['arch']} vs {self.arch()})")
         if self.G_ema is not None: self.G_ema.load_state_dict(d['G_ema'])
         self.z_fixed, self.y_fixed, self.low_run = d['z_fixed'], d['y_fixed'], d['low_run']
         self.chunks, self.pending, self.grids = [d['log']], [], list(d['grids'])
@@ -472,7 +478,8 @@ class ThreadTuner(Callback):
                  every:float=30.0, # Seconds of training between probes
                  probe:int=6, # Steps timed with each thread count (the first of each is not counted)
                 ):
-        if not (threads in ('auto', None) or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)):
+        ok = isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1
+        if not (threads in ('auto', None) or ok):
             raise LeptonError(f"threads must be 'auto' or a positive integer, got {threads!r}")
         self.threads, self.every, self.probe, self.log = threads, every, probe, []
     def before_fit(self):
@@ -492,7 +499,7 @@ class ThreadTuner(Callback):
         if not self.plan or not self.learn.training: return
         n = self.plan.pop(0); self.times[n].append(time.perf_counter() - self.t)
         if self.plan: return
-        med = {k: statistics.median(v[1:]) for k, v in self.times.items()}   # the first step after a switch warms the pool up
+        med = {k: statistics.median(v[1:]) for k, v in self.times.items()}   # (the first step after a switch: warm-up)
         self.choice = min(med, key=med.get)
         torch.set_num_threads(self.choice)
         self.log.append((round(self.learn.elapsed(), 1), self.choice, round(med[1] / med[self.max], 3)))
@@ -500,14 +507,14 @@ class ThreadTuner(Callback):
     def after_fit(self): torch.set_num_threads(self.old)
 
 class LinearDecayCB(OneCycleCB):
-    "Both networks' learning rate: constant, then linear to 0 over the second half of the run (eq. lr-decay), by steps or time."
+    "Both networks' learning rate: constant, then linear to 0 over the run's second half (eq. lr-decay), by steps or time."
     def before_batch(self):
         if not self.learn.training: return
         self.lr = self.lr_max * lr_factor(self.progress())
         for g in self.learn.opt.param_groups: g['lr'] = self.lr
 
 class PauseCB(Callback):
-    "Pause after step `n` (a checkpoint is written, as on an interrupt); at an epoch's end, once that epoch is measured."
+    "Pause after step `n` (a checkpoint is written, as on an interrupt); at an epoch's end, once the epoch is measured."
     order = 41
     def __init__(self, n:int): self.n = n
     def after_batch(self):
@@ -520,7 +527,7 @@ class PauseCB(Callback):
 
 def gan_learner(G:Generator, D:Discriminator, # The networks (built by `build_gan`)
                 dl:TensorLoader, # Real images scaled to [-1, 1], and their classes
-                lr:float=2e-3, # Adam learning rate of both networks (DCGAN's 2e-4 is meant for many more epochs; see the notebook)
+                lr:float=2e-3, # Adam learning rate of both networks (DCGAN's 2e-4 is for many more epochs; see the notebook)
                 betas:tuple=(0.5, 0.999), # beta1 = 0.5 as in DCGAN: the default 0.9 oscillates
                 loss:str='ns', scorer:GANScorer|None=None, ema:float|None=0.999, # See `GANCB`
                 amp:bool=True, # bf16 autocast where the device runs it fast
@@ -530,14 +537,15 @@ def gan_learner(G:Generator, D:Discriminator, # The networks (built by `build_ga
                 checkpoint_every:float=60.0, # Seconds of training between checkpoints within an epoch
                 progress:bool=True, max_steps:int|None=None, # Pause after this step (for demonstrations of resuming)
                 file=None, collapse_steps:int=500) -> Learner:
-    "A `Learner` that trains the GAN: `GANCB` does each step; schedule, guards, checkpoints and progress are the usual callbacks."
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0): raise LeptonError(f"learning rate must be a positive number, got {lr!r}")
+    "A `Learner` that trains the GAN: `GANCB` does each step; schedule, guards, checkpoints, progress are the usual callbacks."
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise LeptonError(f"learning rate must be a positive number, got {lr!r}")
     dev = dl.device
     if dev.type in ('cpu', 'cuda'):               # channels-last convolutions: faster with oneDNN and cuDNN
         G, D = G.to(dev, memory_format=torch.channels_last), D.to(dev, memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(G.to(dev).parameters(), lr, betas=betas)
-    cbs = [ThreadTuner(threads), GANCB(G, loss, scorer, ema, collapse_steps=collapse_steps), LinearDecayCB(lr, time_budget=time_budget),
-           NonFiniteGuardCB()]
+    cbs = [ThreadTuner(threads), GANCB(G, loss, scorer, ema, collapse_steps=collapse_steps),
+           LinearDecayCB(lr, time_budget=time_budget), NonFiniteGuardCB()]
     if amp: cbs.append(MixedPrecisionCB())
     if time_budget is not None: cbs.append(TimeBudgetCB(time_budget))
     if max_steps is not None: cbs.append(PauseCB(max_steps))
@@ -654,7 +662,8 @@ def save_png(img:torch.Tensor, # uint8 C x H x W
     with atomic_path(path) as tmp: im.save(tmp, format='PNG')
 
 def slerp(z0:torch.Tensor, z1:torch.Tensor, t:float) -> torch.Tensor:
-    "Spherical interpolation between two latent vectors (eq. slerp); on the sphere only if |z0| = |z1|; linear when (almost) parallel, nearly opposite ones not handled."
+    """Spherical interpolation between two latent vectors (eq. slerp); on the sphere only if |z0| = |z1|; linear when
+    they are (almost) parallel; nearly opposite vectors are not handled."""
     cos = (z0 @ z1 / (z0.norm() * z1.norm())).clamp(-1, 1)
     om = torch.arccos(cos)
     if om.abs() < 1e-4: return (1 - t) * z0 + t * z1
@@ -782,33 +791,37 @@ def train_gan(data:ImageData, # From `get_data`
               metric:bool=True, # Measure after every epoch (False: only the losses)
               max_steps:int|None=None, # Pause after this step (for demonstrations of resuming)
              ) -> tuple[Learner, dict]:
-    "Train a (class-conditional) DCGAN on `data`; returns the learner and the final metrics (and writes everything to `out`)."
+    "Train a (class-conditional) DCGAN on `data`; returns the learner and the final metrics (and writes all to `out`)."
     if epochs is None and time_budget is None: epochs = 10
     if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
         raise LeptonError(f"epochs must be a positive integer, got {epochs!r}")
-    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1: raise LeptonError(f"batch size must be a positive integer, got {bs!r}")
-    if conditional and len(data.classes) < 2: raise LeptonError(f"a class-conditional GAN needs at least 2 classes; the data has {len(data.classes)} (use conditional=False)")
+    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
+        raise LeptonError(f"batch size must be a positive integer, got {bs!r}")
+    if conditional and len(data.classes) < 2:
+        raise LeptonError(f"a class-conditional GAN needs at least 2 classes; the data has {len(data.classes)} "
+                          "(use conditional=False)")
     dev, out = get_device(device), (Path(out) if out is not None else None)
-    if resume and (out is None or not (out/'checkpoint.pt').is_file()): raise LeptonError(f"nothing to resume: no checkpoint.pt in {out}")
+    if resume and (out is None or not (out/'checkpoint.pt').is_file()):
+        raise LeptonError(f"nothing to resume: no checkpoint.pt in {out}")
     if out is not None and out.is_dir(): _clear_temporaries(out)
     c, size = data.channels, data.size[0]
     if data.size[0] != data.size[1]: raise LeptonError(f"the DCGAN needs square images, got {data.size}")
     check_arch(nz, width, c, size, len(data.classes) if conditional else 0)
     t0 = time.perf_counter()
-    scorer = GANScorer(data, classifier, n_eval, dev, progress=progress) if metric else None   # before seeding: a cache miss trains here
+    scorer = GANScorer(data, classifier, n_eval, dev, progress=progress) if metric else None   # a cache miss trains here
     seed_everything(seed)
     G, D = build_gan(nz, width, c, size, len(data.classes) if conditional else 0)
     bs = min(bs, len(data.y_train))
-    dl = TensorLoader(data.x_train, data.y_train, bs, shuffle=True, seed=seed, device=dev, mean=(0.5,) * c, std=(0.5,) * c,
-                      channels_last=dev.type in ('cpu', 'cuda'), drop_last=len(data.y_train) >= 2 * bs)
-    learn = gan_learner(G, D, dl, lr, loss=loss, scorer=scorer, ema=ema, amp=amp, threads=threads, time_budget=time_budget,
-                        checkpoint=out/'checkpoint.pt' if out is not None else None, checkpoint_every=checkpoint_every,
-                        progress=progress, max_steps=max_steps)
+    dl = TensorLoader(data.x_train, data.y_train, bs, shuffle=True, seed=seed, device=dev, mean=(0.5,) * c,
+                      std=(0.5,) * c, channels_last=dev.type in ('cpu', 'cuda'), drop_last=len(data.y_train) >= 2 * bs)
+    learn = gan_learner(G, D, dl, lr, loss=loss, scorer=scorer, ema=ema, amp=amp, threads=threads,
+                        time_budget=time_budget, checkpoint=out/'checkpoint.pt' if out is not None else None,
+                        checkpoint_every=checkpoint_every, progress=progress, max_steps=max_steps)
     if resume: load_checkpoint(learn, out/'checkpoint.pt')
     learn.fit(epochs or 10**9)
     if learn.interrupted or (learn.stop_reason or '').startswith('paused'): return learn, {}
-    settings = {'seed': seed, 'conditional': conditional, 'loss': loss, 'batch_size': bs, 'lr': lr, 'width': width, 'nz': nz,
-                'amp': bool(amp and bf16_supported(dev)), 'ema': ema,
+    settings = {'seed': seed, 'conditional': conditional, 'loss': loss, 'batch_size': bs, 'lr': lr, 'width': width,
+                'nz': nz, 'amp': bool(amp and bf16_supported(dev)), 'ema': ema,
                 'threads': threads if threads is not None else torch.get_num_threads()}
     metrics = _final_metrics(learn, data, scorer, settings, t0)
     if out is not None: write_gan_artifacts(learn, metrics, data, out)
@@ -817,7 +830,7 @@ def train_gan(data:ImageData, # From `get_data`
 def _final_metrics(learn:Learner, data:ImageData, scorer:GANScorer|None, settings:dict, t0:float) -> dict:
     "Measure the final generator (and the last epoch, if the run stopped inside one); the metrics of `train_gan`."
     gan = learn.cb(GANCB)
-    if not learn.history or learn.history[-1]['step'] != learn.step:   # stopped inside an epoch: measure the final generator too
+    if not learn.history or learn.history[-1]['step'] != learn.step:   # stopped inside an epoch: measure it too
         if not check_finite(learn): raise learn.error
         learn.history.append(gan.measure(gan.epoch_record()))
         if learn.cb(CheckpointCB) is not None: learn.cb(CheckpointCB).save()
@@ -825,11 +838,13 @@ def _final_metrics(learn:Learner, data:ImageData, scorer:GANScorer|None, setting
     info = scorer.info if scorer is not None else {}
     return {**{k: (round(v, 5) if isinstance(v, float) else v) for k, v in final.items()},
             'epochs': round(learn.epoch + learn.iter / len(learn.train_dl), 3), 'steps': learn.step,
-            'train_seconds': round(learn.train_time, 2), 'wall_seconds': round(time.perf_counter() - t0, 2), 'device': str(learn.device),
+            'train_seconds': round(learn.train_time, 2), 'wall_seconds': round(time.perf_counter() - t0, 2),
+            'device': str(learn.device),
             'seed': settings.pop('seed'), 'stop_reason': learn.stop_reason or 'epochs done', 'data': data.source,
             'n_train': len(data.y_train), 'classes': list(data.classes), **settings,
             'thread_choices': learn.cb(ThreadTuner).log,
-            'fid_classifier': {k: info[k] for k in ('data_key', 'test_accuracy', 'epochs') if k in info} if scorer else None,
+            'fid_classifier': ({k: info[k] for k in ('data_key', 'test_accuracy', 'epochs') if k in info}
+                               if scorer else None),
             'real_class_coverage': dict(zip(scorer.classes, scorer.real_coverage.tolist())) if scorer else None,
             'history': learn.history}
 
