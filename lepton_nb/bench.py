@@ -14,8 +14,8 @@ from PIL import Image
 from .core import LeptonError, Timer, get_device
 from .conv import conv2d, conv2d_unfold, max_pool2d
 from .data import ImageData, TensorLoader
-from .learner import (Learner, ProgressCB, OneCycleCB, bf16_supported,
-                               TimeBudgetCB, NonFiniteGuardCB, CheckpointCB)
+from .learner import Learner, OneCycleCB, ProgressCB, bf16_supported
+from .resilience import CheckpointCB, NonFiniteGuardCB, TimeBudgetCB
 from .cnn import fast_cnn, time_to_accuracy, train_classifier
 from .optimize import accuracy, compare_int8, prune_weights, shrink_seed_cnn, subset, time_models
 

@@ -14,13 +14,12 @@ from torch import nn
 
 from .core import LeptonError, atomic_path, get_device, run_card, save_json, seed_everything
 from .data import ImageData, TensorLoader, load_image
-from .learner import (BatchTransformCB, CancelFitException, Callback, CheckpointCB, Learner, MetricsCB,
-                               MixedPrecisionCB, NonFiniteGuardCB, OneCycleCB, ProgressCB, TensorBoardCB, TimeBudgetCB,
-                               EarlyStoppingCB, load_checkpoint, plot_history)
+from .learner import (BatchTransformCB, CancelFitException, Callback, Learner, MetricsCB, MixedPrecisionCB,
+                               OneCycleCB, ProgressCB, TensorBoardCB, plot_history)
+from .resilience import CheckpointCB, EarlyStoppingCB, NonFiniteGuardCB, TimeBudgetCB, load_checkpoint
 from .metrics import Confusion, macro_over_present, plot_confusion
 from .svm import LinearSVM
-from .artifacts import ModelKind, check_config, file_sha256, load_model, register_kind, require, save_model
-from .artifacts import load_weights_strict  # noqa: F401 (gan.py imports it from here until its drop-in)
+from .artifacts import ModelKind, check_config, load_model, register_kind, require, save_model
 
 # %% auto #0
 __all__ = ['ARCHS', 'RECIPES', 'CONFIG_FORMAT', 'CLASSIFIER', 'MONITOR_PCT', 'MONITORS', 'layers', 'seed_cnn', 'fast_cnn',
@@ -139,8 +138,6 @@ def build_model(cfg:dict) -> nn.Module:
 CLASSIFIER = register_kind(ModelKind(CONFIG_FORMAT, _CONFIG_SCHEMA, build=lambda cfg: {'model': build_model(cfg)},
                                      nets={'model': ('model.safetensors', 'weights_sha256')}, check=_classifier_rules,
                                      optional=_CONFIG_OPTIONAL, writer='lepton train'))
-
-_sha256 = file_sha256   # for gan.py until it takes file_sha256 and load_weights_strict from artifacts (notebook 09)
 
 # %% ../nbs/10_cnn.ipynb #dc978230
 def recipe_for(model:str, time_budget:float|None=None, device_type:str='cpu', **overrides) -> dict:

@@ -13,7 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['LeptonError', 'LeptonWarning', 'default_device', 'get_device', 'seed_everything', 'get_rng_states', 'set_rng_states',
-           'to_device', 'Timer', 'atomic_path', 'atomic_write', 'save_json', 'load_json', 'run_card', 'check_version']
+           'to_device', 'Timer', 'shared_mode', 'fsync_folder', 'atomic_path', 'atomic_write', 'save_json', 'load_json',
+           'run_card', 'check_version']
 
 # %% ../nbs/00_core.ipynb #834be1bf
 class LeptonError(Exception):
@@ -123,7 +124,11 @@ class Timer:
 # %% ../nbs/00_core.ipynb #59e7a834
 _UMASK = os.umask(0o022); os.umask(_UMASK)   # the process's umask (read by setting it, then set back)
 
-def _fsync_folder(folder:Path):
+def shared_mode(mode:int=0o666) -> int:
+    "The mode a plain create gives: `mode` less the process's umask (mkstemp and mkdtemp make private ones)."
+    return mode & ~_UMASK
+
+def fsync_folder(folder:Path):
     "Write a folder's entries (a rename in it) to disk; nothing where the OS cannot open or fsync a folder."
     try: fd = os.open(folder, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
     except OSError: return                    # Windows: a folder cannot be opened
@@ -145,12 +150,12 @@ def atomic_path(path:str|Path, # The file that will exist, complete, after the b
     try:
         yield Path(tmp)
         with open(tmp, 'rb+') as f: os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)        # mkstemp makes the file private (0600): the mode a plain open gives
+        os.chmod(tmp, shared_mode())        # mkstemp makes the file private (0600): the mode a plain open gives
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
-    for d in [path.parent, *(m.parent for m in made)]: _fsync_folder(d)   # the rename, and new folders' entries
+    for d in [path.parent, *(m.parent for m in made)]: fsync_folder(d)   # the rename, and new folders' entries
 
 @contextlib.contextmanager
 def atomic_write(path:str|Path, # The file to write

@@ -16,7 +16,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .core import LeptonError, get_device, load_json, save_json, seed_everything
 from .data import ImageData, TensorLoader
-from .learner import Callback, Learner, load_checkpoint
+from .learner import Callback, Learner
+from .resilience import load_checkpoint
 
 # %% auto #0
 __all__ = ['ShardedLoader', 'weights_sha256', 'DDPCB', 'init_ddp', 'agree', 'train_kwargs', 'finish_ddp', 'grad_bytes',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_gan.ipynb #7e7890bf
 from __future__ import annotations
-import contextlib, copy, hashlib, math, signal, statistics, sys, threading, time, warnings
+import contextlib, copy, hashlib, math, statistics, sys, time, warnings
 from functools import partial
 from pathlib import Path
 
@@ -12,25 +12,26 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import save_file
 from torch import nn
 
 from . import __version__
-from .core import (LeptonError, LeptonWarning, atomic_path, get_device, get_rng_states, load_json, run_card, save_json,
-                            seed_everything, set_rng_states)
+from .core import LeptonError, LeptonWarning, atomic_path, get_device, load_json, run_card, save_json, seed_everything
 from .data import ImageData, TensorLoader, cache_dir
 from .gan_losses import d_loss, d_loss_hinge, d_loss_lsgan, g_loss, g_loss_hinge, g_loss_lsgan
-from .learner import bf16_supported, check_state, progress_bar, write_state
-from .cnn import _sha256, load_weights_strict, load_model, model_config, save_model, train_classifier
+from .learner import (CancelFitException, Callback, Learner, MixedPrecisionCB, OneCycleCB, ProgressCB,
+                               bf16_supported)
+from .resilience import CheckpointCB, NonFiniteGuardCB, TimeBudgetCB, check_finite, check_state, load_checkpoint
+from .artifacts import ModelKind, check_config, load_model, register_kind, require, save_model
+from .cnn import model_config, train_classifier
 
 # %% auto #0
-__all__ = ['LOSSES', 'STAT_NAMES', 'FID_CLASSIFIER_FORMAT', 'FID_RECIPE', 'GAN_CHECKPOINT_VERSION', 'GAN_CONFIG_FORMAT',
-           'check_arch', 'Generator', 'Discriminator', 'dcgan_init', 'build_gan', 'gan_step', 'lr_factor', 'sqrtm_psd',
-           'trace_sqrt_product', 'frechet_distance', 'feature_stats', 'classifier_score', 'class_coverage', 'data_key',
-           'num_threads', 'fid_classifier', 'to_uint8', 'GANScorer', 'ThreadTuner', 'GANTrainer', 'check_gan_config',
-           'gan_config', 'save_gan', 'load_gan', 'class_labels', 'generate', 'make_grid', 'save_png', 'slerp',
-           'interpolate', 'plot_gan_history', 'plot_coverage', 'plot_samples', 'plot_progress', 'train_gan',
-           'write_gan_artifacts']
+__all__ = ['LOSSES', 'STAT_NAMES', 'FID_CLASSIFIER_FORMAT', 'FID_RECIPE', 'GAN_CONFIG_FORMAT', 'GAN', 'check_arch', 'Generator',
+           'Discriminator', 'dcgan_init', 'build_gan', 'gan_step', 'lr_factor', 'sqrtm_psd', 'trace_sqrt_product',
+           'frechet_distance', 'feature_stats', 'classifier_score', 'class_coverage', 'data_key', 'num_threads',
+           'fid_classifier', 'to_uint8', 'GANScorer', 'GANModule', 'OptPair', 'GANCB', 'ThreadTuner', 'LinearDecayCB',
+           'PauseCB', 'gan_learner', 'gan_config', 'save_gan', 'load_gan', 'class_labels', 'generate', 'make_grid',
+           'save_png', 'slerp', 'interpolate', 'plot_gan_history', 'plot_coverage', 'plot_samples', 'plot_progress',
+           'train_gan', 'write_gan_artifacts']
 
 # %% ../nbs/12_gan.ipynb #476dde6d
 def check_arch(nz:int=100, width:int=32, channels:int=1, size:int=28, n_classes:int=0):
@@ -244,14 +245,14 @@ def fid_classifier(data:ImageData, # The data the GAN learns (its train split tr
     with num_threads(FID_RECIPE['threads'] if dev.type == 'cpu' else None):
         learn, m = train_classifier(data, 'fast', epochs=epochs, label_smoothing=0.0, seed=FID_RECIPE['seed'], device=dev, progress=progress)
     import os, shutil, tempfile
-    from lepton_nb.core import _UMASK
+    from lepton_nb.core import fsync_folder, shared_mode
     def current() -> bool:                        # the cached folder is one of this recipe and data
         try: return all(load_json(d/'fid.json').get(k) == v for k, v in want.items())
         except (LeptonError, OSError): return False
     d.parent.mkdir(parents=True, exist_ok=True)   # written whole in a folder of its own, then renamed into place: two runs
     tmp = Path(tempfile.mkdtemp(prefix=f'.{key}.', suffix='.tmp', dir=d.parent))   # training at once never mix their files
     try:
-        os.chmod(tmp, 0o777 & ~_UMASK)            # (mkdtemp's folder is private; a cache may be shared)
+        os.chmod(tmp, shared_mode(0o777))            # (mkdtemp's folder is private; a cache may be shared)
         save_model(learn.model.eval(), model_config('fast', data), tmp)
         save_json({**want, 'test_accuracy': m['test_accuracy'], 'train_seconds': m['train_seconds'], 'n_train': len(data.y_train)},
                   tmp/'fid.json')
@@ -260,7 +261,7 @@ def fid_classifier(data:ImageData, # The data the GAN learns (its train split tr
                 old = d.with_name(f'.{key}.{os.getpid()}.old')
                 with contextlib.suppress(FileNotFoundError): os.replace(d, old)
                 shutil.rmtree(old, ignore_errors=True)
-            try: os.replace(tmp, d)
+            try: os.replace(tmp, d); fsync_folder(d.parent)
             except OSError:                       # another run's rename came between: its classifier, if current, will do
                 if not current(): raise
     finally: shutil.rmtree(tmp, ignore_errors=True)
@@ -300,20 +301,17 @@ class GANScorer:
         self.real_score, self.real_coverage = classifier_score(logits), class_coverage(logits, len(self.classes))
         self.floor = frechet_distance(*feature_stats(self.features(data.x_train[tr])[0]), self.mu, self.cov)
 
-    def _ctx(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16_supported(self.device) else contextlib.nullcontext()
-
     @torch.no_grad()
     def features(self, x:torch.Tensor, # uint8 images N x C x H x W
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        "Penultimate features and logits of the classifier, in float64 on the CPU."
+        """Penultimate features and logits of the classifier, computed in float32 (no bf16 autocast: the metric must not
+        depend on the device's bf16 support), returned in float64 on the CPU."""
         mean = torch.tensor(self.cfg['mean'], device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.cfg['std'], device=self.device).view(1, -1, 1, 1)
         fs, ls = [], []
         for i in range(0, len(x), self.bs):
             xb = (x[i:i+self.bs].to(self.device).float() / 255 - mean) / std
-            with self._ctx():
-                f = self.model[:-1](xb); l = self.model[-1](f)
+            f = self.model[:-1](xb); l = self.model[-1](f)
             fs.append(f.double().cpu()); ls.append(l.double().cpu())
         return torch.cat(fs), torch.cat(ls)
 
@@ -340,332 +338,261 @@ class GANScorer:
                 'class_coverage': dict(zip(self.classes, cov.tolist())), 'coverage_min': cov.min().item(), 'n_eval': self.n}
 
 # %% ../nbs/12_gan.ipynb #1d17e6f8
-class ThreadTuner:
-    "On a CPU shared with other jobs, train with 1 thread or all of them, whichever ran the latest probe's steps faster."
-    def __init__(self, every:float=30.0, # Seconds of training between probes
-                 probe:int=6, # Steps timed with each thread count (the first of each is not counted)
-                ):
-        self.max, self.every, self.probe = torch.get_num_threads(), every, probe
-        self.enabled = self.max > 1
-        self.plan, self.times, self.next_at, self.choice, self.log = [], {}, 0.0, self.max, []
-    def before_step(self, elapsed:float):
-        "Called before each step with the seconds of training so far; switches the thread count during a probe."
-        if not self.enabled: return
-        if not self.plan and elapsed >= self.next_at:
-            self.plan, self.times = [1] * self.probe + [self.max] * self.probe, {1: [], self.max: []}
-        if self.plan: torch.set_num_threads(self.plan[0])
-    def after_step(self, seconds:float, elapsed:float):
-        "Called after each step with its duration; ends a probe by choosing the faster thread count."
-        if not self.plan: return
-        n = self.plan.pop(0); self.times[n].append(seconds)
-        if self.plan: return
-        med = {k: statistics.median(v[1:]) for k, v in self.times.items()}   # the first step after a switch warms the pool up
-        self.choice = min(med, key=med.get)
-        torch.set_num_threads(self.choice)
-        self.log.append((round(elapsed, 1), self.choice, round(med[1] / med[self.max], 3)))
-        self.next_at = elapsed + self.every
+class GANModule(nn.Module):
+    "The generator and the discriminator as one module: the `Learner`'s model, whose state dict holds both."
+    def __init__(self, G:Generator, D:Discriminator): super().__init__(); self.G, self.D = G, D
+    def forward(self, z, y=None): return self.G(z, y)
 
-# %% ../nbs/12_gan.ipynb #70ada3ca
-GAN_CHECKPOINT_VERSION = 1
+class OptPair:
+    "The two optimisers as the `Learner` sees one: one state dict, their parameter groups together (a schedule sets both)."
+    def __init__(self, g:torch.optim.Optimizer, d:torch.optim.Optimizer): self.g, self.d = g, d
+    @property
+    def param_groups(self) -> list: return self.g.param_groups + self.d.param_groups
+    def state_dict(self) -> dict: return {'g': self.g.state_dict(), 'd': self.d.state_dict()}
+    def load_state_dict(self, sd:dict): self.g.load_state_dict(sd['g']); self.d.load_state_dict(sd['d'])
 
-class GANTrainer:
-    "Alternating D and G updates on a `TensorLoader`: progress bar, time budget, per-epoch metric and samples, exact resume, guards."
-    def __init__(self, G:Generator, D:Discriminator, # The networks (built by `build_gan`)
-                 dl:TensorLoader, # Real images scaled to [-1, 1], and their classes
-                 lr:float=2e-3, # Adam learning rate of both networks (DCGAN's 2e-4 is meant for many more epochs; see the notebook)
-                 betas:tuple=(0.5, 0.999), # beta1 = 0.5 as in DCGAN: the default 0.9 oscillates
+class GANCB(Callback):
+    """The GAN's training step (`gan_step`), the average of G, the per-step log, the fixed samples and metric of each
+    epoch, the collapse guard."""
+    order = 45   # after the guard's epoch-end read (30), before the epoch line (50) and the checkpoint (60)
+    def __init__(self, G:Generator, # The generator (on its device): the average starts as a copy of it
                  loss:str='ns', # A key of `LOSSES`
                  scorer:GANScorer|None=None, # Measures the generator after every epoch (None: no metric)
-                 amp:bool=True, # bf16 autocast where the device runs it fast
-                 threads:int|str|None='auto', # CPU threads: a number, 'auto' (`ThreadTuner`) or None (torch's default)
-                 n_fixed:int=8, # Samples per class (conditional) or rows of 8 (unconditional) in the fixed grid
                  ema:float|None=0.999, # Decay of the generator's weight average (eq. ema); None: no average
+                 n_fixed:int=8, # Samples per class (conditional) or rows of 8 (unconditional) in the fixed grid
                  collapse_steps:int=500, # Stop when D(G(z)) stays below `collapse_at` this many steps in a row
-                 collapse_at:float=0.01,
-                 checkpoint:str|Path|None=None, # Checkpoint file (None: none)
-                 checkpoint_every:float=60.0, # Seconds of training between checkpoints within an epoch
-                 progress:bool=True, file=None):
+                 collapse_at:float=0.01):
         if loss not in LOSSES: raise LeptonError(f"unknown GAN loss {loss!r}: use {', '.join(LOSSES)}")
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0): raise LeptonError(f"learning rate must be a positive number, got {lr!r}")
-        if not (threads in ('auto', None) or (isinstance(threads, int) and threads >= 1)): raise LeptonError(f"threads must be 'auto' or a positive integer, got {threads!r}")
-        self.device = dl.device
-        cl = self.device.type in ('cpu', 'cuda')          # channels-last convolutions: faster with oneDNN and cuDNN
-        self.G, self.D = G.to(self.device), D.to(self.device)
-        if cl: self.G, self.D = self.G.to(memory_format=torch.channels_last), self.D.to(memory_format=torch.channels_last)
-        self.dl, self.lr, self.loss, self.scorer, self.threads = dl, lr, loss, scorer, threads
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr, betas=betas)
-        if ema is not None and not (isinstance(ema, float) and 0 < ema < 1): raise LeptonError(f"ema must be a number between 0 and 1 (or None), got {ema!r}")
-        self.ema = ema
-        self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval() if ema else None   # the averaged generator
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr, betas=betas)
-        self.amp = bool(amp and bf16_supported(self.device))
-        self.autocast = partial(torch.autocast, self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext
-        k = G.n_classes
-        g = torch.Generator().manual_seed(1234)          # the fixed latent batch: the same samples are drawn after every epoch
+        if ema is not None and not (isinstance(ema, float) and 0 < ema < 1):
+            raise LeptonError(f"ema must be a number between 0 and 1 (or None), got {ema!r}")
+        self.loss, self.scorer, self.ema = loss, scorer, ema
+        self.collapse_steps, self.collapse_at = collapse_steps, collapse_at
+        self.G_ema = copy.deepcopy(G).requires_grad_(False).eval() if ema else None   # the averaged generator
+        k, g = G.n_classes, torch.Generator().manual_seed(1234)   # the fixed latent batch: the same samples every epoch
         self.y_fixed = torch.arange(k).repeat_interleave(n_fixed) if k else torch.zeros(8 * n_fixed, dtype=torch.long)
         self.z_fixed = torch.randn(len(self.y_fixed), G.nz, generator=g)
-        self.collapse_steps, self.collapse_at = collapse_steps, collapse_at
-        self.checkpoint, self.checkpoint_every = (Path(checkpoint) if checkpoint else None), checkpoint_every
-        self.progress, self.file = progress, file
-        self.epoch = self.iter = self.step = 0
-        self.train_time, self.history, self.grids = 0.0, [], []
-        self._chunks = [torch.zeros(0, len(STAT_NAMES))]  # the per-step log, one row per step: L_D, L_G, D(x), D(G(z))
-        self.low_run, self.interrupted, self.stop_reason, self.tuner = 0, None, None, None
-
-    @property
-    def log(self) -> torch.Tensor:
-        "One row per step so far: L_D, L_G, D(x), D(G(z))."
-        if len(self._chunks) > 1: self._chunks = [torch.cat(self._chunks)]
-        return self._chunks[0]
-
-    # --- state -------------------------------------------------------------------------------------------------
-    def arch(self) -> dict:
-        G = self.G
-        return {'nz': G.nz, 'n_classes': G.n_classes, 'ema': self.ema is not None, 'g_params': sum(p.numel() for p in G.parameters()),
-                'd_params': sum(p.numel() for p in self.D.parameters()), 'loss': self.loss}
-    def state_dict(self) -> dict:
-        "Everything needed to continue exactly here: both nets, both optimisers, fixed noise, RNG, counters, logs."
-        return {'version': GAN_CHECKPOINT_VERSION, 'arch': self.arch(), 'G': self.G.state_dict(), 'D': self.D.state_dict(),
-                'G_ema': self.G_ema.state_dict() if self.G_ema is not None else {},
-                'opt_g': self.opt_g.state_dict(), 'opt_d': self.opt_d.state_dict(), 'z_fixed': self.z_fixed, 'y_fixed': self.y_fixed,
-                'epoch': self.epoch, 'iter': self.iter, 'step': self.step, 'train_time': self.train_time, 'low_run': self.low_run,
-                'history': self.history, 'log': self.log, 'grids': self.grids, 'rng': get_rng_states()}
-    def save(self, path:str|Path|None=None):
-        "Write the state to the checkpoint file, atomically."
-        path = Path(path or self.checkpoint)
-        self._check_weights()                  # never a checkpoint of non-finite weights over the last good one
-        write_state(self.state_dict(), path)   # atomic; a failed write (a full disk) is one line and keeps the previous file
-        self._last_save = self.train_time
-    def load(self, path:str|Path, restore_rng:bool=True):
-        "Continue from a checkpoint; refuses files that are not GAN checkpoints of this architecture (never unpickles objects)."
-        path = Path(path)
-        if not path.is_file(): raise LeptonError(f"{path}: no checkpoint to resume from")
-        try: st = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e: raise LeptonError(f"{path}: not a readable lepton_nb GAN checkpoint ({type(e).__name__})") from None
-        if not isinstance(st, dict) or st.get('version') != GAN_CHECKPOINT_VERSION or 'G' not in st:
-            raise LeptonError(f"{path}: not a lepton_nb GAN checkpoint of version {GAN_CHECKPOINT_VERSION}")
-        check_state(st, {'arch': dict, 'G': dict, 'D': dict, 'G_ema': dict, 'opt_g': dict, 'opt_d': dict, 'z_fixed': torch.Tensor,
-                         'y_fixed': (torch.Tensor, type(None)), 'epoch': int, 'iter': int, 'step': int, 'train_time': (int, float),
-                         'low_run': int, 'history': list, 'log': torch.Tensor, 'grids': list, 'rng': dict}, path)
-        if st['arch'] != self.arch(): raise LeptonError(f"{path}: the checkpoint is of another GAN ({st['arch']} vs {self.arch()})")
-        try:
-            self.G.load_state_dict(st['G']); self.D.load_state_dict(st['D'])
-            if self.G_ema is not None: self.G_ema.load_state_dict(st['G_ema'])
-            self.opt_g.load_state_dict(st['opt_g']); self.opt_d.load_state_dict(st['opt_d'])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise LeptonError(f"{path}: the checkpoint does not fit these networks ({str(e).splitlines()[0]})") from None
-        self.z_fixed, self.y_fixed = st['z_fixed'], st['y_fixed']
-        self.epoch, self.iter, self.step, self.train_time = st['epoch'], st['iter'], st['step'], st['train_time']
-        self.low_run, self.history, self._chunks, self.grids = st['low_run'], list(st['history']), [st['log']], list(st['grids'])
-        if restore_rng:
-            try: set_rng_states(st['rng'])
-            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-                raise LeptonError(f"{path}: damaged checkpoint (generator states: {type(e).__name__})") from None
-        return self
-
-    # --- pieces of the loop --------------------------------------------------------------------------------------
-    def _signal(self, signum, frame): self.interrupted = signal.Signals(signum).name
-    @contextlib.contextmanager
-    def _signals(self):
-        "Ctrl-C and SIGTERM set a flag checked between steps (main thread only)."
-        if threading.current_thread() is not threading.main_thread(): yield; return
-        old = {s: signal.signal(s, self._signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try: yield
-        finally:
-            for s, h in old.items(): signal.signal(s, h)
-
-    @torch.no_grad()
-    def fixed_samples(self) -> torch.Tensor:
-        "The fixed latent batch through G (eval mode), as uint8 images on the CPU."
-        G = self.G_out; was = G.training; G.eval()
-        try: return to_uint8(G(self.z_fixed.to(self.device), self.y_fixed.to(self.device) if G.n_classes else None)).cpu()
-        finally: G.train(was)
+        self.chunks, self.pending, self.grids, self.low_run = [torch.zeros(0, len(STAT_NAMES))], [], [], 0
 
     @property
     def G_out(self) -> Generator:
         "The generator that is measured, drawn and saved: the weight average if there is one, else G itself."
-        return self.G_ema if self.G_ema is not None else self.G
+        return self.G_ema if self.G_ema is not None else self.learn.model.G
+    @property
+    def log(self) -> torch.Tensor:
+        "One row per step so far: L_D, L_G, D(x), D(G(z))."
+        if len(self.chunks) > 1: self.chunks = [torch.cat(self.chunks)]
+        return self.chunks[0]
+
+    def before_fit(self): self.sync = 1 if self.learn.device.type == 'cpu' else 25   # stats read back every `sync` steps
+    def train_step(self):
+        "The Learner's training step, replaced: D's update, then G's (`gan_step`), then the average of G."
+        l, m = self.learn, self.learn.model
+        z = torch.randn(len(l.xb), m.G.nz, device=l.device)
+        self.stats = gan_step(m.G, m.D, l.opt.g, l.opt.d, l.xb, l.yb, z, self.loss, l.autocast)
+        l.loss = self.stats[0] + self.stats[1]    # what the non-finite guard and the progress bar watch: L_D + L_G
+        l('after_loss')
+        self.update_ema()
 
     @torch.no_grad()
     def update_ema(self):
-        "G_ema <- d G_ema + (1 - d) G, d warming up as (1 + t)/(10 + t) to `ema` (eq. ema); batch-norm statistics are copied."
+        "G_ema <- d G_ema + (1 - d) G, d warming up as (1 + t)/(10 + t) to `ema` (eq. ema); batch-norm statistics copied."
         if self.G_ema is None: return
-        d = min(self.ema, (1 + self.step) / (10 + self.step))
-        for pe, p in zip(self.G_ema.parameters(), self.G.parameters()): pe.lerp_(p, 1 - d)
-        for be, b in zip(self.G_ema.buffers(), self.G.buffers()): be.copy_(b)
+        d, G = min(self.ema, (1 + self.learn.step) / (10 + self.learn.step)), self.learn.model.G
+        for pe, p in zip(self.G_ema.parameters(), G.parameters()): pe.lerp_(p, 1 - d)
+        for be, b in zip(self.G_ema.buffers(), G.buffers()): be.copy_(b)
 
-    def _check(self, rows:torch.Tensor):
-        "Guards on the newest log rows: non-finite losses, and D(G(z)) pinned near 0."
-        bad = ~torch.isfinite(rows).all(1)
-        if bad.any():
-            at = self.step - len(rows) + int(bad.nonzero()[0, 0]) + 1
-            raise LeptonError(f"a GAN loss became non-finite (nan or inf) at step {at} (epoch {self.epoch + 1}): training stopped and "
-                              f"the last good checkpoint was kept; try a lower --lr")
-        if self.loss not in ('ns', 'saturating'): return   # D(G(z)) is a probability only for the log losses (see above)
+    def after_step(self):
+        self.pending.append(self.stats)
+        if len(self.pending) >= self.sync or self.learn.iter == len(self.learn.train_dl):
+            if not self.flush(): raise CancelFitException()
+    def flush(self) -> bool:
+        "Move the pending stats to the log and watch D(G(z)); False (and `learn.error` set) if training collapsed."
+        if not self.pending: return True
+        rows = torch.stack(self.pending).float().cpu(); self.pending = []
+        self.chunks.append(rows)
+        if self.loss not in ('ns', 'saturating'): return True   # D(G(z)) is a probability only for the log losses
         for v in rows[:, 3].tolist():
             self.low_run = self.low_run + 1 if v < self.collapse_at else 0
-            if self.low_run >= self.collapse_steps:
-                raise LeptonError(f"training collapsed: D(G(z)) stayed below {self.collapse_at} for {self.low_run} steps (to step {self.step}): "
-                                  f"the discriminator rejects every sample and the generator gets no useful gradient; "
-                                  f"restart with another --seed or a lower --lr")
+            if self.low_run >= self.collapse_steps and self.learn.error is None:
+                self.learn.error = LeptonError(
+                    f"training collapsed: D(G(z)) stayed below {self.collapse_at} for {self.low_run} steps (to step "
+                    f"{self.learn.step}): the discriminator rejects every sample and the generator gets no useful "
+                    "gradient; restart with another --seed or a lower --lr")
+        return self.learn.error is None
+    def after_cancel_fit(self): self.flush()   # the log of a stopped run is whole in its checkpoint
 
-    def _check_weights(self):
-        "One update can overflow the weights while the loss it followed was finite: checked before a save or a measurement."
-        nets = [('generator', self.G), ('discriminator', self.D)] + ([('generator average', self.G_ema)] if self.G_ema is not None else [])
-        for name, net in nets:
-            if not torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all():
-                raise LeptonError(f"the {name}'s weights became non-finite (nan or inf) by step {self.step} (epoch {self.epoch + 1}): "
-                                  "training stopped and the last good checkpoint was kept; try a lower --lr")
+    def after_epoch(self):
+        "The epoch's record becomes the GAN's: the means of the log, the metric; the fixed samples are drawn."
+        if not check_finite(self.learn): raise CancelFitException()   # (a nan would reach the FID's eigen-solver)
+        r = self.measure(self.epoch_record())
+        self.learn.record.clear(); self.learn.record.update(r)         # (the record is `history[-1]`)
 
     def epoch_record(self) -> dict:
         "Means of the per-step log over the current (possibly partial) epoch, with counters."
-        n = len(self.dl)
-        rows = self.log[self.step - self.iter:self.step] if self.iter else self.log[max(0, self.step - n):self.step]
-        r = {'epoch': round(self.epoch + self.iter / n, 4) if self.iter else self.epoch, 'step': self.step,
-             'train_seconds': round(self.train_time, 3)}
+        l, n = self.learn, len(self.learn.train_dl)
+        rows = self.log[l.step - l.iter:l.step] if l.iter else self.log[max(0, l.step - n):l.step]
+        r = {'epoch': round(l.epoch + l.iter / n, 4) if l.iter else l.epoch, 'step': l.step,
+             'train_seconds': round(l.train_time, 3)}
         if len(rows): r.update({k: round(v, 5) for k, v in zip(STAT_NAMES, rows.mean(0).tolist())})
         return r
 
-    def evaluate(self) -> dict:
-        "The epoch record, the metric (if a scorer is set) and the fixed samples, appended to `history` and `grids`."
-        r = self.epoch_record()
-        self._check_weights()                  # (a nan would otherwise reach the FID's eigen-solver as a traceback)
+    def measure(self, r:dict) -> dict:
+        "Add the metric (if a scorer is set) to the record `r`, and draw the fixed samples into `grids`."
         if self.scorer is not None:
             s = self.scorer.score(self.G_out)
-            r.update(fid=round(s['fid'], 5), classifier_score=round(s['classifier_score'], 5), coverage_min=round(s['coverage_min'], 5))
-        self.history.append(r); self.grids.append(self.fixed_samples())
+            r.update({k: round(s[k], 5) for k in ('fid', 'classifier_score', 'coverage_min')})
+        self.grids.append(self.fixed_samples())
         return r
 
-    def _set_lr(self, epochs, time_budget):
-        total = epochs * len(self.dl) if epochs else None
-        p = max(self.step / total if total else 0.0, self.train_time / time_budget if time_budget else 0.0)
-        self.lr_now = self.lr * lr_factor(p)
-        for o in (self.opt_g, self.opt_d):
-            for gr in o.param_groups: gr['lr'] = self.lr_now
+    @torch.no_grad()
+    def fixed_samples(self) -> torch.Tensor:
+        "The fixed latent batch through G (eval mode), as uint8 images on the CPU."
+        G, dev = self.G_out, self.learn.device; was = G.training; G.eval()
+        try: return to_uint8(G(self.z_fixed.to(dev), self.y_fixed.to(dev) if G.n_classes else None)).cpu()
+        finally: G.train(was)
 
-    def fit(self, epochs:int|None=None, # Train until this many epochs are complete (None: until the time budget)
-            time_budget:float|None=None, # Stop after this many seconds of training (counted across resumes)
-            max_steps:int|None=None, # Pause after this step (as if interrupted: checkpoint, no schedule change)
-           ):
-        "Train until the epochs are done, the budget is spent, a guard fires, or Ctrl-C/SIGTERM arrives; checkpoints on the way."
-        if epochs is None and time_budget is None: raise LeptonError("give epochs or a time budget")
-        if epochs is not None and (not isinstance(epochs, int) or epochs < 1): raise LeptonError(f"epochs must be a positive integer, got {epochs!r}")
-        if time_budget is not None and not (time_budget > 0): raise LeptonError(f"time budget must be positive, got {time_budget!r}")
-        n_epochs = epochs or 10**9
-        sync = 1 if self.device.type == 'cpu' else 25           # read the stats back (a GPU sync) every `sync` steps
-        self.interrupted, self.stop_reason, self._last_save = None, None, self.train_time
-        cpu = self.device.type == 'cpu'
-        self.tuner = ThreadTuner() if cpu and self.threads == 'auto' else None
-        bar = None
-        if time_budget is not None and self.train_time >= time_budget:   # a resumed run whose budget is spent
-            self.stop_reason = f"time budget of {time_budget:g} s reached"
-        with self._signals(), num_threads(self.threads if cpu and isinstance(self.threads, int) else None):
-            try:
-                while self.epoch < n_epochs and self.stop_reason is None:
-                    self.dl.set_epoch(self.epoch)
-                    self.G.train(); self.D.train()
-                    if self.progress:
-                        bar = progress_bar(len(self.dl), f"epoch {self.epoch + 1}" + (f"/{epochs}" if epochs else ''), self.iter,
-                                           self.file)
-                    pending, t = [], time.perf_counter()
-                    for xb, yb in self.dl.iter_from(self.iter):
-                        if self.tuner: self.tuner.before_step(self.train_time)
-                        self._set_lr(epochs, time_budget)
-                        z = torch.randn(len(xb), self.G.nz, device=self.device)
-                        pending.append(gan_step(self.G, self.D, self.opt_g, self.opt_d, xb, yb, z, self.loss, self.autocast))
-                        self.update_ema()
-                        self.step += 1; self.iter += 1
-                        if len(pending) >= sync or self.iter == len(self.dl):
-                            rows = torch.stack(pending).float().cpu(); pending = []
-                            self._chunks.append(rows); self._check(rows)
-                            if bar is not None:
-                                bar.update(len(rows))
-                                if self.step % 10 == 0 or self.iter == len(self.dl):
-                                    bar.set_postfix_str('L_D {:.3f} L_G {:.3f} D(x) {:.2f} D(G(z)) {:.2f}'.format(*rows[-1].tolist()), refresh=False)
-                        now = time.perf_counter(); dt = now - t; t = now
-                        self.train_time += dt
-                        if self.tuner: self.tuner.after_step(dt, self.train_time)
-                        if time_budget is not None and self.train_time >= time_budget: self.stop_reason = f"time budget of {time_budget:g} s reached"
-                        if max_steps is not None and self.step >= max_steps: self.stop_reason = f"paused at step {self.step}"
-                        if self.interrupted: self.stop_reason = f"interrupted by {self.interrupted}"
-                        if self.stop_reason and self.iter < len(self.dl): break
-                        if self.checkpoint and self.train_time - self._last_save >= self.checkpoint_every:
-                            self._flush(pending); pending = []
-                            self.save(); t = time.perf_counter()
-                    self._flush(pending)
-                    if bar is not None: bar.close(); bar = None
-                    if self.iter == len(self.dl):                      # a whole epoch: measure, draw, checkpoint
-                        self.epoch, self.iter = self.epoch + 1, 0
-                        r = self.evaluate()
-                        if self.progress:
-                            print('  '.join([f"epoch {r['epoch']}"] + [f"{k} {r[k]:.4g}" for k in ('d_loss', 'g_loss', 'd_real', 'd_fake', 'fid', 'classifier_score') if k in r]
-                                            + [f"{r['train_seconds']:.1f}s"]), file=self.file or sys.stderr, flush=True)
-                    if self.checkpoint: self.save()
-                if self.stop_reason is None: self.stop_reason = 'epochs done'
-            finally:
-                if bar is not None: bar.close()
-        return self
+    def arch(self) -> dict:
+        G, D = self.learn.model.G, self.learn.model.D
+        return {'nz': G.nz, 'n_classes': G.n_classes, 'ema': self.ema is not None,
+                'g_params': sum(p.numel() for p in G.parameters()), 'd_params': sum(p.numel() for p in D.parameters()),
+                'loss': self.loss}
+    def state_dict(self) -> dict:
+        "What a checkpoint needs besides the nets and optimisers: the average, the fixed noise, the logs, the guard's count."
+        log = torch.cat([self.log, *([torch.stack(self.pending).float().cpu()] if self.pending else [])])
+        return {'arch': self.arch(), 'G_ema': self.G_ema.state_dict() if self.G_ema is not None else {},
+                'z_fixed': self.z_fixed, 'y_fixed': self.y_fixed, 'low_run': self.low_run, 'log': log, 'grids': self.grids}
+    def load_state_dict(self, d:dict):
+        check_state(d, {'arch': dict, 'G_ema': dict, 'z_fixed': torch.Tensor, 'y_fixed': torch.Tensor, 'low_run': int,
+                        'log': torch.Tensor, 'grids': list})
+        if d['arch'] != self.arch():
+            raise LeptonError(f"the checkpoint is of another GAN ({d['arch']} vs {self.arch()})")
+        if self.G_ema is not None: self.G_ema.load_state_dict(d['G_ema'])
+        self.z_fixed, self.y_fixed, self.low_run = d['z_fixed'], d['y_fixed'], d['low_run']
+        self.chunks, self.pending, self.grids = [d['log']], [], list(d['grids'])
 
-    def _flush(self, pending):
-        if pending:
-            rows = torch.stack(pending).float().cpu()
-            self._chunks.append(rows); self._check(rows)
+# %% ../nbs/12_gan.ipynb #70ada3ca
+class ThreadTuner(Callback):
+    "CPU threads of a run: a fixed number, or ('auto') 1 or all of them, whichever ran the latest probe's steps faster."
+    order = -40
+    def __init__(self, threads:int|str|None='auto', # A number, 'auto', or None (torch's default)
+                 every:float=30.0, # Seconds of training between probes
+                 probe:int=6, # Steps timed with each thread count (the first of each is not counted)
+                ):
+        ok = isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1
+        if not (threads in ('auto', None) or ok):
+            raise LeptonError(f"threads must be 'auto' or a positive integer, got {threads!r}")
+        self.threads, self.every, self.probe, self.log = threads, every, probe, []
+    def before_fit(self):
+        self.old, cpu = torch.get_num_threads(), self.learn.device.type == 'cpu'
+        if cpu and isinstance(self.threads, int): torch.set_num_threads(self.threads)
+        self.max = torch.get_num_threads()
+        self.enabled = cpu and self.threads == 'auto' and self.max > 1
+        self.plan, self.times, self.next_at, self.choice = [], {}, 0.0, self.max
+    def before_batch(self):
+        "Start a probe every `every` seconds; during one, switch the thread count."
+        if not self.enabled or not self.learn.training: return
+        if not self.plan and self.learn.elapsed() >= self.next_at:
+            self.plan, self.times = [1] * self.probe + [self.max] * self.probe, {1: [], self.max: []}
+        if self.plan: torch.set_num_threads(self.plan[0]); self.t = time.perf_counter()
+    def after_batch(self):
+        "Time the step; after a probe's last, keep the faster thread count."
+        if not self.plan or not self.learn.training: return
+        n = self.plan.pop(0); self.times[n].append(time.perf_counter() - self.t)
+        if self.plan: return
+        med = {k: statistics.median(v[1:]) for k, v in self.times.items()}   # (the first step after a switch: warm-up)
+        self.choice = min(med, key=med.get)
+        torch.set_num_threads(self.choice)
+        self.log.append((round(self.learn.elapsed(), 1), self.choice, round(med[1] / med[self.max], 3)))
+        self.next_at = self.learn.elapsed() + self.every
+    def after_fit(self): torch.set_num_threads(self.old)
+
+class LinearDecayCB(OneCycleCB):
+    "Both networks' learning rate: constant, then linear to 0 over the run's second half (eq. lr-decay), by steps or time."
+    def before_batch(self):
+        if not self.learn.training: return
+        self.lr = self.lr_max * lr_factor(self.progress())
+        for g in self.learn.opt.param_groups: g['lr'] = self.lr
+
+class PauseCB(Callback):
+    "Pause after step `n` (a checkpoint is written, as on an interrupt); at an epoch's end, once the epoch is measured."
+    order = 41
+    def __init__(self, n:int): self.n = n
+    def after_batch(self):
+        l = self.learn
+        if not l.training or l.step < self.n or l.stop_reason: return
+        l.stop_reason = f"paused at step {l.step}"
+        if l.iter < len(l.train_dl): raise CancelFitException()
+    def before_epoch(self):
+        if self.learn.stop_reason: raise CancelFitException()
+
+def gan_learner(G:Generator, D:Discriminator, # The networks (built by `build_gan`)
+                dl:TensorLoader, # Real images scaled to [-1, 1], and their classes
+                lr:float=2e-3, # Adam learning rate of both networks (DCGAN's 2e-4 is for many more epochs; see the notebook)
+                betas:tuple=(0.5, 0.999), # beta1 = 0.5 as in DCGAN: the default 0.9 oscillates
+                loss:str='ns', scorer:GANScorer|None=None, ema:float|None=0.999, # See `GANCB`
+                amp:bool=True, # bf16 autocast where the device runs it fast
+                threads:int|str|None='auto', # CPU threads: a number, 'auto' (`ThreadTuner`) or None (torch's default)
+                time_budget:float|None=None, # Seconds of training (counted across resumes); the decay fits itself to it
+                checkpoint:str|Path|None=None, # Checkpoint file (None: none)
+                checkpoint_every:float=60.0, # Seconds of training between checkpoints within an epoch
+                progress:bool=True, max_steps:int|None=None, # Pause after this step (for demonstrations of resuming)
+                file=None, collapse_steps:int=500) -> Learner:
+    "A `Learner` that trains the GAN: `GANCB` does each step; schedule, guards, checkpoints, progress are the usual callbacks."
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise LeptonError(f"learning rate must be a positive number, got {lr!r}")
+    dev = dl.device
+    if dev.type in ('cpu', 'cuda'):               # channels-last convolutions: faster with oneDNN and cuDNN
+        G, D = G.to(dev, memory_format=torch.channels_last), D.to(dev, memory_format=torch.channels_last)
+    opt_g = torch.optim.Adam(G.to(dev).parameters(), lr, betas=betas)
+    cbs = [ThreadTuner(threads), GANCB(G, loss, scorer, ema, collapse_steps=collapse_steps),
+           LinearDecayCB(lr, time_budget=time_budget), NonFiniteGuardCB()]
+    if amp: cbs.append(MixedPrecisionCB())
+    if time_budget is not None: cbs.append(TimeBudgetCB(time_budget))
+    if max_steps is not None: cbs.append(PauseCB(max_steps))
+    if progress: cbs.append(ProgressCB(file=file))
+    if checkpoint is not None: cbs.append(CheckpointCB(checkpoint, checkpoint_every))
+    opt_d = torch.optim.Adam(D.to(dev).parameters(), lr, betas=betas)
+    return Learner(GANModule(G, D), dl, opt=OptPair(opt_g, opt_d), cbs=cbs, device=dev)
 
 # %% ../nbs/12_gan.ipynb #48859c85
 GAN_CONFIG_FORMAT = 'lepton_nb.gan'
-_GAN_SCHEMA = {'format': str, 'format_version': int, 'nz': int, 'width': int, 'channels': int, 'size': int, 'n_classes': int,
-               'classes': list, 'loss': str, 'generator_sha256': str, 'discriminator_sha256': str, 'lepton_nb_version': str}
+_GAN_SCHEMA = {'nz': int, 'width': int, 'channels': int, 'size': int, 'n_classes': int, 'classes': list, 'loss': str}
 
-def check_gan_config(cfg:dict, where:str='config.json') -> dict:
-    "Validate a GAN config: known keys only, right types, sane values; raise `LeptonError` otherwise."
-    if not isinstance(cfg, dict): raise LeptonError(f"{where}: expected a JSON object")
-    unknown, missing = sorted(set(cfg) - set(_GAN_SCHEMA)), sorted(set(_GAN_SCHEMA) - set(cfg))
-    if unknown: raise LeptonError(f"{where}: unknown keys {unknown}")
-    if missing: raise LeptonError(f"{where}: missing keys {missing}")
-    for k, t in _GAN_SCHEMA.items():
-        if not isinstance(cfg[k], t) or (t is int and isinstance(cfg[k], bool)):
-            raise LeptonError(f"{where}: '{k}' must be {t.__name__}, got {type(cfg[k]).__name__}")
-    if cfg['format'] != GAN_CONFIG_FORMAT or cfg['format_version'] != 1: raise LeptonError(f"{where}: not a {GAN_CONFIG_FORMAT} config of version 1")
-    try: check_arch(cfg['nz'], cfg['width'], cfg['channels'], cfg['size'], cfg['n_classes'])
-    except LeptonError as e: raise LeptonError(f"{where}: {e}") from None
-    if not (1 <= len(cfg['classes']) <= 1000 and all(isinstance(c, str) and 0 < len(c) <= 200 for c in cfg['classes'])):
-        raise LeptonError(f"{where}: classes must be 1 to 1000 non-empty names")
-    if cfg['n_classes'] and cfg['n_classes'] != len(cfg['classes']): raise LeptonError(f"{where}: n_classes is {cfg['n_classes']} but {len(cfg['classes'])} classes are named")
-    if cfg['loss'] not in LOSSES: raise LeptonError(f"{where}: unknown loss {cfg['loss']!r}")
-    for k in ('generator_sha256', 'discriminator_sha256'):
-        if len(cfg[k]) != 64 or any(c not in '0123456789abcdef' for c in cfg[k]): raise LeptonError(f"{where}: {k} must be a SHA-256 hex digest")
-    return cfg
+def _gan_rules(cfg:dict):
+    "A GAN config's limits: an architecture `check_arch` accepts, named classes, a known loss."
+    check_arch(cfg['nz'], cfg['width'], cfg['channels'], cfg['size'], cfg['n_classes'])
+    require(1 <= len(cfg['classes']) <= 1000 and all(isinstance(c, str) and 0 < len(c) <= 200 for c in cfg['classes']),
+            "classes must be 1 to 1000 non-empty names")
+    require(not cfg['n_classes'] or cfg['n_classes'] == len(cfg['classes']),
+            f"n_classes is {cfg['n_classes']} but {len(cfg['classes'])} classes are named")
+    require(cfg['loss'] in LOSSES, f"unknown loss {cfg['loss']!r}")
+
+def _gan_nets(cfg:dict) -> dict:
+    "The two networks a checked GAN config describes."
+    return {'generator': Generator(cfg['nz'], cfg['width'], cfg['channels'], cfg['size'], cfg['n_classes']),
+            'discriminator': Discriminator(cfg['width'], cfg['channels'], cfg['size'], cfg['n_classes'])}
+
+GAN = register_kind(ModelKind(GAN_CONFIG_FORMAT, _GAN_SCHEMA, build=_gan_nets, check=_gan_rules,
+                              nets={'generator': ('generator.safetensors', 'generator_sha256'),
+                                    'discriminator': ('discriminator.safetensors', 'discriminator_sha256')},
+                              noun='GAN', writer='lepton gan'))
 
 def gan_config(G:Generator, D:Discriminator, classes:list, loss:str='ns', channels:int=1, size:int=28) -> dict:
-    "The config that rebuilds `G` and `D` (digests are filled in by `save_gan`)."
-    return {'format': GAN_CONFIG_FORMAT, 'format_version': 1, 'nz': G.nz, 'width': D.body[0].out_channels, 'channels': channels,
-            'size': size, 'n_classes': G.n_classes, 'classes': list(classes), 'loss': loss, 'generator_sha256': '0' * 64,
-            'discriminator_sha256': '0' * 64, 'lepton_nb_version': __version__}
+    "The config that rebuilds `G` and `D` (the digests are filled in by `save_gan`)."
+    return {'format': GAN_CONFIG_FORMAT, 'format_version': 1, 'nz': G.nz, 'width': D.body[0].out_channels,
+            'channels': channels, 'size': size, 'n_classes': G.n_classes, 'classes': list(classes), 'loss': loss,
+            'generator_sha256': '0' * 64, 'discriminator_sha256': '0' * 64, 'lepton_nb_version': __version__}
 
 def save_gan(G:Generator, D:Discriminator, cfg:dict, out:str|Path) -> Path:
-    "Write generator.safetensors, discriminator.safetensors and config.json (with both SHA-256 digests) into `out`, each atomically."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    cfg = dict(cfg)
-    for name, net in (('generator', G), ('discriminator', D)):
-        sd = {k: v.detach().to('cpu', memory_format=torch.contiguous_format).contiguous() for k, v in net.state_dict().items()}
-        with atomic_path(out/f'{name}.safetensors') as tmp: save_file(sd, str(tmp), metadata={'format': GAN_CONFIG_FORMAT})
-        cfg[f'{name}_sha256'] = _sha256(out/f'{name}.safetensors')
-    save_json(check_gan_config(cfg), out/'config.json')
-    return out
+    "`save_model` for the two networks: generator.safetensors, discriminator.safetensors, config.json."
+    return save_model({'generator': G, 'discriminator': D}, cfg, out, GAN)
 
 def load_gan(path:str|Path, # A folder written by `save_gan` / `lepton gan`
              device=None, # Where to put the networks (None: `get_device()`)
             ) -> tuple[Generator, Discriminator, dict]:
-    "Rebuild a saved GAN, refusing unknown, inconsistent or tampered files; returns (G, D in eval mode, config)."
-    path = Path(path)
-    if not path.is_dir(): raise LeptonError(f"{path}: not a GAN folder (expected generator.safetensors, discriminator.safetensors, config.json)")
-    cfg = check_gan_config(load_json(path/'config.json'), str(path/'config.json'))
-    G = Generator(cfg['nz'], cfg['width'], cfg['channels'], cfg['size'], cfg['n_classes'])
-    D = Discriminator(cfg['width'], cfg['channels'], cfg['size'], cfg['n_classes'])
-    load_weights_strict(path/'generator.safetensors', G, cfg['generator_sha256'])
-    load_weights_strict(path/'discriminator.safetensors', D, cfg['discriminator_sha256'])
-    dev = get_device(device)
-    return G.to(dev).eval(), D.to(dev).eval(), cfg
+    "`load_model` for a GAN folder: (G, D in eval mode, config), refusing unknown, inconsistent or tampered files."
+    nets, cfg = load_model(path, device, GAN)
+    return nets['generator'], nets['discriminator'], cfg
 
 # %% ../nbs/12_gan.ipynb #e1f33f99
 def class_labels(n:int, n_classes:int, classes:list|None=None, which=None) -> torch.Tensor|None:
@@ -719,7 +646,8 @@ def save_png(img:torch.Tensor, # uint8 C x H x W
     with atomic_path(path) as tmp: im.save(tmp, format='PNG')
 
 def slerp(z0:torch.Tensor, z1:torch.Tensor, t:float) -> torch.Tensor:
-    "Spherical interpolation between two latent vectors (eq. slerp); linear when they are (almost) parallel."
+    """Spherical interpolation between two latent vectors (eq. slerp); on the sphere only if |z0| = |z1|; linear when
+    they are (almost) parallel; nearly opposite vectors are not handled."""
     cos = (z0 @ z1 / (z0.norm() * z1.norm())).clamp(-1, 1)
     om = torch.arccos(cos)
     if om.abs() < 1e-4: return (1 - t) * z0 + t * z1
@@ -751,7 +679,7 @@ def _smooth(v:torch.Tensor, k:int) -> torch.Tensor:
     i = torch.arange(1, len(v) + 1); lo = (i - k).clamp_min(0)
     return ((c[i] - c[lo]) / (i - lo)).float()
 
-def plot_gan_history(log:torch.Tensor, # The per-step log of `GANTrainer`
+def plot_gan_history(log:torch.Tensor, # The per-step log (`GANCB.log`)
                      history:list, # Its per-epoch records
                      floor:float|None=None, # FID of real images, drawn as a line
                      smooth:int|None=None):
@@ -809,7 +737,7 @@ def plot_samples(x:torch.Tensor, # uint8 images
     fig.tight_layout()
     return fig
 
-def plot_progress(grids:list, # uint8 sample batches, one per epoch (`GANTrainer.grids`)
+def plot_progress(grids:list, # uint8 sample batches, one per epoch (`GANCB.grids`)
                   history:list|None=None, per_row:int=10, max_rows:int=8):
     "The fixed latent batch after each epoch, one row per epoch (the first `per_row` samples); at most `max_rows` epochs, evenly spread, the title says which."
     idx = list(range(len(grids)))
@@ -846,68 +774,85 @@ def train_gan(data:ImageData, # From `get_data`
               classifier=None, # (model, cfg, info) for the metric (default: `fid_classifier(data)`, cached)
               metric:bool=True, # Measure after every epoch (False: only the losses)
               max_steps:int|None=None, # Pause after this step (for demonstrations of resuming)
-             ) -> tuple[GANTrainer, dict]:
-    "Train a (class-conditional) DCGAN on `data`; returns the trainer and the final metrics (and writes everything to `out`)."
+             ) -> tuple[Learner, dict]:
+    "Train a (class-conditional) DCGAN on `data`; returns the learner and the final metrics (and writes all to `out`)."
     if epochs is None and time_budget is None: epochs = 10
-    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1: raise LeptonError(f"batch size must be a positive integer, got {bs!r}")
-    if conditional and len(data.classes) < 2: raise LeptonError(f"a class-conditional GAN needs at least 2 classes; the data has {len(data.classes)} (use conditional=False)")
-    dev = get_device(device)
-    out = Path(out) if out is not None else None
-    if resume and (out is None or not (out/'checkpoint.pt').is_file()): raise LeptonError(f"nothing to resume: no checkpoint.pt in {out}")
-    if out is not None and out.is_dir():       # temporaries of this run's writes cut short by a kill (see `atomic_path`);
-        mine = ('checkpoint.pt', 'generator.safetensors', 'discriminator.safetensors', 'config.json', 'metrics.json',   # not
-                'run_card.json', 'gan_args.json', 'samples.png', 'losses.png', 'progress.png', 'coverage.png')   # others'
-        for p in out.iterdir():
-            if p.name.endswith('.tmp') and any(p.name.startswith(f'.{m}.') for m in mine): p.unlink(missing_ok=True)
+    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
+        raise LeptonError(f"epochs must be a positive integer, got {epochs!r}")
+    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
+        raise LeptonError(f"batch size must be a positive integer, got {bs!r}")
+    if conditional and len(data.classes) < 2:
+        raise LeptonError(f"a class-conditional GAN needs at least 2 classes; the data has {len(data.classes)} "
+                          "(use conditional=False)")
+    dev, out = get_device(device), (Path(out) if out is not None else None)
+    if resume and (out is None or not (out/'checkpoint.pt').is_file()):
+        raise LeptonError(f"nothing to resume: no checkpoint.pt in {out}")
+    if out is not None and out.is_dir(): _clear_temporaries(out)
     c, size = data.channels, data.size[0]
     if data.size[0] != data.size[1]: raise LeptonError(f"the DCGAN needs square images, got {data.size}")
     check_arch(nz, width, c, size, len(data.classes) if conditional else 0)
     t0 = time.perf_counter()
-    scorer = GANScorer(data, classifier, n_eval, dev, progress=progress) if metric else None   # before seeding: a cache miss trains here
+    scorer = GANScorer(data, classifier, n_eval, dev, progress=progress) if metric else None   # a cache miss trains here
     seed_everything(seed)
     G, D = build_gan(nz, width, c, size, len(data.classes) if conditional else 0)
     bs = min(bs, len(data.y_train))
-    dl = TensorLoader(data.x_train, data.y_train, bs, shuffle=True, seed=seed, device=dev, mean=(0.5,) * c, std=(0.5,) * c,
-                      channels_last=dev.type in ('cpu', 'cuda'), drop_last=len(data.y_train) >= 2 * bs)
-    trainer = GANTrainer(G, D, dl, lr, loss=loss, scorer=scorer, amp=amp, threads=threads, ema=ema,
-                         checkpoint=out/'checkpoint.pt' if out is not None else None, checkpoint_every=checkpoint_every, progress=progress)
-    if resume: trainer.load(out/'checkpoint.pt')
-    trainer.fit(epochs, time_budget, max_steps)
-    if trainer.interrupted or trainer.stop_reason.startswith('paused'): return trainer, {}
-    last = trainer.history[-1] if trainer.history else None
-    if last is None or last['step'] != trainer.step:     # stopped inside an epoch: measure the final generator too
-        trainer.evaluate()
-        if trainer.checkpoint: trainer.save()
-    final = scorer.score(trainer.G_out) if scorer is not None else {}
-    done = trainer.epoch + trainer.iter / len(dl)
-    metrics = {**{k: (round(v, 5) if isinstance(v, float) else v) for k, v in final.items()},
-               'epochs': round(done, 3), 'steps': trainer.step, 'train_seconds': round(trainer.train_time, 2),
-               'wall_seconds': round(time.perf_counter() - t0, 2), 'device': str(dev), 'seed': seed,
-               'stop_reason': trainer.stop_reason, 'data': data.source, 'n_train': len(data.y_train), 'classes': list(data.classes),
-               'conditional': conditional, 'loss': loss, 'batch_size': bs, 'lr': lr, 'width': width, 'nz': nz, 'amp': trainer.amp, 'ema': ema,
-               'threads': threads if threads is not None else torch.get_num_threads(),
-               'thread_choices': trainer.tuner.log if trainer.tuner else [],
-               'fid_classifier': ({k: scorer.info[k] for k in ('data_key', 'test_accuracy', 'epochs') if k in scorer.info} if scorer else None),
-               'real_class_coverage': (dict(zip(scorer.classes, scorer.real_coverage.tolist())) if scorer else None),
-               'history': trainer.history}
-    if out is not None: write_gan_artifacts(trainer, metrics, data, out)
-    return trainer, metrics
+    dl = TensorLoader(data.x_train, data.y_train, bs, shuffle=True, seed=seed, device=dev, mean=(0.5,) * c,
+                      std=(0.5,) * c, channels_last=dev.type in ('cpu', 'cuda'), drop_last=len(data.y_train) >= 2 * bs)
+    learn = gan_learner(G, D, dl, lr, loss=loss, scorer=scorer, ema=ema, amp=amp, threads=threads,
+                        time_budget=time_budget, checkpoint=out/'checkpoint.pt' if out is not None else None,
+                        checkpoint_every=checkpoint_every, progress=progress, max_steps=max_steps)
+    if resume: load_checkpoint(learn, out/'checkpoint.pt')
+    learn.fit(epochs or 10**9)
+    if learn.interrupted or (learn.stop_reason or '').startswith('paused'): return learn, {}
+    settings = {'seed': seed, 'conditional': conditional, 'loss': loss, 'batch_size': bs, 'lr': lr, 'width': width,
+                'nz': nz, 'amp': bool(amp and bf16_supported(dev)), 'ema': ema,
+                'threads': threads if threads is not None else torch.get_num_threads()}
+    metrics = _final_metrics(learn, data, scorer, settings, t0)
+    if out is not None: write_gan_artifacts(learn, metrics, data, out)
+    return learn, metrics
 
-def write_gan_artifacts(trainer:GANTrainer, metrics:dict, data:ImageData, out:str|Path):
+def _final_metrics(learn:Learner, data:ImageData, scorer:GANScorer|None, settings:dict, t0:float) -> dict:
+    "Measure the final generator (and the last epoch, if the run stopped inside one); the metrics of `train_gan`."
+    gan = learn.cb(GANCB)
+    if not learn.history or learn.history[-1]['step'] != learn.step:   # stopped inside an epoch: measure it too
+        if not check_finite(learn): raise learn.error
+        learn.history.append(gan.measure(gan.epoch_record()))
+        if learn.cb(CheckpointCB) is not None: learn.cb(CheckpointCB).save()
+    final = scorer.score(gan.G_out) if scorer is not None else {}
+    info = scorer.info if scorer is not None else {}
+    return {**{k: (round(v, 5) if isinstance(v, float) else v) for k, v in final.items()},
+            'epochs': round(learn.epoch + learn.iter / len(learn.train_dl), 3), 'steps': learn.step,
+            'train_seconds': round(learn.train_time, 2), 'wall_seconds': round(time.perf_counter() - t0, 2),
+            'device': str(learn.device),
+            'seed': settings.pop('seed'), 'stop_reason': learn.stop_reason or 'epochs done', 'data': data.source,
+            'n_train': len(data.y_train), 'classes': list(data.classes), **settings,
+            'thread_choices': learn.cb(ThreadTuner).log,
+            'fid_classifier': ({k: info[k] for k in ('data_key', 'test_accuracy', 'epochs') if k in info}
+                               if scorer else None),
+            'real_class_coverage': dict(zip(scorer.classes, scorer.real_coverage.tolist())) if scorer else None,
+            'history': learn.history}
+
+_RUN_FILES = ('checkpoint.pt', 'generator.safetensors', 'discriminator.safetensors', 'config.json', 'metrics.json',
+              'run_card.json', 'gan_args.json', 'samples.png', 'losses.png', 'progress.png', 'coverage.png')
+def _clear_temporaries(out:Path):
+    "Temporaries of this run's writes cut short by a kill (see `atomic_path`); not those of other files."
+    for p in out.iterdir():
+        if p.name.endswith('.tmp') and any(p.name.startswith(f'.{m}.') for m in _RUN_FILES): p.unlink(missing_ok=True)
+
+def write_gan_artifacts(learn:Learner, metrics:dict, data:ImageData, out:str|Path):
     "The GAN, config, metrics, run card and plots of a finished run, each written atomically."
-    out = Path(out)
-    c = data.channels
-    save_gan(trainer.G_out, trainer.D, gan_config(trainer.G_out, trainer.D, data.classes, trainer.loss, c, data.size[0]), out)
+    out, gan = Path(out), learn.cb(GANCB)
+    G, D = gan.G_out, learn.model.D
+    save_gan(G, D, gan_config(G, D, data.classes, gan.loss, data.channels, data.size[0]), out)
     save_json(metrics, out/'metrics.json')
-    save_json(run_card(trainer.device, metrics['seed'], data=data.source, data_hash=data.source_hash), out/'run_card.json')
+    save_json(run_card(learn.device, metrics['seed'], data=data.source, data_hash=data.source_hash), out/'run_card.json')
     def savefig(fig, name):
         with atomic_path(out/name) as tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')   # no label clipped
         plt.close(fig)
-    x = trainer.fixed_samples()
-    k = trainer.G_out.n_classes
-    savefig(plot_samples(x, trainer.y_fixed if k else None, data.classes, ncols=len(x) // k if k else 8,
+    x, k = gan.fixed_samples(), G.n_classes
+    savefig(plot_samples(x, gan.y_fixed if k else None, data.classes, ncols=len(x) // k if k else 8,
                          title=f"after {round(metrics['epochs'], 1):g} epochs, {metrics['train_seconds']:.0f} s" +
                                (f": FID {metrics['fid']:.2f} (floor {metrics['fid_floor']:.2f})" if 'fid' in metrics else '')), 'samples.png')
-    savefig(plot_gan_history(trainer.log, trainer.history, metrics.get('fid_floor')), 'losses.png')
-    if trainer.grids: savefig(plot_progress(trainer.grids, trainer.history), 'progress.png')
+    savefig(plot_gan_history(gan.log, learn.history, metrics.get('fid_floor')), 'losses.png')
+    if gan.grids: savefig(plot_progress(gan.grids, learn.history), 'progress.png')
     if 'class_coverage' in metrics: savefig(plot_coverage(metrics['class_coverage'], metrics.get('real_class_coverage')), 'coverage.png')

@@ -1,11 +1,11 @@
-"""One run of 09's third GAN series: `train_gan` on Fashion-MNIST for a time budget with a chosen learning rate and
+"""One run of 12's third GAN series: `train_gan` on Fashion-MNIST for a time budget with a chosen learning rate and
 start of its decay, keeping more weight averages of G beside the default one and scoring each at the end.
 
     python scripts/gan_series.py --lr 0.004 --decay-start 0.25
 
 prints one JSON line: steps, the default average's FID and its floor, the classifier score, the FID per epoch, and
 the FID of each extra average and of the live G. The decay start and the extra averages are not options of
-`train_gan`, so this script sets them by wrapping two of notebook 09's functions for its own run."""
+`train_gan`, so this script sets them by wrapping two of notebook 12's functions for its own run."""
 import argparse, copy, json, time
 import torch
 import lepton_nb.gan as gan
@@ -18,26 +18,28 @@ p.add_argument('--time-budget', type=float, default=300, help='seconds of traini
 p.add_argument('--extra-ema', type=float, nargs='*', default=[0.998, 0.9995, 0.9998], help='decays of the extra averages')
 args = p.parse_args()
 
-lr_factor, update_ema = gan.lr_factor, gan.GANTrainer.update_ema
+lr_factor, update_ema = gan.lr_factor, gan.GANCB.update_ema
 gan.lr_factor = lambda progress, decay_start=args.decay_start: lr_factor(progress, decay_start)
 
 @torch.no_grad()
 def update_all(self):
-    "The trainer's own average, then each extra one by the same rule (eq. ema) with its own decay."
+    "The GAN step's own average, then each extra one by the same rule (eq. ema) with its own decay."
     update_ema(self)
-    if not hasattr(self, 'extra'): self.extra = {d: copy.deepcopy(self.G).requires_grad_(False).eval() for d in args.extra_ema}
+    G, step = self.learn.model.G, self.learn.step
+    if not hasattr(self, 'extra'): self.extra = {d: copy.deepcopy(G).requires_grad_(False).eval() for d in args.extra_ema}
     for decay, Ge in self.extra.items():
-        d = min(decay, (1 + self.step) / (10 + self.step))
-        for pe, q in zip(Ge.parameters(), self.G.parameters()): pe.lerp_(q, 1 - d)
-        for be, b in zip(Ge.buffers(), self.G.buffers()): be.copy_(b)
-gan.GANTrainer.update_ema = update_all
+        d = min(decay, (1 + step) / (10 + step))
+        for pe, q in zip(Ge.parameters(), G.parameters()): pe.lerp_(q, 1 - d)
+        for be, b in zip(Ge.buffers(), G.buffers()): be.copy_(b)
+gan.GANCB.update_ema = update_all
 
 t0 = time.perf_counter()
-trainer, m = gan.train_gan(get_data('fashion-mnist', progress=False), time_budget=args.time_budget, lr=args.lr, progress=False)
+learn, m = gan.train_gan(get_data('fashion-mnist', progress=False), time_budget=args.time_budget, lr=args.lr, progress=False)
 res = {'lr': args.lr, 'decay_start': args.decay_start, 'steps': m['steps'], 'epochs': m['epochs'], 'fid': m['fid'],
        'fid_floor': m['fid_floor'], 'classifier_score': m['classifier_score'],
-       'fid_per_epoch': [round(h['fid'], 3) for h in trainer.history if 'fid' in h]}
-res.update({f'fid_ema_{d}': round(trainer.scorer.score(Ge)['fid'], 4) for d, Ge in trainer.extra.items()})
-res['fid_live_G'] = round(trainer.scorer.score(trainer.G)['fid'], 4)
+       'fid_per_epoch': [round(h['fid'], 3) for h in learn.history if 'fid' in h]}
+g = learn.cb(gan.GANCB)
+res.update({f'fid_ema_{d}': round(g.scorer.score(Ge)['fid'], 4) for d, Ge in g.extra.items()})
+res['fid_live_G'] = round(g.scorer.score(learn.model.G)['fid'], 4)
 res['wall_seconds'] = round(time.perf_counter() - t0, 1)
 print(json.dumps(res))

@@ -92,7 +92,8 @@ def test_ddp_on_a_set_smaller_than_the_batch(tmp_path):
 
 NAN_RUN = r"""
 import datetime, sys, torch, torch.nn as nn, torch.distributed as dist
-from lepton_nb.learner import Learner, NonFiniteGuardCB, CheckpointCB
+from lepton_nb.learner import Learner
+from lepton_nb.resilience import NonFiniteGuardCB, CheckpointCB
 from lepton_nb.distributed import DDPCB
 from lepton_nb.data import TensorLoader
 dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=60))

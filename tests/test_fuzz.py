@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from lepton_nb.core import LeptonError, get_rng_states, load_json, seed_everything, set_rng_states
 from lepton_nb.data import load_image, read_idx
 # the model-config checkers and the checkpoint loader are moving to lepton_nb.artifacts and lepton_nb.resilience
-try: from lepton_nb.artifacts import check_config, check_gan_config
-except ImportError: from lepton_nb.cnn import check_config; from lepton_nb.gan import check_gan_config
-try: from lepton_nb.resilience import load_checkpoint, save_checkpoint
-except ImportError: from lepton_nb.learner import load_checkpoint, save_checkpoint
+from lepton_nb.artifacts import SAVED_TYPES, check_config, saved_args
+from lepton_nb.cnn import CLASSIFIER
+from lepton_nb.gan import GAN
+from lepton_nb.resilience import load_checkpoint, save_checkpoint
 from lepton_nb.learner import Learner
 import lepton_nb.cli as cli
 
@@ -245,34 +245,34 @@ finite_json = st.recursive(
 @fuzz('config')
 @given(cfg=edited(CONFIG, finite_json))
 @example(cfg={**CONFIG, 'mean': [1e308], 'std': [float('inf')]})
-def test_check_config(cfg): check_config_case(check_config, cfg)
+def test_check_config(cfg): check_config_case(lambda c, w: check_config(c, CLASSIFIER, w), cfg)
 
 
 @fuzz('config')
 @given(cfg=edited(CONFIG, json_values))
 @example(cfg={**CONFIG, 'mean': [10**400]})
-def test_check_config_any_number(cfg): check_config_case(check_config, cfg)
+def test_check_config_any_number(cfg): check_config_case(lambda c, w: check_config(c, CLASSIFIER, w), cfg)
 
 
 @fuzz('gan_config')
 @given(cfg=edited(GAN_CONFIG, json_values))
 @example(cfg={**GAN_CONFIG, 'nz': 10**400, 'size': -(10**400)})
-def test_check_gan_config(cfg): check_config_case(check_gan_config, cfg)
+def test_check_gan_config(cfg): check_config_case(lambda c, w: check_config(c, GAN, w), cfg)
 
 
 def check_saved_args(work, args):
     (work/'train_args.json').write_text(json.dumps(args))
-    read_or_refuse(cli._saved_args, work, 'train_args.json', path=work)
+    read_or_refuse(saved_args, work, 'train_args.json', path=work)
 
 
 no_breaks = st.characters(blacklist_characters='\n\r')
 
 
 @fuzz('train_args')
-@given(args=st.dictionaries(st.sampled_from(sorted(cli._SAVED_TYPES)) | st.text(no_breaks, max_size=10), json_values,
+@given(args=st.dictionaries(st.sampled_from(sorted(SAVED_TYPES)) | st.text(no_breaks, max_size=10), json_values,
                             max_size=6) | json_values.filter(lambda v: not isinstance(v, dict)))   # keys: see below
 def test_saved_run_options(work, args):
-    "train_args.json / gan_args.json of a run folder, read back by --resume (`cli._saved_args`)."
+    "train_args.json / gan_args.json of a run folder, read back by --resume (`saved_args`)."
     check_saved_args(work, args)
 
 

@@ -6,8 +6,9 @@ What other tests already prove is not repeated here; this file adds to it:
   mid-write, a truncated IDX file;
 - test_train_cli.py: SIGKILL of `lepton train` mid-epoch then `--resume`; negative epochs, zero batch size, an unknown
   device, a missing path, a GPU asked for where there is none, a single class;
-- the notebooks' inline tests: 05_data (IDX bad magic, a link from a class folder back to the root), 07_learner
-  (2 epochs straight == 1 + checkpoint + resume + 1, bitwise; foreign checkpoints refused), 10_cnn (a pickle as
+- the notebooks' inline tests: 05_data (IDX bad magic, a link from a class folder back to the root), 08_resilience
+  (2 epochs straight == 1 + checkpoint + resume + 1, bitwise; foreign checkpoints refused; Ctrl-C and SIGTERM stop
+  between two steps), 12_gan (a GAN paused and resumed equals two epochs straight, bitwise), 10_cnn (a pickle as
   model.safetensors, tampered weights, unknown config keys, an absurd size, a wrong type, another architecture).
 
 Training runs here are small (a few hundred exported Fashion-MNIST images, width 8) and, but for the same-seed test
@@ -392,9 +393,9 @@ def test_disk_full_keeps_the_previous_checkpoint(small, env, reference, tmp_path
     assert c.finish() == 0, c.stderr()
     assert_matches_reference(c, out, reference)
 
-# The GAN's faults: SIGKILL during an epoch and during a checkpoint write (the checkpoint holds both nets, both
-# optimisers, the averaged generator, the fixed noise, every RNG), then --resume; the end must be the uninterrupted
-# run's, bit for bit (one thread). FAULTY's torch.save patch reports "saved N"; here gan_step reports "step N".
+# The GAN's faults: SIGKILL during an epoch and during a checkpoint write (the Learner's checkpoint, through the shared
+# CheckpointCB: both nets, both optimisers, the averaged generator, the fixed noise, every RNG), then --resume; the end
+# must be the uninterrupted run's, bit for bit (one thread). FAULTY's torch.save patch reports "saved N"; here gan_step reports "step N".
 GAN_FAULTY = FAULTY.replace("import lepton_nb.cnn, lepton_nb.learner", "import lepton_nb.cnn, lepton_nb.learner, lepton_nb.gan").replace(
     "from lepton_nb.cli import main", """gan_step = lepton_nb.gan.gan_step
 n_steps = [0]
@@ -430,7 +431,8 @@ def test_gan_sigkill_during_an_epoch_then_resume(small, env, gan_reference, tmp_
     c.wait_for(lambda l: l.startswith('gan step ') and int(l.split()[2]) >= target)
     c.kill()
     st = load_ck(out/'checkpoint.pt')
-    assert 1 <= st['step'] <= 36 and 'G_ema' in st and 'opt_d' in st and not (out/'metrics.json').exists(), target
+    gan = st['callbacks']['GANCB']                      # the Learner's checkpoint, with the GAN step's state
+    assert 1 <= st['step'] <= 36 and 'G_ema' in gan and 'd' in st['opt'] and not (out/'metrics.json').exists(), target
     c = Child(['gan', '--resume', '--out', out, '--json'], env, tmp_path, code=GAN_FAULTY)
     assert c.finish() == 0, (target, c.stderr())
     assert_gan_matches_reference(c, out, gan_reference)
@@ -466,9 +468,13 @@ def test_gan_damaged_checkpoint_is_one_clear_error(small, env, gan_reference, tm
     "A GAN checkpoint that unpickles safely but lacks or garbles a field: refused in one line, not a KeyError."
     monkeypatch.setenv('LEPTON_CACHE', env['LEPTON_CACHE'])      # the reference run's FID classifier: no retraining
     good = load_ck(gan_reference['out']/'checkpoint.pt')
-    cases = {'no fixed noise': ({k: v for k, v in good.items() if k != 'z_fixed'}, 'damaged checkpoint (missing or malformed: z_fixed)'),
-             'epoch as text': ({**good, 'epoch': 'two'}, 'malformed: epoch'), 'log not a tensor': ({**good, 'log': [1, 2]}, 'malformed: log'),
-             'rng garbled': ({**good, 'rng': {'python': 1}}, 'damaged checkpoint (generator states')}
+    def gan(**kw): return {**good, 'callbacks': {**good['callbacks'], 'GANCB': kw}}   # the GAN step's part, replaced
+    g = good['callbacks']['GANCB']
+    cases = {'no fixed noise': (gan(**{k: v for k, v in g.items() if k != 'z_fixed'}), 'damaged checkpoint (missing or malformed: z_fixed)'),
+             'epoch as text': ({**good, 'epoch': 'two'}, 'malformed: epoch'), 'log not a tensor': (gan(**{**g, 'log': [1, 2]}), 'malformed: log'),
+             'another GAN': (gan(**{**g, 'arch': {**g['arch'], 'loss': 'hinge'}}), 'the checkpoint is of another GAN'),
+             'optimiser garbled': ({**good, 'opt': {'g': good['opt']['g']}}, 'does not fit this model or optimiser'),
+             'rng garbled': ({**good, 'rng': {'python': 1}}, 'damaged checkpoint (callback or generator states')}
     refuse_damaged_checkpoints('gan', cases, gan_reference['out'], tmp_path)
 
 
