@@ -9,7 +9,7 @@ returns is checked against an independent decoding where one exists (the IDX bod
 The quick lane (the counts in `QUICK`, a few thousand cases in all) runs with the rest of `pytest`, derandomised so
 that it is the same on every run. `make fuzz` runs the same tests with `LEPTON_FUZZ_CASES` cases per target (and
 fresh random draws). A bug found is kept as an `@example`."""
-import contextlib, gzip, io, json, os, resource, signal, string, struct, sys, zlib
+import contextlib, gzip, io, json, os, resource, signal, string, struct, sys
 from pathlib import Path
 
 import numpy as np
