@@ -19,13 +19,18 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from lepton_nb.core import LeptonError, get_rng_states, load_json, seed_everything, set_rng_states
 from lepton_nb.data import load_image, read_idx
-# the model-config checkers and the checkpoint loader are moving to lepton_nb.artifacts and lepton_nb.resilience
-try: from lepton_nb.artifacts import check_config, check_gan_config
-except ImportError: from lepton_nb.cnn import check_config; from lepton_nb.gan import check_gan_config
+# the model-config checker is lepton_nb.artifacts' (with the classifier's kind); the checkpoint loader is moving to
+# lepton_nb.resilience
+from lepton_nb.artifacts import check_config as check_model_config
+from lepton_nb.cnn import CLASSIFIER
+from lepton_nb.gan import check_gan_config
 try: from lepton_nb.resilience import load_checkpoint, save_checkpoint
 except ImportError: from lepton_nb.learner import load_checkpoint, save_checkpoint
 from lepton_nb.learner import Learner
+from lepton_nb.artifacts import SAVED_TYPES, saved_args
 import lepton_nb.cli as cli
+
+def check_config(cfg, where='config.json'): return check_model_config(cfg, CLASSIFIER, where)
 
 CASES = int(os.environ.get('LEPTON_FUZZ_CASES') or 0)   # 0: the quick lane's counts
 QUICK = {'idx': 400, 'idx_mutated': 300, 'json': 250, 'config': 200, 'gan_config': 200, 'train_args': 150,
@@ -262,17 +267,17 @@ def test_check_gan_config(cfg): check_config_case(check_gan_config, cfg)
 
 def check_saved_args(work, args):
     (work/'train_args.json').write_text(json.dumps(args))
-    read_or_refuse(cli._saved_args, work, 'train_args.json', path=work)
+    read_or_refuse(saved_args, work, 'train_args.json', path=work)
 
 
 no_breaks = st.characters(blacklist_characters='\n\r')
 
 
 @fuzz('train_args')
-@given(args=st.dictionaries(st.sampled_from(sorted(cli._SAVED_TYPES)) | st.text(no_breaks, max_size=10), json_values,
+@given(args=st.dictionaries(st.sampled_from(sorted(SAVED_TYPES)) | st.text(no_breaks, max_size=10), json_values,
                             max_size=6) | json_values.filter(lambda v: not isinstance(v, dict)))   # keys: see below
 def test_saved_run_options(work, args):
-    "train_args.json / gan_args.json of a run folder, read back by --resume (`cli._saved_args`)."
+    "train_args.json / gan_args.json of a run folder, read back by --resume (`artifacts.saved_args`)."
     check_saved_args(work, args)
 
 
