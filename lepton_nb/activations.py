@@ -69,7 +69,8 @@ class SigmoidFunction(torch.autograd.Function):
 
 def sigmoid(x:torch.Tensor, # Any shape; integers are promoted to the default float type
            ) -> torch.Tensor:
-    "$\\sigma(x) = 1/(1 + e^{-x})$ elementwise, computed stably (eq. sigmoid-stable), backward $\\sigma(1 - \\sigma)$ (eq. sigmoid-grad)."
+    """$\\sigma(x) = 1/(1 + e^{-x})$ elementwise, computed stably (eq. sigmoid-stable),
+    backward $\\sigma(1 - \\sigma)$ (eq. sigmoid-grad)."""
     return SigmoidFunction.apply(_as_float(x, 'sigmoid'))
 
 # %% ../nbs/01_activations.ipynb #2f5ab835

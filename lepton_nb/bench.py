@@ -155,7 +155,7 @@ def bench_loaders(data:ImageData, # The data set (its train split is timed)
     out = {}
     tl = TensorLoader(data.x_train, data.y_train, bs, shuffle=True, device=dev, mean=data.mean, std=data.std)
     with Timer(dev) as t:
-        for xb, yb in tl: pass
+        for _ in tl: pass
     out['tensor_loader_s'] = t.elapsed
     for w in workers:
         dl = torch.utils.data.DataLoader(ds, bs, shuffle=True, num_workers=w, pin_memory=dev.type == 'cuda')

@@ -330,7 +330,6 @@ def plot_predictions(x:torch.Tensor, # uint8 images
                      probs:torch.Tensor, # Predicted probabilities, N x K
                      classes:list, targets:torch.Tensor|None=None, n:int=24, ncols:int=8, mistakes_first:bool=True):
     "A grid of images titled with the predicted label and probability (red when wrong, with the true label)."
-    import matplotlib.pyplot as plt
     from lepton_nb.metrics import show_images
     pred = probs.argmax(1)
     idx = torch.arange(len(x))
@@ -349,7 +348,7 @@ def plot_predictions(x:torch.Tensor, # uint8 images
 
 def write_artifacts(learn:Learner, cfg:dict, metrics:dict, data:ImageData, out:str|Path):
     "Model, config, metrics, run card and plots of a finished run, each written atomically."
-    import matplotlib; import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
     out = Path(out)
     save_model(learn.model, cfg, out)
     save_json(metrics, out/'metrics.json')

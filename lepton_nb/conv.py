@@ -35,7 +35,8 @@ def conv_output_size(size:int|tuple, # Input size H, or (H, W)
     if isinstance(size, int) and not isinstance(size, bool):
         return (size + 2*padding - dilation*(kernel_size - 1) - 1) // stride + 1
     hw = _pair(size, 'size', 0)
-    k, s, p, d = _pair(kernel_size, 'kernel_size', 1), _pair(stride, 'stride', 1), _pair(padding, 'padding'), _pair(dilation, 'dilation', 1)
+    k, s = _pair(kernel_size, 'kernel_size', 1), _pair(stride, 'stride', 1)
+    p, d = _pair(padding, 'padding'), _pair(dilation, 'dilation', 1)
     return tuple(conv_output_size(hw[i], k[i], s[i], p[i], d[i]) for i in range(2))
 
 # %% ../nbs/02_convolution.ipynb #a625ec45
@@ -98,7 +99,7 @@ def _conv_forward(x, w, b, s, pads, d):
     "(eq. conv-gemm) chunk by chunk; returns the output, the padded input kept for the backward pass, and the layout."
     N, C, H, W = x.shape; O, _, kh, kw = w.shape; K = C*kh*kw
     out = conv_output_size((H + pads[0] + pads[1], W + pads[2] + pads[3]), (kh, kw), s, 0, d); L = out[0]*out[1]
-    nhwc, a = _use_nhwc(w), int(b is not None)               # a: one extra row of ones in X for the bias (eq. conv-bias)
+    nhwc, a = _use_nhwc(w), int(b is not None)  # a: one extra row of ones in X for the bias (eq. conv-bias)
     m = _chunk(N, (K + 1) * L * x.element_size(), x.device)            # the im2col buffer of one image
     if nhwc:
         xp = x.permute(0, 2, 3, 1)                                          # N, H, W, C (a view)
@@ -133,7 +134,7 @@ def _conv_backward(gy, xp, w, xshape, s, pads, d, nhwc, needs):
     out = tuple(gy.shape[2:]); L = out[0]*out[1]; p = (pads[0], pads[2])
     acc = torch.float32 if gy.dtype in (torch.float16, torch.bfloat16) else gy.dtype   # sum chunks in float32 at least
     m = _chunk(N, 2 * (K + 1) * L * gy.element_size(), gy.device)      # im2col and W^T G buffers of one image
-    a = int(needs[1] and needs[2])                       # bias gradient as the ones row's weight gradient (eq. conv-bias)
+    a = int(needs[1] and needs[2])  # bias gradient as the ones row's weight gradient (eq. conv-bias)
     win = _windows(xp, (kh, kw), out, s, d, nhwc)
     gx = gw = gb = None
     if nhwc:
@@ -176,7 +177,8 @@ def _conv_backward(gy, xp, w, xshape, s, pads, d, nhwc, needs):
     return gx, gw, gb
 
 class Conv2dFunction(torch.autograd.Function):
-    "2-D convolution (eq. conv2d) by chunked im2col (eq. conv-gemm), with the backward of (eq. conv-grad-w, eq. conv-grad-b, eq. conv-grad-x)."
+    """2-D convolution (eq. conv2d) by chunked im2col (eq. conv-gemm),
+    with the backward of (eq. conv-grad-w, eq. conv-grad-b, eq. conv-grad-x)."""
     @staticmethod
     def forward(ctx, x, weight, bias, stride, pads, dilation):
         y, xp, nhwc = _conv_forward(x, weight, bias, stride, pads, dilation)
@@ -194,14 +196,16 @@ class Conv2dFunction(torch.autograd.Function):
 
 # %% ../nbs/02_convolution.ipynb #7de874c1
 def _check_tensor(t, name:str, fn:str):
-    if not isinstance(t, torch.Tensor): raise LeptonError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if not isinstance(t, torch.Tensor):
+        raise LeptonError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point(): raise LeptonError(f"{fn}: {name} must be a floating-point tensor, got {t.dtype}")
 
 def _conv_pads(padding, k:tuple, s:tuple, d:tuple) -> tuple:
     "Padding as (top, bottom, left, right); 'valid' is 0, 'same' keeps the size (stride 1), extra pixel bottom/right."
     if isinstance(padding, str):
         if padding == 'valid': return (0, 0, 0, 0)
-        if padding != 'same': raise LeptonError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+        if padding != 'same':
+            raise LeptonError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
         if s != (1, 1): raise LeptonError("conv2d: padding='same' needs stride 1 (as in PyTorch)")
         tot = [d[i] * (k[i] - 1) for i in range(2)]
         return (tot[0] // 2, tot[0] - tot[0] // 2, tot[1] // 2, tot[1] - tot[1] // 2)
@@ -215,30 +219,38 @@ def conv2d(x:torch.Tensor, # Input, N x C x H x W (or C x H x W)
            padding:int|tuple|str=0, # Zeros on each side, p or (ph, pw), or 'valid' / 'same'
            dilation:int|tuple=1, # Spacing of the kernel's taps, d or (dh, dw)
           ) -> torch.Tensor:
-    "Cross-correlation (eq. conv2d) as `F.conv2d`, computed by chunked im2col (eq. conv-gemm), backward (eq. conv-grad-w, eq. conv-grad-b, eq. conv-grad-x)."
+    """Cross-correlation (eq. conv2d) as `F.conv2d`, computed by chunked im2col (eq. conv-gemm),
+    backward (eq. conv-grad-w, eq. conv-grad-b, eq. conv-grad-x)."""
     for t, name in ((x, 'input'), (weight, 'weight')): _check_tensor(t, name, 'conv2d')
     if bias is not None: _check_tensor(bias, 'bias', 'conv2d')
-    if x.ndim not in (3, 4): raise LeptonError(f"conv2d: input must be N x C x H x W or C x H x W, got shape {tuple(x.shape)}")
-    if weight.ndim != 4: raise LeptonError(f"conv2d: weight must be out_channels x in_channels x kh x kw, got shape {tuple(weight.shape)}")
+    if x.ndim not in (3, 4):
+        raise LeptonError(f"conv2d: input must be N x C x H x W or C x H x W, got shape {tuple(x.shape)}")
+    if weight.ndim != 4:
+        raise LeptonError("conv2d: weight must be out_channels x in_channels x kh x kw, got shape "
+                          f"{tuple(weight.shape)}")
     unbatched = x.ndim == 3
     if unbatched: x = x[None]
     O, C, kh, kw = weight.shape
     if x.shape[1] != C:
         raise LeptonError(f"conv2d: input has {x.shape[1]} channels but weight {tuple(weight.shape)} expects {C}")
-    if bias is not None and tuple(bias.shape) != (O,): raise LeptonError(f"conv2d: bias must have shape ({O},), got {tuple(bias.shape)}")
+    if bias is not None and tuple(bias.shape) != (O,):
+        raise LeptonError(f"conv2d: bias must have shape ({O},), got {tuple(bias.shape)}")
     s, d = _pair(stride, 'stride', 1), _pair(dilation, 'dilation', 1)
     pads = _conv_pads(padding, (kh, kw), s, d)
     Hp, Wp = x.shape[2] + pads[0] + pads[1], x.shape[3] + pads[2] + pads[3]
     if min(conv_output_size((Hp, Wp), (kh, kw), s, 0, d)) < 1:
-        raise LeptonError(f"conv2d: the {kh}x{kw} kernel (dilation {d}) does not fit in the {x.shape[2]}x{x.shape[3]} input padded by {padding!r}")
-    if torch.is_autocast_enabled(x.device.type):             # as autocast does for F.conv2d: compute in its low-precision type
+        raise LeptonError(f"conv2d: the {kh}x{kw} kernel (dilation {d}) does not fit in the {x.shape[2]}x{x.shape[3]} "
+                          f"input padded by {padding!r}")
+    if torch.is_autocast_enabled(x.device.type):  # as autocast does for F.conv2d: compute in its low-precision type
         dt = torch.get_autocast_dtype(x.device.type)
         x, weight, bias = x.to(dt), weight.to(dt), (bias.to(dt) if bias is not None else None)
     tensors = [x, weight] + ([bias] if bias is not None else [])
     if len({t.dtype for t in tensors}) > 1:
-        raise LeptonError(f"conv2d: input, weight and bias must have one dtype, got {', '.join(str(t.dtype) for t in tensors)}")
+        raise LeptonError("conv2d: input, weight and bias must have one dtype, got "
+                          f"{', '.join(str(t.dtype) for t in tensors)}")
     if len({t.device for t in tensors}) > 1:
-        raise LeptonError(f"conv2d: input, weight and bias must be on one device, got {', '.join(str(t.device) for t in tensors)}")
+        raise LeptonError("conv2d: input, weight and bias must be on one device, got "
+                          f"{', '.join(str(t.device) for t in tensors)}")
     with torch.autocast(x.device.type, enabled=False):
         y = Conv2dFunction.apply(x, weight, bias, s, pads, d)
     return y[0] if unbatched else y
@@ -312,9 +324,11 @@ def max_pool2d(x:torch.Tensor, # Input, N x C x H x W (or C x H x W)
                stride:int|tuple|None=None, # Step; None means the kernel size (non-overlapping windows)
                padding:int|tuple=0, # -inf added on each side, at most half the kernel
               ) -> torch.Tensor:
-    "Max over each window (eq. maxpool) as `F.max_pool2d`; backward routes each gradient to the first arg-max (eq. maxpool-grad)."
+    """Max over each window (eq. maxpool) as `F.max_pool2d`;
+    backward routes each gradient to the first arg-max (eq. maxpool-grad)."""
     _check_tensor(x, 'input', 'max_pool2d')
-    if x.ndim not in (3, 4): raise LeptonError(f"max_pool2d: input must be N x C x H x W or C x H x W, got shape {tuple(x.shape)}")
+    if x.ndim not in (3, 4):
+        raise LeptonError(f"max_pool2d: input must be N x C x H x W or C x H x W, got shape {tuple(x.shape)}")
     k = _pair(kernel_size, 'kernel_size', 1)
     s = k if stride is None or stride == [] else _pair(stride, 'stride', 1)
     p = _pair(padding, 'padding')
@@ -337,12 +351,15 @@ class Conv2d(nn.Module):
                  *, groups:int=1, padding_mode:str='zeros', device=None, dtype=None):
         super().__init__()
         if groups != 1: raise LeptonError(f"Conv2d: only groups=1 is implemented, got groups={groups}")
-        if padding_mode != 'zeros': raise LeptonError(f"Conv2d: only padding_mode='zeros' is implemented, got {padding_mode!r}")
+        if padding_mode != 'zeros':
+            raise LeptonError(f"Conv2d: only padding_mode='zeros' is implemented, got {padding_mode!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.dilation = _pair(kernel_size, 'kernel_size', 1), _pair(stride, 'stride', 1), _pair(dilation, 'dilation', 1)
+        self.kernel_size, self.stride = _pair(kernel_size, 'kernel_size', 1), _pair(stride, 'stride', 1)
+        self.dilation = _pair(dilation, 'dilation', 1)
         self.padding = padding if isinstance(padding, str) else _pair(padding, 'padding')
         _conv_pads(self.padding, self.kernel_size, self.stride, self.dilation)                      # check it now
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, device=device, dtype=dtype))
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, device=device,
+                                               dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
@@ -367,8 +384,10 @@ class MaxPool2d(nn.Module):
                  dilation:int|tuple=1, return_indices:bool=False, ceil_mode:bool=False):
         super().__init__()
         if dilation not in (1, (1, 1)) or return_indices or ceil_mode:
-            raise LeptonError("MaxPool2d: dilation, return_indices and ceil_mode are not implemented (use their defaults)")
-        self.kernel_size, self.stride, self.padding = kernel_size, (stride if stride is not None else kernel_size), padding
+            raise LeptonError("MaxPool2d: dilation, return_indices and ceil_mode are not implemented "
+                              "(use their defaults)")
+        self.kernel_size, self.padding = kernel_size, padding
+        self.stride = stride if stride is not None else kernel_size
 
     def forward(self, x): return max_pool2d(x, self.kernel_size, self.stride, self.padding)
     def extra_repr(self): return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

@@ -25,7 +25,7 @@ __all__ = ['FASHION_CLASSES', 'FASHION_FILES', 'FASHION_SHAPES', 'DEBIAN_FASHION
            'load_image_folder', 'get_data', 'TensorLoader']
 
 # %% ../nbs/05_data.ipynb #e2ce5038
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}   # -> np.dtype
 
 def read_idx(path:str|Path, # An IDX file, gzip-compressed or not (detected from its content, not its name)
             ) -> torch.Tensor:
@@ -35,13 +35,14 @@ def read_idx(path:str|Path, # An IDX file, gzip-compressed or not (detected from
         raw = path.read_bytes()
         if raw[:2] == b'\x1f\x8b': raw = gzip.decompress(raw)
     except FileNotFoundError: raise LeptonError(f"{path}: file not found") from None
-    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e: raise LeptonError(f"{path}: damaged gzip file ({e})") from None
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise LeptonError(f"{path}: damaged gzip file ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise LeptonError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
     ndim, dtype = raw[3], np.dtype(_IDX_TYPES[raw[2]])
     if ndim == 0 or len(raw) < 4 + 4*ndim: raise LeptonError(f"{path}: IDX header is truncated")
     shape = struct.unpack(f'>{ndim}I', raw[4:4+4*ndim])
-    expected, found = int(np.prod(shape, dtype=object)) * dtype.itemsize, len(raw) - 4 - 4*ndim   # Python ints: no wrap-around
+    expected, found = int(np.prod(shape, dtype=object)) * dtype.itemsize, len(raw) - 4 - 4*ndim  # exact (Python ints)
     if found != expected:
         raise LeptonError(f"{path}: IDX data is {'truncated' if found < expected else 'too long'}: "
                           f"header says shape {tuple(shape)} ({expected} bytes), file holds {found} bytes")
@@ -49,7 +50,8 @@ def read_idx(path:str|Path, # An IDX file, gzip-compressed or not (detected from
     return torch.from_numpy(arr.astype(dtype.newbyteorder('=')) if dtype.byteorder == '>' else arr.copy())
 
 # %% ../nbs/05_data.ipynb #548e1e49
-FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
+FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+                   'Ankle boot']
 FASHION_FILES = {'x_train': 'train-images-idx3-ubyte', 'y_train': 'train-labels-idx1-ubyte',
                  'x_test': 't10k-images-idx3-ubyte', 'y_test': 't10k-labels-idx1-ubyte'}
 FASHION_SHAPES = {'x_train': (60000, 28, 28), 'y_train': (60000,), 'x_test': (10000, 28, 28), 'y_test': (10000,)}
@@ -68,9 +70,9 @@ def fashion_files_in(d:Path) -> dict|None:
         if all(found.values()): return found
     return None
 
-GET_DATA_HELP = ("get it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or with a network connection "
-                 "run `lepton data` once (torchvision downloads it into the user cache), or point LEPTON_DATA or --data "
-                 "at a folder holding the four IDX files")
+GET_DATA_HELP = ("get it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
+                 "or with a network connection run `lepton data` once (torchvision downloads it into the user cache), "
+                 "or point LEPTON_DATA or --data at a folder holding the four IDX files")
 
 def fashion_mnist_places(path:str|Path|None=None) -> list[tuple[str, Path]]:
     "The places searched for Fashion-MNIST, in order, as (why, folder) pairs."
@@ -98,7 +100,8 @@ def find_fashion_mnist(path:str|Path|None=None, # A folder to try first
         if files: return files
         tried.append(f"{d} ({why}): {'no IDX files there' if d.is_dir() else 'no such folder'}")
         if why == '$LEPTON_DATA':       # set on purpose, so say that it was passed over
-            print(f"note: $LEPTON_DATA ({d}) holds no Fashion-MNIST IDX files; looking in the next places", file=sys.stderr)
+            print(f"note: $LEPTON_DATA ({d}) holds no Fashion-MNIST IDX files; looking in the next places",
+                  file=sys.stderr)
     if download:
         files = _download_fashion_mnist(cache_dir())
         if files: return files
@@ -122,7 +125,8 @@ def load_fashion_mnist_raw(files:dict) -> dict:
     out = {}
     for k, p in files.items():
         t = read_idx(p)
-        if t.dtype != torch.uint8: raise LeptonError(f"{p}: expected unsigned bytes (IDX type 0x08) for Fashion-MNIST, found {t.dtype}")
+        if t.dtype != torch.uint8:
+            raise LeptonError(f"{p}: expected unsigned bytes (IDX type 0x08) for Fashion-MNIST, found {t.dtype}")
         if tuple(t.shape) != FASHION_SHAPES[k]:
             raise LeptonError(f"{p}: expected shape {FASHION_SHAPES[k]} for Fashion-MNIST, found {tuple(t.shape)}")
         out[k] = t
@@ -148,8 +152,7 @@ def load_stored(path:str|Path, # A cache file written by `store_tensors`
                ) -> tuple[dict, dict]|None:
     "Load a cache written by `store_tensors`, or return None if it is missing, unreadable or stale."
     from safetensors import safe_open
-    path = Path(path)
-    if not path.is_file(): return None
+    if not Path(path).is_file(): return None
     try:
         with safe_open(str(path), framework='pt') as f:
             meta = json.loads((f.metadata() or {}).get('lepton', '{}'))
@@ -166,13 +169,10 @@ def load_stored(path:str|Path, # A cache file written by `store_tensors`
 class ImageData:
     "Decoded uint8 images (N x C x H x W) and labels, split into train and valid, with the train split's statistics."
     x_train:torch.Tensor; y_train:torch.Tensor; x_valid:torch.Tensor; y_valid:torch.Tensor
-    classes:list
-    source:str = ''
+    classes:list; source:str = ''
     skipped:list = field(default_factory=list)  # (file, reason) for every file left out
     report:dict = field(default_factory=dict)   # what the folder checker found
-    source_hash:str = ''
-    mean:tuple|None = None
-    std:tuple|None = None
+    source_hash:str = ''; mean:tuple|None = None; std:tuple|None = None
     def __post_init__(self):
         if self.mean is None or self.std is None: self.mean, self.std = channel_stats(self.x_train)
     @property
@@ -181,8 +181,9 @@ class ImageData:
     def size(self): return tuple(self.x_train.shape[2:])
     def loaders(self, bs:int=64, device=None, seed:int=0, **kwargs):
         "Train (shuffled) and valid loaders over these tensors; see `TensorLoader`."
-        return (TensorLoader(self.x_train, self.y_train, bs, shuffle=True, seed=seed, device=device, mean=self.mean, std=self.std, **kwargs),
-                TensorLoader(self.x_valid, self.y_valid, bs, shuffle=False, device=device, mean=self.mean, std=self.std))
+        norm = dict(device=device, mean=self.mean, std=self.std)
+        return (TensorLoader(self.x_train, self.y_train, bs, shuffle=True, seed=seed, **norm, **kwargs),
+                TensorLoader(self.x_valid, self.y_valid, bs, shuffle=False, **norm))
     def summary(self) -> dict:
         "The facts `lepton data` prints."
         return {'source': self.source, 'train_size': len(self.y_train), 'valid_size': len(self.y_valid),
@@ -197,13 +198,13 @@ class ImageData:
 def channel_stats(x:torch.Tensor, # uint8 images, N x C x H x W
                   chunk:int=8192) -> tuple[tuple, tuple]:
     "Per-channel mean and standard deviation of `x/255`, accumulated in float64 chunk by chunk."
-    if x.ndim != 4 or len(x) == 0: raise LeptonError(f"need a non-empty N x C x H x W tensor, got shape {tuple(x.shape)}")
+    if x.ndim != 4 or len(x) == 0:
+        raise LeptonError(f"need a non-empty N x C x H x W tensor, got shape {tuple(x.shape)}")
     s = torch.zeros(x.shape[1], dtype=torch.float64); s2 = torch.zeros_like(s)
     for i in range(0, len(x), chunk):
         c = x[i:i+chunk].to('cpu', torch.float64) / 255
         s += c.sum((0, 2, 3)); s2 += (c*c).sum((0, 2, 3))
-    n = len(x) * x.shape[2] * x.shape[3]
-    mean, std = s / n, (s2 / n - (s / n)**2).clamp_min(1e-12).sqrt()
+    n = len(x) * x.shape[2] * x.shape[3]; mean, std = s / n, (s2 / n - (s / n)**2).clamp_min(1e-12).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())
 
 # %% ../nbs/05_data.ipynb #4103ad97
@@ -250,7 +251,7 @@ def _normalise_mode(im:Image.Image, background:int=0) -> Image.Image:
     if im.mode not in ('L', 'RGB'): im = im.convert('RGB')   # CMYK, YCbCr, LAB, HSV
     return im
 
-MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # PIL's own refusal point, about 179 million pixels (13,400 x 13,400): likely decompression bombs
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # PIL's refusal point, 179 Mpx (13,400 x 13,400): likely decompression bombs
 
 def _not_regular(path:Path) -> bool:
     "A pipe, socket or device: reading one could wait forever (a folder or a missing file is not this case)."
@@ -268,9 +269,7 @@ def _decode_image(path:Path, size, channels, background:int=0) -> torch.Tensor:
                 s = None if size is None else (size, size) if isinstance(size, int) else tuple(size)
                 if s is not None and im.format == 'JPEG':   # decode a large JPEG at a reduced scale: much faster
                     im.draft(im.mode if channels is None else ('L' if channels == 1 else 'RGB'), (s[1], s[0]))
-                im.seek(0)
-                im = ImageOps.exif_transpose(im)
-                im = _normalise_mode(im, background)
+                im.seek(0); im = _normalise_mode(ImageOps.exif_transpose(im), background)
                 if channels == 1 and im.mode != 'L': im = im.convert('L')
                 elif channels == 3 and im.mode != 'RGB': im = im.convert('RGB')
                 elif channels not in (1, 3, None): raise LeptonError(f"channels must be 1 or 3, got {channels}")
@@ -303,10 +302,10 @@ def make_messy_folder(root:str|Path, # Where to create the folder
                       size:int=32, # Size of the generated images
                       seed:int=0) -> dict:
     "A small image folder with three classes of shapes and the awkward files real folders have; returns what was made."
-    root = Path(root); rng = np.random.default_rng(seed)
-    made = {'good': [], 'bad': []}
+    root, rng, made = Path(root), np.random.default_rng(seed), {'good': [], 'bad': []}
     def shape_img(kind, s):
-        a = np.zeros((s, s), np.uint8); yy, xx = np.mgrid[:s, :s]; c = s/2 + rng.uniform(-2, 2, 2); r = s*rng.uniform(.25, .4)
+        a = np.zeros((s, s), np.uint8); yy, xx = np.mgrid[:s, :s]; c = s/2 + rng.uniform(-2, 2, 2)
+        r = s*rng.uniform(.25, .4)
         if kind == 'circle': a[(yy-c[0])**2 + (xx-c[1])**2 < r*r] = 255
         elif kind == 'square': a[int(c[0]-r):int(c[0]+r), int(c[1]-r):int(c[1]+r)] = 255
         else: a[np.abs(xx-c[1]) < (yy - (c[0]-r)) / 2] = 255; a[yy > c[0]+r] = 0
@@ -325,17 +324,18 @@ def make_messy_folder(root:str|Path, # Where to create the folder
     return made
 
 # %% ../nbs/05_data.ipynb #4ed50166
-_NOT_DATA = {'__MACOSX', '@eaDir', '$RECYCLE.BIN', 'System Volume Information', '__pycache__'}   # folders tools leave behind
+_NOT_DATA = {'__MACOSX', '@eaDir', '$RECYCLE.BIN', 'System Volume Information', '__pycache__'}  # tools' leftovers
 def is_data_name(name:str) -> bool: return not name.startswith('.') and name not in _NOT_DATA
 
 def loose_files(root:str|Path) -> list:
-    "Files next to the class folders (root/<file>): no folder says their class, so they are left out, and listed as (file, reason)."
+    """Files next to the class folders (root/<file>): no folder says their class, so they are left out,
+    and listed as (file, reason)."""
     root = Path(root).expanduser()
     if not root.is_dir(): return []
     return [(p, "not in a class folder") for p in sorted(root.iterdir()) if is_data_name(p.name) and not p.is_dir()]
 
 def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
-                      classes:list|None=None, # Expected class names (for a validation folder); None: read them from root
+                      classes:list|None=None, # Expected class names (for a validation folder); None: read from root
                      ) -> tuple[list, list]:
     "List (file, class index) pairs of an image folder, with clear errors for a missing, class-less or empty folder."
     root = Path(root).expanduser()
@@ -346,15 +346,17 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
     split = {d.lower() for d in dirs} <= {'train', 'training', 'val', 'valid', 'validation', 'test', 'testing'}
     if classes is None and split and len(dirs) > 1:   # photos/ holding train/ and val/: not two classes named so
         tr = next((d for d in dirs if d.lower().startswith('train')), dirs[0])
-        va = next((d for d in dirs if d.lower().startswith('val')), next(d for d in dirs if d != tr))   # val before test
+        va = next((d for d in dirs if d.lower().startswith('val')), next(d for d in dirs if d != tr))  # val before test
         raise LeptonError(f"{root}: its folders ({', '.join(dirs)}) look like splits of a data set, not classes: use "
-                          f"{root/tr} as the data and {root/va} as its validation folder (lepton: --data {root/tr} --val {root/va})")
+                          f"{root/tr} as the data and {root/va} as its validation folder "
+                          f"(lepton: --data {root/tr} --val {root/va})")
     if classes is None: classes = dirs
     else:
         extra = sorted(set(dirs) - set(classes))
         if extra and split:   # photos/ holding train/ and val/, given where a folder of classes belongs
-            raise LeptonError(f"{root}: its folders ({', '.join(dirs)}) look like splits of a data set, not classes: give one "
-                              f"of them, such as {root/next((d for d in dirs if not d.lower().startswith('train')), dirs[0])}")
+            such = root/next((d for d in dirs if not d.lower().startswith('train')), dirs[0])
+            raise LeptonError(f"{root}: its folders ({', '.join(dirs)}) look like splits of a data set, not classes: "
+                              f"give one of them, such as {such}")
         if extra: raise LeptonError(f"{root}: class folders not in the training data: {', '.join(extra)}")
     items, inside = [], os.path.realpath(root)
     for ci, c in enumerate(classes):
@@ -362,8 +364,7 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
         if not d.is_dir(): continue
         files, read = [], set()
         for dp, dns, fns in os.walk(d, followlinks=True):
-            read.add(os.path.realpath(dp))
-            keep = []
+            read.add(os.path.realpath(dp)); keep = []
             for n in sorted(n for n in dns if is_data_name(n)):
                 real = os.path.realpath(Path(dp)/n)
                 back = os.path.islink(Path(dp)/n) and (real == inside or real.startswith(inside + os.sep)
@@ -390,8 +391,8 @@ def _decode_one(args):
     if _not_regular(path): return path, None, "not a regular file (a pipe, socket or device)", None, None
     try: raw = path.read_bytes()
     except OSError as e:
-        if path.is_dir(): return path, None, "a linked folder, not followed: it leads back into the data or to a folder already read", None, None
-        return path, None, f"unreadable ({e.strerror or e})", None, None
+        linked = "a linked folder, not followed: it leads back into the data or to a folder already read"
+        return path, None, linked if path.is_dir() else f"unreadable ({e.strerror or e})", None, None
     if not raw: return path, None, "an empty file (0 bytes)", None, None
     digest, info = hashlib.sha1(raw).hexdigest(), _peek(path) or (None, None)
     try: return path, _decode_image(path, size, channels), None, digest, info   # checked above: a regular file
@@ -421,8 +422,7 @@ def decode_folder(items:list, # (file, class index) pairs from `scan_image_folde
     for (p, ci), (_, t, err, digest, info) in zip(items, results):
         if info and info[0]: modes[info[0]] += 1; sizes[f"{info[1][0]}x{info[1][1]}"] += 1
         if err: skipped.append((p, err)); skipped_class.append(ci); continue
-        xs.append(t); ys.append(ci)
-        by_hash.setdefault(digest, []).append((p, ci))
+        xs.append(t); ys.append(ci); by_hash.setdefault(digest, []).append((p, ci))
     counts = Counter(ys)
     if not xs: raise LeptonError(f"no readable images among {len(items)} files")
     for ci, c in enumerate(classes):
@@ -440,7 +440,7 @@ def decode_folder(items:list, # (file, class index) pairs from `scan_image_folde
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long), skipped, report
 
 # %% ../nbs/05_data.ipynb #947b6984
-def _split_key(seed, rel): return hashlib.sha1(f"{seed}:{rel}".encode('utf-8', 'surrogateescape')).hexdigest()   # names need not be UTF-8
+def _split_key(seed, rel): return hashlib.sha1(f"{seed}:{rel}".encode('utf-8', 'surrogateescape')).hexdigest()
 
 def stratified_split(rel_paths:list, # Each file's path relative to the root
                      labels:list, # Each file's class index
@@ -452,7 +452,7 @@ def stratified_split(rel_paths:list, # Each file's path relative to the root
     if not 0 < valid_pct < 1: raise LeptonError(f"valid_pct must be between 0 and 1, got {valid_pct}")
     prior, out, by_class = prior or {}, {}, {}
     for r, l in zip(rel_paths, labels): by_class.setdefault(l, []).append(r)
-    for l, rs in by_class.items():
+    for rs in by_class.values():
         want = int(round(len(rs) * valid_pct)) if len(rs) > 1 else 0
         if len(rs) > 1: want = min(max(want, 1), len(rs) - 1)
         known = [r for r in rs if r in prior]
@@ -480,24 +480,25 @@ def load_image_folder(root:str|Path, # Training folder, root/<class>/<image>
     listing = [_stat_entry(p, root) + (c,) for p, c in items] + [('val',) + _stat_entry(p) + (c,) for p, c in vitems]
     params = {'size': size, 'channels': channels, 'classes': classes}
     src_hash = _listing_hash(listing + [json.dumps(params)])
-    key = hashlib.sha1(f"{root}|{Path(val).expanduser().resolve() if val else ''}".encode('utf-8', 'surrogateescape')).hexdigest()[:16]   # names need not be UTF-8
+    where = f"{root}|{Path(val).expanduser().resolve() if val else ''}"
+    key = hashlib.sha1(where.encode('utf-8', 'surrogateescape')).hexdigest()[:16]   # names need not be UTF-8
     cpath = cache_dir()/'folders'/f'{key}.safetensors'
-    hit = load_stored(cpath, {'source_hash': src_hash}, {'x': (None, None, size, size), 'y': (None,)}) if cache else None
+    hit = load_stored(cpath, {'source_hash': src_hash},
+                      {'x': (None, None, size, size), 'y': (None,)}) if cache else None
     if hit:
         (t, meta), skipped = hit, [(Path(f), r) for f, r in hit[1]['skipped']]
         x, y, report, is_val = t['x'], t['y'], meta['report'], t['is_val'].bool()
     else:
         x, y, skipped, report = decode_folder(items + vitems, classes, size, channels, progress)
-        good = {str(p) for p, _ in items + vitems} - {str(p) for p, _ in skipped}
-        vset = {str(p) for p, _ in vitems}
+        good = {str(p) for p, _ in items + vitems} - {str(p) for p, _ in skipped}; vset = {str(p) for p, _ in vitems}
         is_val = torch.tensor([str(p) in vset for p, _ in items + vitems if str(p) in good], dtype=torch.bool)
         if cache and not any(r.startswith('unreadable') for _, r in skipped):   # (a file unreadable now, for its
             # permissions or an I/O error, may be readable later with the same size and time: such a decode is not kept)
             meta = {'source_hash': src_hash, 'report': report, 'skipped': [(str(f), r) for f, r in skipped]}
             try: store_tensors(cpath, {'x': x, 'y': y, 'is_val': is_val.to(torch.uint8)}, meta)
             except OSError as e: warnings.warn(f"could not write the cache {cpath}: {e}", LeptonWarning)
+    bad = {str(p) for p, _ in skipped}
     if val is None:
-        bad = {str(p) for p, _ in skipped}
         rels = [p.relative_to(root).as_posix() for p, _ in items if str(p) not in bad]
         spath = cache_dir()/'splits'/f'{key}.json'
         try:   # the earlier split of this folder, kept where its seed and share match
@@ -511,12 +512,11 @@ def load_image_folder(root:str|Path, # Training folder, root/<class>/<image>
         is_val = torch.tensor([assign[r] == 'valid' for r in rels], dtype=torch.bool)
         report = {**report, 'split_file': str(spath)}
     if is_val.sum() == 0: raise LeptonError(f"{root}: no validation images (give --val DIR, or more images per class)")
-    bad = {str(p) for p, _ in skipped}
     held = {str(p) for (p, _), v in zip([i for i in items + vitems if str(i[0]) not in bad], is_val.tolist()) if v}
-    leaks = sum(len(set(g) & held) for g in report.get('duplicate_groups', []) if set(g) - held)   # a copy on both sides
+    leaks = sum(len(set(g) & held) for g in report.get('duplicate_groups', []) if set(g) - held)  # a copy on both sides
     report = {**report, 'held_out_copies_of_training_images': leaks}
     skipped = skipped + loose_files(root) + (loose_files(val) if val is not None else [])   # listed, not decoded
-    names = [os.fsencode(c).decode('utf-8', 'backslashreplace') for c in classes]   # a folder name that is not UTF-8: \xff, printable
+    names = [os.fsencode(c).decode('utf-8', 'backslashreplace') for c in classes]  # not UTF-8: \xff, printable
     return ImageData(x[~is_val], y[~is_val], x[is_val], y[is_val], names, source=str(root), skipped=skipped,
                      report=report, source_hash=src_hash)
 
@@ -539,13 +539,15 @@ def get_data(data:str|Path='fashion-mnist', # "fashion-mnist", or an image folde
     p = Path(data).expanduser()
     if p.is_dir() and fashion_files_in(p):   # a folder holding the IDX files
         return load_fashion_mnist(p, download=False, cache=cache)
-    if not p.exists(): raise LeptonError(f"{data}: no such folder (use --data fashion-mnist, or a folder root/<class>/<image>)")
-    if not isinstance(size, int) or size < 4 or size > 1024: raise LeptonError(f"size must be an integer from 4 to 1024, got {size}")
-    if val is not None:                       # the same images on both sides would make the validation figures meaningless
+    if not p.exists():
+        raise LeptonError(f"{data}: no such folder (use --data fashion-mnist, or a folder root/<class>/<image>)")
+    if not isinstance(size, int) or size < 4 or size > 1024:
+        raise LeptonError(f"size must be an integer from 4 to 1024, got {size}")
+    if val is not None:  # the same images on both sides would make the validation figures meaningless
         a, b = p.resolve(), Path(val).expanduser().resolve()
         if a == b or a in b.parents or b in a.parents:
-            raise LeptonError(f"--val {val} and --data {data} overlap: give a separate validation folder, or leave --val out "
-                              f"to hold out --valid-pct of --data")
+            raise LeptonError(f"--val {val} and --data {data} overlap: give a separate validation folder, "
+                              f"or leave --val out to hold out --valid-pct of --data")
     return load_image_folder(p, val, size, channels, valid_pct, seed, cache, progress)
 
 # %% ../nbs/05_data.ipynb #685dc673
@@ -579,9 +581,8 @@ class TensorLoader:
         "This rank's sample order for the current epoch."
         n, g = len(self.y), torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         idx = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        if self.world_size > 1:
-            per = n // self.world_size   # equal shards: every rank runs the same number of steps
-            idx = idx[self.rank*per:(self.rank+1)*per]
+        if self.world_size > 1:   # equal shards: every rank runs the same number of steps
+            per = n // self.world_size; idx = idx[self.rank*per:(self.rank+1)*per]
         return idx.to(self.device)
     def __len__(self):
         n = len(self.y) // self.world_size if self.world_size > 1 else len(self.y)
@@ -594,6 +595,5 @@ class TensorLoader:
     def iter_from(self, start:int=0):
         "Batches of the current epoch from batch number `start` on (a resumed run skips what it has done)."
         idx = self.indices()
-        for i in range(start, len(self)):
-            yield self.batch(idx[i*self.bs:(i+1)*self.bs])
+        for i in range(start, len(self)): yield self.batch(idx[i*self.bs:(i+1)*self.bs])
     def __iter__(self): return self.iter_from(0)

@@ -4,13 +4,12 @@
 
 # %% ../nbs/14_distributed.ipynb #c494fc67
 from __future__ import annotations
-import copy, hashlib, math, os, signal, statistics, threading, time
+import copy, hashlib, os, signal, statistics, threading, time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -29,10 +28,13 @@ class ShardedLoader:
     "This rank's share of every batch of a `TensorLoader`: interleaved like `DistributedSampler` (eq. shard-union)."
     def __init__(self, dl:TensorLoader, # The single-process loader, its `bs` the global batch size
                  rank:int, world_size:int):
-        if getattr(dl, 'world_size', 1) != 1: raise LeptonError("ShardedLoader shards a loader that is not sharded already")
+        if getattr(dl, 'world_size', 1) != 1:
+            raise LeptonError("ShardedLoader shards a loader that is not sharded already")
         if not 0 <= rank < world_size: raise LeptonError(f"rank must be 0..{world_size - 1}, got {rank}")
-        whole = dl.bs >= len(dl.y)   # one batch is the whole set (a batch size cut down to a small set): equal shares of it
-        if len(dl.y) < world_size: raise LeptonError(f"{len(dl.y)} training images cannot be shared by {world_size} processes")
+        # one batch is the whole set (a batch size cut down to a small set): equal shares of it
+        whole = dl.bs >= len(dl.y)
+        if len(dl.y) < world_size:
+            raise LeptonError(f"{len(dl.y)} training images cannot be shared by {world_size} processes")
         if dl.bs % world_size and not whole:
             raise LeptonError(f"the global batch size {dl.bs} is not divisible by {world_size} processes")
         self.dl, self.rank, self.world_size = dl, rank, world_size
@@ -73,7 +75,8 @@ class _AgreedValidationCB(Callback):
     def after_validate(self):   # also for a validation outside an epoch's end (early stopping's last, in after_fit)
         if not dist.is_initialized(): return
         r = self.learn.record
-        box = [{k: v for k, v in r.items() if k not in ('epoch', 'train_loss')}]   # (train_loss: each rank's, averaged later)
+        # (train_loss: each rank's, averaged later)
+        box = [{k: v for k, v in r.items() if k not in ('epoch', 'train_loss')}]
         dist.broadcast_object_list(box, 0, device=_comm_device(self.learn)); r.update(box[0])
 
 class DDPCB(Callback):
@@ -106,8 +109,8 @@ class DDPCB(Callback):
         if bad: l.loss = l.loss * float('nan')     # one rank's nan is every rank's: the guard then stops all of them
         if stop: l.interrupted = self.pending or 'a signal to another rank'   # every rank stops after this step
     def _sync_buffers(self):
-        for b in self.learn.model.module.buffers() if isinstance(self.learn.model, _DDP) else self.learn.model.buffers():
-            dist.broadcast(b.data, 0)
+        m = self.learn.model
+        for b in (m.module if isinstance(m, _DDP) else m).buffers(): dist.broadcast(b.data, 0)
     def before_validate(self): self._sync_buffers()
     def after_epoch(self):
         r, dev = self.learn.record, _comm_device(self.learn)   # the same dict as history[-1]: updated in place
@@ -122,8 +125,8 @@ class DDPCB(Callback):
         l.train_dl = self.dl
         l.__dict__.pop('elapsed', None)
     def agreement(self) -> dict:
-        """How far the ranks' final weights agree (every rank calls it; `finish_ddp` does, after the callbacks' `after_fit`,
-        so that weights early stopping restored are the ones compared)."""
+        """How far the ranks' final weights agree (every rank calls it; `finish_ddp` does,
+        after the callbacks' `after_fit`, so that weights early stopping restored are the ones compared)."""
         l = self.learn
         flat = torch.cat([t.detach().float().reshape(-1) for t in l.model.state_dict().values()]).to(_comm_device(l))
         hi, lo = flat.clone(), flat.clone()
@@ -147,7 +150,8 @@ def init_ddp(device=None, # 'auto', 'cpu', 'cuda'...: CUDA gets one GPU per proc
     if dev.type not in ('cpu', 'cuda'): raise LeptonError(f"--ddp runs on cpu (gloo) or cuda (nccl), not on {dev.type}")
     if dev.type == 'cuda':
         if local >= torch.cuda.device_count():
-            raise LeptonError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible): lower --nproc_per_node")
+            raise LeptonError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible): lower "
+                              "--nproc_per_node")
         dev = torch.device('cuda', local); torch.cuda.set_device(dev)
     backend = 'nccl' if dev.type == 'cuda' else 'gloo'
     if not dist.is_initialized(): dist.init_process_group(backend)
@@ -167,7 +171,8 @@ def finish_ddp(learn:Learner, metrics:dict, out:Path|None, ctx:SimpleNamespace) 
     cb = learn.cb(DDPCB)
     if metrics and cb is not None:   # every rank has metrics, or none has (an interrupt is agreed)
         metrics['ddp'] = cb.agreement()
-        if ctx.rank == 0 and out is not None and (Path(out)/'metrics.json').is_file(): save_json(metrics, Path(out)/'metrics.json')
+        if ctx.rank == 0 and out is not None and (Path(out)/'metrics.json').is_file():
+            save_json(metrics, Path(out)/'metrics.json')
     if dist.is_initialized():   # every rank at this line before any tears the group down (no peer still mid-collective)
         dist.barrier(); dist.destroy_process_group()
     return metrics
@@ -220,7 +225,7 @@ def measure_allreduce(sizes:list=(4_000, 400_000, 1_700_000, 2_800_000, 8_000_00
                       world_size:int=2, repeats:int=20) -> dict:
     "Median seconds of a gloo all-reduce of each size between `world_size` local processes."
     import socket, tempfile, torch.multiprocessing as mp
-    from lepton_nb import distributed as this   # spawned processes find the worker by module path (also from a notebook)
+    from lepton_nb import distributed as this  # spawned processes find the worker by module path (also from a notebook)
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]   # a free port
     with tempfile.TemporaryDirectory() as d:
         out = str(Path(d)/'allreduce.json')
@@ -230,9 +235,11 @@ def measure_allreduce(sizes:list=(4_000, 400_000, 1_700_000, 2_800_000, 8_000_00
 # %% ../nbs/14_distributed.ipynb #bdba8373
 def split_non_iid(y:torch.Tensor, # Labels of the training set
                   n_clients:int=10, classes_per_client:int=2, seed:int=0) -> list[torch.Tensor]:
-    "Client k gets classes `k*m`, `k*m+1`, ..., `k*m+m-1` (mod C) for m classes per client; each class's examples are shared equally among its clients."
+    """Client k gets classes `k*m`, `k*m+1`, ..., `k*m+m-1` (mod C) for m classes per client;
+    each class's examples are shared equally among its clients."""
     C = int(y.max()) + 1
-    if not 1 <= classes_per_client <= C: raise LeptonError(f"classes_per_client must be 1..{C}, got {classes_per_client}")
+    if not 1 <= classes_per_client <= C:
+        raise LeptonError(f"classes_per_client must be 1..{C}, got {classes_per_client}")
     if n_clients * classes_per_client < C:
         raise LeptonError(f"{n_clients} clients with {classes_per_client} classes each cannot hold all {C} classes")
     m = classes_per_client
@@ -251,7 +258,8 @@ def split_iid(n:int, n_clients:int=10, seed:int=0) -> list[torch.Tensor]:
 def fed_average(states:list[dict], weights:list) -> dict:
     "The weighted average of state dicts (eq. fedavg); integer buffers (batch counts) are taken from the first."
     w = torch.tensor([float(x) for x in weights], dtype=torch.float64)
-    if len(states) != len(w) or len(w) == 0 or not (w > 0).all(): raise LeptonError("need one positive weight per state")
+    if len(states) != len(w) or len(w) == 0 or not (w > 0).all():
+        raise LeptonError("need one positive weight per state")
     w = w / w.sum()
     return {k: (sum(wi * s[k].double() for wi, s in zip(w, states)).to(v.dtype) if v.is_floating_point() else v.clone())
             for k, v in states[0].items()}
@@ -265,7 +273,8 @@ def _evaluate(model, data:ImageData, dev) -> float:
     return right / len(data.y_valid)
 
 def _sgd_fit(model, data:ImageData, idx, epochs:int, bs:int, lr:float, seed:int, dev):
-    dl = TensorLoader(data.x_train[idx], data.y_train[idx], bs, shuffle=True, seed=seed, device=dev, mean=data.mean, std=data.std)
+    dl = TensorLoader(data.x_train[idx], data.y_train[idx], bs, shuffle=True, seed=seed, device=dev, mean=data.mean,
+                      std=data.std)
     opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9)
     Learner(model, dl, opt=opt, device=dev).fit(epochs)
     return model
@@ -294,7 +303,8 @@ def centralised(make_model, data:ImageData, idx:torch.Tensor, epochs:int, bs:int
     "The same model and optimiser on the pooled data; test accuracy after each epoch."
     dev = get_device(device); seed_everything(seed)
     model, acc = make_model().to(dev), []
-    dl = TensorLoader(data.x_train[idx], data.y_train[idx], bs, shuffle=True, seed=seed, device=dev, mean=data.mean, std=data.std)
+    dl = TensorLoader(data.x_train[idx], data.y_train[idx], bs, shuffle=True, seed=seed, device=dev, mean=data.mean,
+                      std=data.std)
     learn = Learner(model, dl, opt=torch.optim.SGD(model.parameters(), lr, momentum=0.9), device=dev)
     for e in range(epochs): learn.fit(e + 1); acc.append(_evaluate(model, data, dev))
     return {'accuracy': acc, 'model': model, 'examples_seen': epochs * len(idx)}

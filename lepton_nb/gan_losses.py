@@ -23,12 +23,14 @@ def _check_logits(name, t):
 def _check_pair(real_logits, fake_logits):
     _check_logits('real_logits', real_logits); _check_logits('fake_logits', fake_logits)
     if real_logits.shape[1:] != fake_logits.shape[1:]:   # batch sizes may differ, one sample's output may not
-        raise LeptonError(f"real and fake logits must have the same shape per sample, got {tuple(real_logits.shape)} and {tuple(fake_logits.shape)}")
+        raise LeptonError(f"real and fake logits must have the same shape per sample, got {tuple(real_logits.shape)} "
+                          f"and {tuple(fake_logits.shape)}")
 
 def d_loss(real_logits:torch.Tensor, # D's logits on a batch of data, N x ... (any shape)
            fake_logits:torch.Tensor, # D's logits on a batch of generated samples, M x ... (same shape per sample)
           ) -> torch.Tensor:
-    "Discriminator loss `mean softplus(-real) + mean softplus(fake)` = -[log D(x) + log(1 - D(G(z)))] (eq. loss-d, eq. d-loss-logits)."
+    """Discriminator loss `mean softplus(-real) + mean softplus(fake)` = -[log D(x) + log(1 - D(G(z)))]
+    (eq. loss-d, eq. d-loss-logits)."""
     _check_pair(real_logits, fake_logits)
     # $-\log D(x) = \mathrm{softplus}(-r)$, $-\log(1 - D(G(z))) = \mathrm{softplus}(f)$   (eq. log-sigmoid)
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
@@ -36,7 +38,8 @@ def d_loss(real_logits:torch.Tensor, # D's logits on a batch of data, N x ... (a
 def g_loss(fake_logits:torch.Tensor, # D's logits on a batch of generated samples
            saturating:bool=False, # False: -log D(G(z)) (eq. loss-g-ns); True: log(1 - D(G(z))) (eq. loss-g-sat)
           ) -> torch.Tensor:
-    "Generator loss: `mean softplus(-fake)` = -log D(G(z)), or with `saturating` `-mean softplus(fake)` = log(1 - D(G(z))) (eq. g-loss-logits)."
+    """Generator loss: `mean softplus(-fake)` = -log D(G(z)),
+    or with `saturating` `-mean softplus(fake)` = log(1 - D(G(z))) (eq. g-loss-logits)."""
     _check_logits('fake_logits', fake_logits)
     if saturating: return -F.softplus(fake_logits).mean()     # log(1 - sigma(f)) = -softplus(f)
     return F.softplus(-fake_logits).mean()                    # -log sigma(f) = softplus(-f)
@@ -58,9 +61,11 @@ def g_loss_lsgan(fake_logits:torch.Tensor, # D's raw outputs on generated sample
 def d_loss_hinge(real_logits:torch.Tensor, # D's raw outputs on data
                  fake_logits:torch.Tensor, # D's raw outputs on generated samples
                 ) -> torch.Tensor:
-    "Hinge discriminator loss `mean max(0, 1 - real) + mean max(0, 1 + fake)` (eq. hinge-gan): the SVM hinge with labels +1/-1."
+    """Hinge discriminator loss `mean max(0, 1 - real) + mean max(0, 1 + fake)` (eq. hinge-gan):
+    the SVM hinge with labels +1/-1."""
     _check_pair(real_logits, fake_logits)
-    return hinge_loss(real_logits, torch.ones_like(real_logits)) + hinge_loss(fake_logits, -torch.ones_like(fake_logits))
+    return (hinge_loss(real_logits, torch.ones_like(real_logits))
+            + hinge_loss(fake_logits, -torch.ones_like(fake_logits)))
 
 def g_loss_hinge(fake_logits:torch.Tensor, # D's raw outputs on generated samples
                 ) -> torch.Tensor:

@@ -21,7 +21,8 @@ def confusion_matrix(preds:torch.Tensor, # Predicted class per example (N,), or 
     if preds.ndim == 2: preds = preds.argmax(1)
     elif preds.is_floating_point():   # .long() would silently turn probabilities such as 0.9 into class 0
         raise LeptonError("preds must be class indices (N,) or scores (N, K), got floating-point values of shape "
-                          f"{tuple(preds.shape)}; for one probability per example, threshold it first: (p > 0.5).long()")
+                          f"{tuple(preds.shape)}; for one probability per example, "
+                          "threshold it first: (p > 0.5).long()")
     preds, targets = preds.reshape(-1).long(), targets.reshape(-1).long()
     if preds.shape != targets.shape: raise LeptonError(f"{len(preds)} predictions but {len(targets)} targets")
     if len(targets) and (min(preds.min(), targets.min()) < 0 or max(preds.max(), targets.max()) >= n_classes):
@@ -42,15 +43,18 @@ def metrics_from_confusion(cm:torch.Tensor, # K x K counts from `confusion_matri
     f1 = _safe_div(2 * tp, pred_k + true_k)           # $F_k = 2C_{kk} / (\sum_i C_{ik} + \sum_j C_{kj})$
     n = cm.sum()
     return {'accuracy': (tp.sum() / n).item() if n > 0 else 0.0,
-            'precision_macro': precision.mean().item(), 'recall_macro': recall.mean().item(), 'f1_macro': f1.mean().item(),
-            'precision': precision.tolist(), 'recall': recall.tolist(), 'f1': f1.tolist(), 'support': true_k.long().tolist(),
+            'precision_macro': precision.mean().item(), 'recall_macro': recall.mean().item(),
+            'f1_macro': f1.mean().item(),
+            'precision': precision.tolist(), 'recall': recall.tolist(), 'f1': f1.tolist(),
+            'support': true_k.long().tolist(),
             'n': int(n)}
 
 # %% ../nbs/06_metrics.ipynb #3317d4d4
 class Confusion:
     "A confusion matrix accumulated over batches on their device; `compute()` returns every metric."
     def __init__(self, n_classes:int): # K
-        if not isinstance(n_classes, int) or n_classes < 1: raise LeptonError(f"n_classes must be a positive integer, got {n_classes}")
+        if not isinstance(n_classes, int) or n_classes < 1:
+            raise LeptonError(f"n_classes must be a positive integer, got {n_classes}")
         self.n_classes = n_classes
         self.reset()
     def reset(self): self.cm = torch.zeros(self.n_classes, self.n_classes, dtype=torch.long)
@@ -65,7 +69,8 @@ class Confusion:
 def macro_over_present(m:dict, # The result of `metrics_from_confusion` or `Confusion.compute`
                        key:str='f1', # A per-class figure: 'precision', 'recall' or 'f1'
                       ) -> float|None:
-    "The mean of `key` over the classes that have examples here (the K-class macro counts an absent class as 0); None if none has."
+    """The mean of `key` over the classes that have examples here (the K-class macro counts an absent class as 0);
+    None if none has."""
     present = [i for i, s in enumerate(m['support']) if s > 0]
     return sum(m[key][i] for i in present) / len(present) if present else None
 
@@ -76,16 +81,19 @@ def classification_report(m:dict, # The result of `metrics_from_confusion` or `C
     examples here shows n/a where its ratio has no denominator (F1's, 2TP + FP + FN, is 0 only if it is never predicted
     either), and a second macro line averages the classes present."""
     present = [i for i, s in enumerate(m['support']) if s > 0]
-    part = f'macro avg, {len(present)} present' if 0 < len(present) < len(classes) else None   # K-class averages count absent classes as 0
+    # K-class averages count absent classes as 0
+    part = f'macro avg, {len(present)} present' if 0 < len(present) < len(classes) else None
     w = max(12, max(len(str(c)) for c in classes) + 2, len(part or '') + 2)
     cell = lambda v, defined=True: f"{v:>10.4f}" if defined else f"{'n/a':>10}"
     predicted = torch.as_tensor(m['confusion']).sum(0).tolist() if 'confusion' in m else [1] * len(classes)
     lines = [f"{'class':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for c, p, r, f, s, k in zip(classes, m['precision'], m['recall'], m['f1'], m['support'], predicted):
         lines.append(f"{str(c):<{w}}{cell(p, k > 0 or s > 0)}{cell(r, s > 0)}{cell(f, s > 0 or k > 0)}{s:>10d}")
-    lines.append(f"{'macro avg':<{w}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}{m['f1_macro']:>10.4f}{m['n']:>10d}")
+    lines.append(f"{'macro avg':<{w}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}{m['f1_macro']:>10.4f}"
+                 f"{m['n']:>10d}")
     if part:
-        lines.append(f"{part:<{w}}" + ''.join(cell(macro_over_present(m, k)) for k in ('precision', 'recall', 'f1')) + f"{m['n']:>10d}")
+        lines.append(f"{part:<{w}}" + ''.join(cell(macro_over_present(m, k)) for k in ('precision', 'recall', 'f1'))
+                     + f"{m['n']:>10d}")
     lines.append(f"{'accuracy':<{w}}{'':>20}{m['accuracy']:>10.4f}{m['n']:>10d}")
     return '\n'.join(lines)
 
@@ -99,7 +107,7 @@ def show_images(x:torch.Tensor, # uint8 or float images, N x C x H x W
     import matplotlib.pyplot as plt, numpy as np
     n = len(x)
     if axs is None:
-        ncols = max(1, min(ncols, n)); nrows = max(1, -(-n // ncols))   # two images: a figure two images wide, not eight
+        ncols = max(1, min(ncols, n)); nrows = max(1, -(-n // ncols))  # two images: a figure two images wide, not eight
         _, axs = plt.subplots(nrows, ncols, figsize=(ncols*size, nrows*size*(1.25 if labels else 1)), squeeze=False)
     axs = np.asarray(axs).ravel()
     for i, ax in enumerate(axs):
@@ -122,7 +130,8 @@ def plot_confusion(cm, # K x K counts (tensor or nested list)
     cm = torch.as_tensor(cm).double()
     v = cm / cm.sum(1, keepdim=True).clamp_min(1) if normalize else cm
     k = len(classes)
-    if ax is None: _, ax = plt.subplots(figsize=(max(4.4, 1.0 + 0.62*k), max(3.8, 0.8 + 0.55*k)))   # room for the title with few classes
+    # room for the title with few classes
+    if ax is None: _, ax = plt.subplots(figsize=(max(4.4, 1.0 + 0.62*k), max(3.8, 0.8 + 0.55*k)))
     ax.imshow(v.numpy(), cmap='Blues', vmin=0, vmax=1 if normalize else None)
     ax.set_xticks(range(k), [str(c) for c in classes], rotation=45, ha='right', fontsize=8)
     ax.set_yticks(range(k), [str(c) for c in classes], fontsize=8)
@@ -150,6 +159,7 @@ def plot_mistakes(x:torch.Tensor, # Images (uint8 or float), N x C x H x W
                   probs:torch.Tensor, targets:torch.Tensor, classes:list, k:int=16, ncols:int=8):
     "A grid of the most confident mistakes, titled 'predicted (p) / true'; returns the figure."
     idx = worst_mistakes(probs, targets, k)
-    titles = [f"{classes[int(probs[i].argmax())]} ({probs[i].max():.2f})\ntrue: {classes[int(targets[i])]}" for i in idx]
+    titles = [f"{classes[int(probs[i].argmax())]} ({probs[i].max():.2f})\ntrue: {classes[int(targets[i])]}"
+              for i in idx]
     fig = show_images(x[idx], titles, ncols=min(ncols, max(1, len(idx))), size=1.5)
     return fig

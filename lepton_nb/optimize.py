@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_optimize.ipynb #b75c8e4a
 from __future__ import annotations
-import contextlib, copy, os, statistics, tempfile, time, warnings
+import contextlib, copy, statistics, tempfile, time, warnings
 from pathlib import Path
 
 import torch
@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 import torch.nn.utils.prune as prune
 
-from .core import LeptonError, get_device, seed_everything
+from .core import LeptonError, seed_everything
 from .data import ImageData, TensorLoader
-from .learner import Learner, bf16_supported
-from .cnn import fast_cnn, seed_cnn, train_classifier
+from .learner import Learner
 
 # %% auto #0
 __all__ = ['subset', 'accuracy', 'profile_step', 'top_ops', 'phase_ms', 'prune_weights', 'make_permanent', 'sparsity_of',
@@ -23,7 +22,8 @@ __all__ = ['subset', 'accuracy', 'profile_step', 'top_ops', 'phase_ms', 'prune_w
            'compare_int8', 'step_times', 'thread_times']
 
 # %% ../nbs/13_optimize.ipynb #a33f84b1
-def subset(data:ImageData, n_train:int, n_valid:int|None=None, # Training images kept; validation images kept (None: all)
+def subset(data:ImageData, n_train:int, # Training images kept
+           n_valid:int|None=None, # Validation images kept (None: all)
            seed:int=0) -> ImageData:
     "A seeded random subset of the training split (and the first `n_valid` validation images), same normalisation."
     idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(seed))[:n_train]
@@ -44,7 +44,7 @@ def profile_step(model:nn.Module, xb:torch.Tensor, yb:torch.Tensor, # A model an
                  opt:torch.optim.Optimizer|None=None, # Default: Adam (the seed recipe's)
                  steps:int=3, # Profiled steps, after one warm-up step
                  trace:str|Path|None=None): # Write a Chrome/Perfetto trace JSON here
-    "Profile `steps` training steps with torch.profiler (forward, backward and optimiser labelled); returns the profile."
+    "Profile `steps` training steps with torch.profiler (forward, backward, optimiser labelled); returns the profile."
     from torch.profiler import ProfilerActivity, profile, record_function
     opt = opt or torch.optim.Adam(model.parameters(), 1e-3)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if xb.is_cuda else [])
@@ -63,8 +63,8 @@ def top_ops(prof, n:int=10) -> list[dict]:
     evs = [e for e in prof.key_averages() if e.key not in ('forward', 'backward', 'optimizer')]
     total = sum(e.self_cpu_time_total for e in evs)
     evs.sort(key=lambda e: -e.self_cpu_time_total)
-    return [{'op': e.key, 'calls': e.count, 'self_ms': e.self_cpu_time_total / 1e3, 'share': e.self_cpu_time_total / total}
-            for e in evs[:n]]
+    return [{'op': e.key, 'calls': e.count, 'self_ms': e.self_cpu_time_total / 1e3,
+             'share': e.self_cpu_time_total / total} for e in evs[:n]]
 
 def phase_ms(prof) -> dict:
     "Total CPU milliseconds of the labelled phases (forward, backward, optimizer) over the profiled steps."
@@ -107,13 +107,15 @@ def sparsity_of(model:nn.Module) -> dict:
 def fine_tune(model:nn.Module, data:ImageData, epochs:int=1, lr:float=3e-4, bs:int=32, seed:int=0) -> nn.Module:
     "A short Adam run on `data` with the `Learner` of notebook 07 (pruning masks, if any, stay applied)."
     seed_everything(seed)
-    dl = TensorLoader(data.x_train, data.y_train, bs, shuffle=True, seed=seed, device='cpu', mean=data.mean, std=data.std)
+    dl = TensorLoader(data.x_train, data.y_train, bs, shuffle=True, seed=seed, device='cpu', mean=data.mean,
+                      std=data.std)
     Learner(model, dl, opt=torch.optim.Adam(model.parameters(), lr), device='cpu').fit(epochs)
     return model.eval()
 
 # %% ../nbs/13_optimize.ipynb #9b12f63d
 def sparsity_curve(model:nn.Module, data:ImageData, sparsities:tuple=(0.5, 0.8, 0.9, 0.95, 0.98),
-                   scopes:tuple=('global', 'layer'), tune:ImageData|None=None, # Fine-tune on this data (None: no fine-tuning)
+                   scopes:tuple=('global', 'layer'),
+                   tune:ImageData|None=None, # Fine-tune on this data (None: no fine-tuning)
                    epochs:int=1) -> list[dict]:
     "Test accuracy of magnitude-pruned copies of `model` at each sparsity and scope, before and after fine-tuning."
     rows = []
@@ -129,7 +131,8 @@ def _show_curve(rows, base):
     import matplotlib.pyplot as plt
     print(f"unpruned: {base:.4f}")
     print(f"{'scope':7s} {'sparsity':>8s} {'pruned':>8s} {'fine-tuned':>10s}")
-    for r in rows: print(f"{r['scope']:7s} {r['sparsity']:8.0%} {r['pruned']:8.4f} {r.get('fine_tuned', float('nan')):10.4f}")
+    for r in rows:
+        print(f"{r['scope']:7s} {r['sparsity']:8.0%} {r['pruned']:8.4f} {r.get('fine_tuned', float('nan')):10.4f}")
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for scope, c in (('global', 'tab:blue'), ('layer', 'tab:orange')):
         rs = [r for r in rows if r['scope'] == scope]
@@ -148,7 +151,8 @@ def shrink_seed_cnn(model:nn.Sequential, # A trained seed CNN (`seed_cnn`)
     "A smaller copy of a seed CNN without its weakest filters (L1 norm) and hidden units (L2 norm) (eq. filter-norm)."
     kinds = [type(m) for m in model]
     if kinds != [nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear, nn.ReLU, nn.Linear]:
-        raise LeptonError("shrink_seed_cnn needs the seed CNN's layout (conv, ReLU, pool, flatten, linear, ReLU, linear)")
+        raise LeptonError("shrink_seed_cnn needs the seed CNN's layout "
+                          "(conv, ReLU, pool, flatten, linear, ReLU, linear)")
     if not (0 < keep_channels <= 1 and 0 < keep_hidden <= 1): raise LeptonError("keep shares must be in (0, 1]")
     conv, fc1, fc2 = model[0], model[4], model[6]
     C, H = conv.out_channels, fc1.out_features
@@ -156,11 +160,12 @@ def shrink_seed_cnn(model:nn.Sequential, # A trained seed CNN (`seed_cnn`)
     ch = conv.weight.detach().abs().sum((1, 2, 3)).topk(kc).indices.sort().values   # strongest filters, in order
     hid = fc1.weight.detach().norm(dim=1).topk(kh).indices.sort().values            # strongest hidden units
     hw = fc1.in_features // C                                                       # 13 x 13 = 169 per channel
-    new = nn.Sequential(nn.Conv2d(conv.in_channels, kc, conv.kernel_size), nn.ReLU(), nn.MaxPool2d(model[2].kernel_size),
+    new = nn.Sequential(nn.Conv2d(conv.in_channels, kc, conv.kernel_size), nn.ReLU(),
+                        nn.MaxPool2d(model[2].kernel_size),
                         nn.Flatten(), nn.Linear(kc * hw, kh), nn.ReLU(), nn.Linear(kh, fc2.out_features))
     with torch.no_grad():
         new[0].weight.copy_(conv.weight[ch]); new[0].bias.copy_(conv.bias[ch])
-        w1 = fc1.weight.view(H, C, hw)[hid][:, ch]                                  # rows: kept units; columns: kept channels
+        w1 = fc1.weight.view(H, C, hw)[hid][:, ch]  # rows: kept units; columns: kept channels
         new[4].weight.copy_(w1.reshape(kh, kc * hw)); new[4].bias.copy_(fc1.bias[hid])
         new[6].weight.copy_(fc2.weight[:, hid]); new[6].bias.copy_(fc2.bias)
     return new.to(conv.weight.device).train(model.training)
@@ -168,7 +173,8 @@ def shrink_seed_cnn(model:nn.Sequential, # A trained seed CNN (`seed_cnn`)
 # %% ../nbs/13_optimize.ipynb #fe13bfa4
 def time_models(models:dict, x:torch.Tensor, # name -> callable taking x; the input batch
                 repeats:int=15, warmup:int=3) -> dict:
-    "Median seconds per call of each model on `x`, interleaved (one call of each per round, in a new random order), after warm-up calls."
+    """Median seconds per call of each model on `x`, interleaved (one call of each per round,
+    in a new random order), after warm-up calls."""
     ts, g = {k: [] for k in models}, torch.Generator().manual_seed(0)
     names = list(models)
     with torch.no_grad():
@@ -206,7 +212,7 @@ def _ao():
 def quantize_int8(model:nn.Module, # The float model (left unchanged)
                   mode:str='static', # 'static' (weights and activations) or 'dynamic' (linear layers' weights)
                   calib:torch.Tensor|None=None, # Normalised input images for calibration (static only), N x C x H x W
-                  backend:str|None=None, # Kernel set: 'x86' (fbgemm + oneDNN) or 'qnnpack' (ARM); None: x86 where this build has it
+                  backend:str|None=None, # 'x86' (fbgemm + oneDNN) or 'qnnpack' (ARM); None: x86 where this build has it
                  ) -> nn.Module:
     "An int8 copy of `model` for CPU inference (eq. affine-quant), with torch.ao.quantization."
     tq, prepare_fx, convert_fx = _ao()
@@ -218,7 +224,8 @@ def quantize_int8(model:nn.Module, # The float model (left unchanged)
             raise LeptonError("static quantization needs calibration images: a non-empty N x C x H x W tensor")
         engines = torch.backends.quantized.supported_engines
         backend = backend or next((e for e in ('x86', 'fbgemm', 'qnnpack') if e in engines), None)
-        if backend not in engines: raise LeptonError(f"this PyTorch build has no {backend} int8 kernels (it has: {', '.join(engines)})")
+        if backend not in engines:
+            raise LeptonError(f"this PyTorch build has no {backend} int8 kernels (it has: {', '.join(engines)})")
         torch.backends.quantized.engine = backend   # (the int8 model runs on the engine set here: it stays set)
         p = prepare_fx(m, tq.get_default_qconfig_mapping(backend), example_inputs=(calib[:1],))
         with torch.no_grad():
@@ -233,7 +240,8 @@ def saved_size(model:nn.Module) -> int:
         return p.stat().st_size
 
 # %% ../nbs/13_optimize.ipynb #44330d44
-def compare_int8(model:nn.Module, data:ImageData, calib:torch.Tensor, x:torch.Tensor, # Model, data, calibration images, timing batch
+def compare_int8(model:nn.Module, data:ImageData, # Model and data
+                 calib:torch.Tensor, x:torch.Tensor, # Calibration images, timing batch
                  repeats:int=15) -> dict:
     "Size on disk, latency on `x` and test accuracy of fp32, fp32 channels-last, dynamic and static int8 copies."
     model = copy.deepcopy(model).cpu().eval()

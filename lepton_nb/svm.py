@@ -39,7 +39,8 @@ def _check_binary(scores, y):
         raise LeptonError(f"scores and labels must have the same shape, got {tuple(scores.shape)} and {tuple(y.shape)}")
     bad = (y != 1) & (y != -1)
     if bad.any():
-        raise LeptonError(f"labels must be -1 or +1, found {y[bad].flatten()[0].item():g} (for 0/1 labels pass 2*y - 1)")
+        raise LeptonError(f"labels must be -1 or +1, found {y[bad].flatten()[0].item():g} "
+                          "(for 0/1 labels pass 2*y - 1)")
 
 def hinge_loss(scores:torch.Tensor, # Scores s = w.x + b, any shape
                y:torch.Tensor, # Labels in {-1, +1}, the same shape as `scores`
@@ -59,9 +60,11 @@ def _check_multiclass(scores, y):
     if c < 2: raise LeptonError(f"need at least 2 classes, scores have {c} column(s)")
     if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise LeptonError(f"labels must be an integer tensor of class indices, got {_describe(y)}")
-    if y.shape != (n,): raise LeptonError(f"labels must have shape ({n},) to match scores {tuple(scores.shape)}, got {tuple(y.shape)}")
+    if y.shape != (n,):
+        raise LeptonError(f"labels must have shape ({n},) to match scores {tuple(scores.shape)}, got {tuple(y.shape)}")
     if n and (y.min() < 0 or y.max() >= c):
-        raise LeptonError(f"labels must be class indices in 0..{c-1}, found {(y.min() if y.min() < 0 else y.max()).item()}")
+        raise LeptonError(f"labels must be class indices in 0..{c-1}, found "
+                          f"{(y.min() if y.min() < 0 else y.max()).item()}")
 
 def multiclass_hinge_loss(scores:torch.Tensor, # Scores, N x K
                           y:torch.Tensor, # True classes, N integers in 0..K-1
@@ -69,8 +72,10 @@ def multiclass_hinge_loss(scores:torch.Tensor, # Scores, N x K
                           margin:float=1.0, # The margin Delta the true score must win by
                           reduction:str='mean', # 'mean', 'sum' or 'none' (per sample), as in PyTorch
                          ) -> torch.Tensor:
-    "Multi-class hinge: 'ww' sums `max(0, margin - s_y + s_j)` over j != y (eq. ww), 'cs' takes the max over j (eq. cs)."
-    if kind not in ('ww', 'cs'): raise LeptonError(f"unknown kind {kind!r}: use 'ww' (Weston-Watkins) or 'cs' (Crammer-Singer)")
+    """Multi-class hinge: 'ww' sums `max(0, margin - s_y + s_j)` over j != y (eq. ww),
+    'cs' takes the max over j (eq. cs)."""
+    if kind not in ('ww', 'cs'):
+        raise LeptonError(f"unknown kind {kind!r}: use 'ww' (Weston-Watkins) or 'cs' (Crammer-Singer)")
     _check_reduction(reduction); _check_multiclass(scores, y)
     s_y = scores.gather(1, y.long()[:, None])                  # N x 1: the true class's score
     viol = margin - s_y + scores                               # N x K: Delta - s_y + s_j
@@ -88,7 +93,8 @@ class LinearSVM(nn.Module):
                  margin:float=1.0, # The margin Delta of 'ww' and 'cs'
                 ):
         super().__init__()
-        if not isinstance(n_classes, int) or n_classes < 2: raise LeptonError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+        if not isinstance(n_classes, int) or n_classes < 2:
+            raise LeptonError(f"n_classes must be an integer >= 2, got {n_classes!r}")
         if kind not in ('ww', 'cs', 'ovr'): raise LeptonError(f"unknown kind {kind!r}: use 'ww', 'cs' or 'ovr'")
         self.n_features, self.n_classes, self.kind, self.margin = n_features, n_classes, kind, margin
         self.linear = nn.Linear(n_features, 1 if n_classes == 2 else n_classes)
@@ -98,7 +104,8 @@ class LinearSVM(nn.Module):
     def forward(self, x:torch.Tensor) -> torch.Tensor:
         "Scores: N (two classes) or N x K."
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.n_features:
-            raise LeptonError(f"expected N samples of {self.n_features} features, got a tensor of shape {tuple(x.shape)}")
+            raise LeptonError(f"expected N samples of {self.n_features} features, got a tensor of shape "
+                              f"{tuple(x.shape)}")
         s = self.linear(x.flatten(1))                            # N x D -> N x (1 or K)
         return s[:, 0] if self.n_classes == 2 else s
 
@@ -143,7 +150,7 @@ class LinearSVM(nn.Module):
         opt = torch.optim.SGD(self.parameters(), lr=lr, momentum=momentum)
         n, gen, self.history = len(y), torch.Generator().manual_seed(seed), []
         nb = -(-n // bs); total, step = epochs * nb, 0
-        for epoch in range(epochs):
+        for _ in range(epochs):
             idx, tot = torch.randperm(n, generator=gen).to(dev), torch.zeros((), device=dev)
             for i in range(nb):
                 for group in opt.param_groups: group['lr'] = lr * 0.5 * (1 + math.cos(math.pi * step / total))

@@ -24,8 +24,8 @@
    API entry, no page loads anything from another
    host, no internal link or #anchor is broken. Problems are listed and the exit code is 1.
 """
-import argparse, base64, fnmatch, hashlib, html.parser, json, os, posixpath, re, shutil, subprocess, sys, tarfile, tempfile
-import time
+import argparse, base64, fnmatch, hashlib, html.parser, json, os, posixpath, re, shutil, subprocess, sys, tarfile
+import tempfile, time
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -153,10 +153,11 @@ def in_source_order(cells:list) -> bool:
         md = ''.join(''.join(o.get('data', {}).get('text/markdown', '')) for o in c.get('outputs', []))
         m = SOURCE_LINE_RE.search(md)
         return int(m.group(1)) if m else None
+    is_doc = lambda c: c['cell_type'] == 'code' and ''.join(c['source']).startswith(SHOW_DOC_SRC)
     moved, i = False, 0
     while i < len(cells):
         j = i
-        while j < len(cells) and cells[j]['cell_type'] == 'code' and ''.join(cells[j]['source']).startswith(SHOW_DOC_SRC): j += 1
+        while j < len(cells) and is_doc(cells[j]): j += 1
         run = cells[i:j]
         if len(run) > 1 and all(line(c) is not None for c in run):
             srt = sorted(run, key=line)
@@ -173,7 +174,8 @@ def tidy_signature(md:str, classes:set[str]) -> str:
         code = re.sub(r'(\w+):VAR_KEYWORD', r'**\1', code)
         code = re.sub(r'(\w+):NoneType=None', r'\1=None', code)
         code = CODE_LINK_RE.sub(r'\1', code)
-        if name in classes: code = re.sub(r'^(\s*)def ' + re.escape(name) + r'\(', r'\1class ' + name + '(', code, count=1, flags=re.M)
+        if name in classes:
+            code = re.sub(r'^(\s*)def ' + re.escape(name) + r'\(', r'\1class ' + name + '(', code, count=1, flags=re.M)
         return head + code + end
     return SIG_RE.sub(one, md)
 
@@ -181,7 +183,8 @@ def prepare_pages(proc:Path, nbs:Path, site_url:str) -> None:
     """In `_proc/`: nbdev's absolute links to the site become links to notebooks; links to planned notebooks, text.
     Each page also gets `order:` (index first, then by file name), which both renderers' `auto` sidebar sorts by."""
     nbs_list = notebooks(nbs)
-    order = {nb: i for i, nb in enumerate(sorted(nbs_list, key=lambda p: (p.parent.as_posix(), p.stem != 'index', p.name)))}
+    ranked = sorted(nbs_list, key=lambda p: (p.parent.as_posix(), p.stem != 'index', p.name))
+    order = {nb: i for i, nb in enumerate(ranked)}
     by_page = {page_name(nb): nb for nb in nbs_list}
     self_re = re.compile(re.escape(site_url.rstrip('/')) + r'/([\w./-]+\.html)(#[^)\s"\'>]*)?')
     classes = class_names()
@@ -199,13 +202,14 @@ def prepare_pages(proc:Path, nbs:Path, site_url:str) -> None:
         d = json.loads(f.read_text(encoding='utf-8'))
         changed = False
         front = d['cells'][0] if d['cells'] and d['cells'][0]['cell_type'] == 'raw' else None
-        if front is not None and ''.join(front['source']).startswith('---\n') and not re.search(r'^order:', ''.join(front['source']), re.M):
+        head = ''.join(front['source']) if front is not None else ''
+        if head.startswith('---\n') and not re.search(r'^order:', head, re.M):
             front['source'] = '---\n' + f'order: {order[nb]}\n' + ''.join(front['source'])[4:]
             changed = True
         if in_source_order(d['cells']): changed = True
         for c in d['cells']:
-            # a live widget (a slider, a tqdm bar in Jupyter) cannot run on a static page, and its text stand-in reads as
-            # debris there (`interactive(children=...`, a bar frozen at 0%); the page shows the plots drawn beside it
+            # a live widget (a slider, a tqdm bar in Jupyter) cannot run on a static page, and its text stand-in reads
+            # as debris there (`interactive(children=...`, a bar frozen at 0%); the page shows the plots drawn beside it
             kept = [o for o in c.get('outputs', []) if WIDGET not in o.get('data', {})]
             if len(kept) != len(c.get('outputs', [])): c['outputs'], changed = kept, True
             if c['cell_type'] == 'markdown':
@@ -282,12 +286,14 @@ def make_offline(out:Path) -> list[str]:
     "Serve KaTeX and mermaid from `site_libs/`, point the pages at them, drop web-font imports. Returns notes."
     notes = []
     libs = out/'site_libs'
-    for name in NPM: shutil.copytree(vendor(name), libs/name, dirs_exist_ok=True, ignore=shutil.ignore_patterns('.integrity'))
+    for name in NPM:
+        shutil.copytree(vendor(name), libs/name, dirs_exist_ok=True, ignore=shutil.ignore_patterns('.integrity'))
     for page in out.rglob('*.html'):
         offset = '../' * (len(page.relative_to(out).parts) - 1)
         text = page.read_text(encoding='utf-8')
         new = KATEX_RE.sub(f'{offset}site_libs/katex/', text)
-        new = MERMAID_RE.sub(f'<script src="{offset}site_libs/mermaid/mermaid.min.js"></script><script type="module">', new)
+        new = MERMAID_RE.sub(f'<script src="{offset}site_libs/mermaid/mermaid.min.js"></script>'
+                             '<script type="module">', new)
         if new != text: page.write_text(new, encoding='utf-8')
     for css in out.rglob('*.css'):
         text = css.read_text(encoding='utf-8', errors='surrogateescape')
@@ -510,7 +516,8 @@ def api_target(api:dict, name:str) -> str | None:
 def api_links(out:Path, fix:bool=True) -> list[str]:
     """Links to API names whose #anchor is another heading: ids ignore case, so `relu` and `ReLU`, or a section titled
     "ReLU", share `#relu`, and the renderer numbers the others (`#relu-1`, `#relu-2`). With `fix`, each such link is
-    pointed at the entry whose heading is exactly its name; returns what it changed (or, without `fix`, what is wrong)."""
+    pointed at the entry whose heading is exactly its name; returns what it changed (or, without `fix`, what is
+    wrong)."""
     import html as html_mod
     pages = [p for p in out.rglob('*.html') if 'site_libs' not in p.relative_to(out).parts]
     api = {p.resolve(): parse(p).api for p in pages}
@@ -550,7 +557,8 @@ def broken_links(out:Path, site_url:str='') -> list[str]:
     def check(src:Path, href:str, what:str):
         if not href: return
         if site_url and href.startswith(site_url.rstrip('/') + '/'):
-            bad.append(f"{src.relative_to(out).as_posix()}: {what} {href} points at the published site, not at this copy")
+            bad.append(f"{src.relative_to(out).as_posix()}: {what} {href} points at the published site, "
+                       "not at this copy")
             return
         if EXTERNAL_RE.match(href) or re.match(r'^[a-zA-Z][\w+.-]*:', href): return  # another host; mailto:, data:
         u = urlsplit(href)
@@ -619,13 +627,15 @@ def build(renderer:str='auto', out:str|None=None) -> int:
     warnings = render_quarto(proc, cfg) if renderer == 'quarto' else render_smalldocs(proc, cfg)
     out = Path(out).resolve() if out else cfg.doc_path
     if out.exists() and any(out.iterdir()) and not (out/'site_libs').is_dir():
-        raise SystemExit(f"build_docs: {out} is not empty and is not a built site; it would be replaced: give another folder")
+        raise SystemExit(f"build_docs: {out} is not empty and is not a built site; it would be replaced: "
+                         "give another folder")
     shutil.rmtree(out, ignore_errors=True)
     shutil.move(str(built), str(out))
     eq_notes, eq_problems = equation_links(out, cfg.nbs_path)      # before the API links are checked: it adds some
     notes += make_offline(out) + eq_notes + method_anchors(out)
     moved = api_links(out)
-    if moved: notes.append(f"{len(moved)} link(s) to API names pointed at another heading of the same id; now at their API entries")
+    if moved: notes.append(f"{len(moved)} link(s) to API names pointed at another heading of the same id; "
+                           "now at their API entries")
     problems = list(warnings or []) + eq_problems + check_site(out, cfg.nbs_path, site_url)
     for n in notes: log(f"note: {n}")
     for p in problems: log(f"problem: {p}")

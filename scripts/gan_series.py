@@ -13,9 +13,11 @@ from lepton_nb.data import get_data
 
 p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument('--lr', type=float, default=2e-3, help='Adam learning rate of both networks (default 2e-3)')
-p.add_argument('--decay-start', type=float, default=0.5, help='fraction of the run where the linear decay starts (default 0.5)')
+p.add_argument('--decay-start', type=float, default=0.5,
+               help='fraction of the run where the linear decay starts (default 0.5)')
 p.add_argument('--time-budget', type=float, default=300, help='seconds of training (default 300)')
-p.add_argument('--extra-ema', type=float, nargs='*', default=[0.998, 0.9995, 0.9998], help='decays of the extra averages')
+p.add_argument('--extra-ema', type=float, nargs='*', default=[0.998, 0.9995, 0.9998],
+               help='decays of the extra averages')
 args = p.parse_args()
 
 lr_factor, update_ema = gan.lr_factor, gan.GANCB.update_ema
@@ -26,7 +28,8 @@ def update_all(self):
     "The GAN step's own average, then each extra one by the same rule (eq. ema) with its own decay."
     update_ema(self)
     G, step = self.learn.model.G, self.learn.step
-    if not hasattr(self, 'extra'): self.extra = {d: copy.deepcopy(G).requires_grad_(False).eval() for d in args.extra_ema}
+    if not hasattr(self, 'extra'):
+        self.extra = {d: copy.deepcopy(G).requires_grad_(False).eval() for d in args.extra_ema}
     for decay, Ge in self.extra.items():
         d = min(decay, (1 + step) / (10 + step))
         for pe, q in zip(Ge.parameters(), G.parameters()): pe.lerp_(q, 1 - d)
@@ -34,7 +37,8 @@ def update_all(self):
 gan.GANCB.update_ema = update_all
 
 t0 = time.perf_counter()
-learn, m = gan.train_gan(get_data('fashion-mnist', progress=False), time_budget=args.time_budget, lr=args.lr, progress=False)
+learn, m = gan.train_gan(get_data('fashion-mnist', progress=False), time_budget=args.time_budget, lr=args.lr,
+                         progress=False)
 res = {'lr': args.lr, 'decay_start': args.decay_start, 'steps': m['steps'], 'epochs': m['epochs'], 'fid': m['fid'],
        'fid_floor': m['fid_floor'], 'classifier_score': m['classifier_score'],
        'fid_per_epoch': [round(h['fid'], 3) for h in learn.history if 'fid' in h]}

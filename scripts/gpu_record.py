@@ -64,7 +64,8 @@ def merge(records:list, notes:dict) -> dict:
             out[k] = v
         runs.update({k: v for k, v in r.get('runs', {}).items() if good(v, runs.get(k))})
     out.update(notes)
-    measured = set(runs) | {s for s, k in (('bench', 'bench'), ('tests', 'cuda_tests'), ('device', 'device')) if out.get(k)}
+    parts = (('bench', 'bench'), ('tests', 'cuda_tests'), ('device', 'device'))
+    measured = set(runs) | {s for s, k in parts if out.get(k)}
     skipped = sorted({s for r in records for s in r.get('skipped', [])} - measured)
     return {**out, 'runs': runs, **({'skipped': skipped} if skipped else {})}
 

@@ -53,7 +53,8 @@ def test_folder_with_bad_files(cache, tmp_path):
 
 
 def test_unwritable_cache_is_a_one_line_warning(cache, tmp_path):
-    "A cache that cannot be written does not stop the work: the data loads, and each warning is one line, not Python's two."
+    """A cache that cannot be written does not stop the work: the data loads, and each warning is one line,
+    not Python's two."""
     make_folder(tmp_path/'imgs')
     cache.write_text('a file where the cache folder would be\n')
     r = lepton('data', '--data', tmp_path/'imgs', '--json')
@@ -65,7 +66,8 @@ def test_unwritable_cache_is_a_one_line_warning(cache, tmp_path):
 
 
 def test_data_folder_whose_name_is_not_utf8(cache, tmp_path):
-    "Folders named in another encoding (bytes that are not UTF-8): the data folder loads and caches; a class trains and plots."
+    """Folders named in another encoding (bytes that are not UTF-8): the data folder loads and caches;
+    a class trains and plots."""
     root = tmp_path/os.fsdecode(b'fotos-\xe9t\xe9')
     make_folder(root)
     for _ in range(2):                                       # the second run reads the cache written by the first
@@ -74,10 +76,13 @@ def test_data_folder_whose_name_is_not_utf8(cache, tmp_path):
         assert last_json(r.stdout)['train_size'] + last_json(r.stdout)['valid_size'] == 22
     # a class folder so named: its label is printable (\\xe9), and the run writes every file, plots included
     (root/'tshirt').rename(root/os.fsdecode(b'chemise-\xe9'))
-    r = lepton('train', '--data', root, '--epochs', '1', '--width', '8', '--batch-size', '8', '--out', tmp_path/'run', '--json')
+    r = lepton('train', '--data', root, '--epochs', '1', '--width', '8', '--batch-size', '8', '--out', tmp_path/'run',
+               '--json')
     assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr
-    assert all((tmp_path/'run'/f).is_file() for f in ('confusion.png', 'predictions.png', 'metrics.json', 'model.safetensors'))
-    assert json.loads((tmp_path/'run'/'config.json').read_text(encoding='utf-8'))['classes'] == ['chemise-\\xe9', 'trouser']
+    files = ('confusion.png', 'predictions.png', 'metrics.json', 'model.safetensors')
+    assert all((tmp_path/'run'/f).is_file() for f in files)
+    cfg = json.loads((tmp_path/'run'/'config.json').read_text(encoding='utf-8'))
+    assert cfg['classes'] == ['chemise-\\xe9', 'trouser']
 
 
 def test_folder_with_separate_val(cache, tmp_path):
@@ -134,13 +139,15 @@ def test_empty_class_folder_is_an_error(cache, tmp_path):
 
 @pytest.mark.parametrize('after', [0.5, 1.0])
 def test_ctrl_c_while_starting_is_one_line(cache, after):
-    "Ctrl-C in the first seconds (torch still importing, or the data loading) ends in one line and status 130, no traceback."
+    """Ctrl-C in the first seconds (torch still importing, or the data loading) ends in one line and status 130,
+    no traceback."""
     import shutil
     from helpers import BIN
     # SIGINT as a terminal delivers it: a shell's background job (make test &) inherits it ignored, and Python then
     # never turns it into KeyboardInterrupt, so the command would rightly run on
     p = subprocess.Popen([shutil.which('lepton', path=str(BIN)) or 'lepton', 'data'], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(after); p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
@@ -148,7 +155,8 @@ def test_ctrl_c_while_starting_is_one_line(cache, after):
 
 
 def test_a_pipe_is_skipped_not_waited_on(cache, tmp_path):
-    "A named pipe among the images (reading one would wait forever) is listed as skipped; load_image (what predict reads with) refuses one."
+    """A named pipe among the images (reading one would wait forever) is listed as skipped;
+    load_image (what predict reads with) refuses one."""
     make_folder(tmp_path/'imgs')
     os.mkfifo(tmp_path/'imgs'/'trouser'/'pipe.png')
     r = lepton('data', '--data', tmp_path/'imgs', '--json', timeout=120)
@@ -163,7 +171,8 @@ def test_a_class_of_unreadable_files_names_them(cache, tmp_path):
     (tmp_path/'a').mkdir(); (tmp_path/'b').mkdir()
     Image.new('L', (8, 8)).save(tmp_path/'a'/'x.png')
     (tmp_path/'b'/'one.png').write_text('not an image'); (tmp_path/'b'/'two.jpg').write_bytes(b'')
-    assert_one_line_error(lepton('data', '--data', tmp_path), "class 'b' has no readable images: all 2 of its files were "
+    assert_one_line_error(lepton('data', '--data', tmp_path),
+                          "class 'b' has no readable images: all 2 of its files were "
                           "skipped: one.png (not an image file (unrecognised format)); two.jpg")
 
 def test_a_file_unreadable_for_now_is_read_when_it_can_be(cache, tmp_path, monkeypatch):
@@ -185,16 +194,19 @@ def test_a_file_unreadable_for_now_is_read_when_it_can_be(cache, tmp_path, monke
 
 
 def test_what_tools_leave_behind_is_not_data_and_loose_files_are_listed(cache, tmp_path):
-    "A Mac zip's __MACOSX and a NAS's @eaDir are no classes; an image beside the class folders and an empty file are listed."
+    """A Mac zip's __MACOSX and a NAS's @eaDir are no classes; an image beside the class folders and an empty file
+    are listed."""
     root = tmp_path/'data'
     for c in ('a', 'b', '__MACOSX/a', 'a/@eaDir'): (root/c).mkdir(parents=True, exist_ok=True)
     for c in 'ab':
         for i in range(3): Image.new('L', (8, 8), 40 * i).save(root/c/f'{i}.png')
-    (root/'__MACOSX'/'a'/'._0.png').write_bytes(b'resource fork'); Image.new('L', (8, 8)).save(root/'a'/'@eaDir'/'thumb.png')
+    (root/'__MACOSX'/'a'/'._0.png').write_bytes(b'resource fork')
+    Image.new('L', (8, 8)).save(root/'a'/'@eaDir'/'thumb.png')
     Image.new('L', (8, 8)).save(root/'loose.png'); (root/'b'/'empty.png').write_bytes(b'')
     d = D.load_image_folder(root, valid_pct=0.34, progress=False)
     assert d.classes == ['a', 'b'] and len(d.y_train) + len(d.y_valid) == 6
-    assert sorted((p.name, r) for p, r in d.skipped) == [('empty.png', 'an empty file (0 bytes)'), ('loose.png', 'not in a class folder')]
+    assert sorted((p.name, r) for p, r in d.skipped) == [('empty.png', 'an empty file (0 bytes)'),
+                                                         ('loose.png', 'not in a class folder')]
 
 
 def test_held_out_copies_of_training_images_are_counted(cache, tmp_path, capsys):
@@ -208,7 +220,8 @@ def test_held_out_copies_of_training_images_are_counted(cache, tmp_path, capsys)
     assert d.report['held_out_copies_of_training_images'] == 4 and len(d.y_valid) == 5
     assert main(['data', '--data', str(tmp_path/'train'), '--val', str(tmp_path/'val')]) == 0
     assert 'warning: 4 held-out images are byte-identical copies of training images' in capsys.readouterr().out
-    assert D.load_image_folder(tmp_path/'train', progress=False, valid_pct=0.34).report['held_out_copies_of_training_images'] == 0
+    report = D.load_image_folder(tmp_path/'train', progress=False, valid_pct=0.34).report
+    assert report['held_out_copies_of_training_images'] == 0
     (tmp_path/'train'/'c').mkdir(); Image.new('L', (8, 8), 99).save(tmp_path/'train'/'c'/'only.png')
     assert main(['data', '--data', str(tmp_path/'train')]) == 0   # class c: one image, which trains
     assert "warning: no held-out image of 'c': its figures will be n/a" in capsys.readouterr().out

@@ -20,7 +20,8 @@ CLASSES = ['Trouser', 'Sneaker', 'Bag', 'Coat']
 ATOL, BULK_ATOL, BULK_SHARE = 1e-3, 1e-6, 1e-4
 
 def torchrun(*args, cwd, n=2, timeout=300):
-    """`torchrun --standalone --nproc_per_node=n -m lepton_nb.cli ...` with torchrun's own thread default (1 per process).
+    """`torchrun --standalone --nproc_per_node=n -m lepton_nb.cli ...` with torchrun's own thread default
+    (1 per process).
     A rank that dies of a signal prints every thread's Python stack (faulthandler): a rank aborted once at teardown."""
     env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'} | {'PYTHONFAULTHANDLER': '1'}
     return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}',
@@ -73,8 +74,8 @@ def test_ddp_two_processes_match_one_and_resume(folder, cache, tmp_path):
 def test_ddp_errors(folder, cache, tmp_path):
     r = lepton('train', '--ddp', '--data', folder/'train', '--epochs', '1')
     assert_one_line_error(r, 'runs under torchrun')
-    r = torchrun('train', '--ddp', '--data', folder/'train', '--val', folder/'val', '--batch-size', '33', '--epochs', '1',
-                 '--out', tmp_path/'odd', cwd=tmp_path)
+    r = torchrun('train', '--ddp', '--data', folder/'train', '--val', folder/'val', '--batch-size', '33',
+                 '--epochs', '1', '--out', tmp_path/'odd', cwd=tmp_path)
     assert r.returncode != 0
     assert 'global batch size 33 is not divisible by 2 processes' in r.stderr
     assert not (tmp_path/'odd'/'model.safetensors').exists()
@@ -82,9 +83,10 @@ def test_ddp_errors(folder, cache, tmp_path):
 def test_ddp_on_a_set_smaller_than_the_batch(tmp_path):
     "15 training images and the seed recipe's batch of 32: the batch is cut to the 15, and the 2 ranks take 7 each."
     fm = D.load_fashion_mnist(cache=False)
-    export_image_folder(fm, tmp_path/'train', CLASSES[:3], 5); export_image_folder(fm, tmp_path/'val', CLASSES[:3], 2, split='valid')
-    r = torchrun('train', '--ddp', '--data', tmp_path/'train', '--val', tmp_path/'val', '--model', 'seed', '--epochs', '1',
-                 '--out', tmp_path/'run', cwd=tmp_path)
+    export_image_folder(fm, tmp_path/'train', CLASSES[:3], 5)
+    export_image_folder(fm, tmp_path/'val', CLASSES[:3], 2, split='valid')
+    r = torchrun('train', '--ddp', '--data', tmp_path/'train', '--val', tmp_path/'val', '--model', 'seed',
+                 '--epochs', '1', '--out', tmp_path/'run', cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-6000:]
     m = json.loads((tmp_path/'run'/'metrics.json').read_text())
     assert m['n_train'] == 15 and m['ddp']['batch_per_rank'] == 7 and len(set(m['ddp']['weights_sha256_per_rank'])) == 1
@@ -99,7 +101,8 @@ from lepton_nb.data import TensorLoader
 dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=60))
 rank = dist.get_rank()
 torch.manual_seed(0)
-dl = TensorLoader(torch.randint(0, 255, (400, 1, 4, 4), dtype=torch.uint8), torch.randint(0, 2, (400,)), 10, device='cpu')
+dl = TensorLoader(torch.randint(0, 255, (400, 1, 4, 4), dtype=torch.uint8), torch.randint(0, 2, (400,)), 10,
+                  device='cpu')
 class M(nn.Module):                                  # its loss turns nan at the third training step
     def __init__(s): super().__init__(); s.l = nn.Linear(16, 2); s.n = 0
     def forward(s, x):
@@ -130,10 +133,11 @@ def test_ddp_non_finite_loss_stops_every_rank_together(tmp_path):
 
 
 def test_ddp_early_stopping_checks_the_weights_it_saves(folder, cache, tmp_path):
-    """Early stopping may put back an earlier epoch's weights: the ranks' agreement is measured on those, the saved ones.
-    It watches accuracy here, which every rank takes from rank 0, as it does the loss."""
-    r = torchrun('train', '--ddp', '--data', folder/'train', '--val', folder/'val', '--model', 'seed', '--batch-size', '32',
-                 '--lr', '0.05', '--epochs', '30', '--patience', '1', '--watch', 'accuracy', '--out', tmp_path/'es', cwd=tmp_path)
+    """Early stopping may put back an earlier epoch's weights: the ranks' agreement is measured on those,
+    the saved ones. It watches accuracy here, which every rank takes from rank 0, as it does the loss."""
+    r = torchrun('train', '--ddp', '--data', folder/'train', '--val', folder/'val', '--model', 'seed',
+                 '--batch-size', '32', '--lr', '0.05', '--epochs', '30', '--patience', '1', '--watch', 'accuracy',
+                 '--out', tmp_path/'es', cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-6000:]
     m = json.loads((tmp_path/'es'/'metrics.json').read_text())
     h, es = m['ddp']['weights_sha256_per_rank'], m['early_stopping']
@@ -153,6 +157,7 @@ def test_every_option_of_a_ddp_command_passes_through_torchrun():
     assert 'train' in ddp
     for name, p in ddp.items():
         for o in (o for a in p._actions for o in a.option_strings if o.startswith('--')):
-            try: r = get_args_parser().parse_args(['--standalone', '--nproc_per_node=2', '-m', 'lepton_nb.cli', name, o, '1'])
+            args = ['--standalone', '--nproc_per_node=2', '-m', 'lepton_nb.cli', name, o, '1']
+            try: r = get_args_parser().parse_args(args)
             except SystemExit: pytest.fail(f"torchrun refuses {name} {o}: it abbreviates one of torchrun's own options")
             assert r.training_script_args == [name, o, '1'], (name, o)

@@ -59,7 +59,8 @@ def math_page(site: Path) -> str:
     "The activations page once its notebook exists; until then the first page with display maths."
     act = sorted(NBS.glob('*activations*.ipynb'))
     if act: return B.page_name(act[0].relative_to(NBS))
-    return next(B.page_name(nb) for nb in B.notebooks(NBS) if 'class="math display"' in (site/B.page_name(nb)).read_text())
+    return next(B.page_name(nb) for nb in B.notebooks(NBS)
+                if 'class="math display"' in (site/B.page_name(nb)).read_text())
 
 
 def load(page, url, ready="true", timeout=30):
@@ -101,7 +102,8 @@ def test_no_external_address_and_no_broken_link(site):
     for page in site.rglob('*.html'):
         text = page.read_text(encoding='utf-8')
         assert not re.search(r'<(script|link)\b[^>]*(src|href)="(https?:)?//', text), page.name
-        assert site_url() not in ' '.join(re.findall(r'href="([^"]*)"', text)), f'{page.name}: a link to the published site'
+        hrefs = ' '.join(re.findall(r'href="([^"]*)"', text))
+        assert site_url() not in hrefs, f'{page.name}: a link to the published site'
     libs = site/'site_libs'
     assert (libs/'katex'/'katex.min.js').is_file() and (libs/'mermaid'/'mermaid.min.js').is_file()
     assert list((libs/'katex'/'fonts').glob('*.woff2'))
@@ -128,7 +130,8 @@ def test_api_links_are_repointed(tmp_path):
     "A link whose anchor is a section heading or another name's entry is pointed at the entry of its own name."
     (tmp_path/'a.html').write_text(
         '<section id="relu"><h2 data-anchor-id="relu">ReLU</h2></section>'
-        '<div class="cell-output"><h3 id="relu-1">relu</h3></div><div class="cell-output"><div><h3 id="relu-2">ReLU</h3></div></div>'
+        '<div class="cell-output"><h3 id="relu-1">relu</h3></div>'
+        '<div class="cell-output"><div><h3 id="relu-2">ReLU</h3></div></div>'
         '<div class="cell-output"><h3 id="learner">Learner</h3></div>'
         '<a href="a.html#relu"><code>relu</code></a><a href="#relu"><code>ReLU</code></a>'
         '<a href="a.html#learner"><code>Learner.fit</code></a><a href="a.html#relu">the section</a>')
@@ -153,18 +156,22 @@ def test_signatures_read_as_python(site):
             m = re.match(r'\s*def (\w+)\(', text)
             assert not (m and m.group(1) in classes), (page.name, m and m.group(1))
     core = (site/'core.html').read_text(encoding='utf-8')   # entries in the order of their definitions
-    assert core.index('id="leptonerror"') < core.index('id="leptonwarning"') and core.index('id="get_rng_states"') < core.index('id="set_rng_states"')
+    assert core.index('id="leptonerror"') < core.index('id="leptonwarning"')
+    assert core.index('id="get_rng_states"') < core.index('id="set_rng_states"')
 
 
 def test_signature_tidying():
-    "`tidy_signature` on what this nbdev writes: a class, `**kw` with its comment after the return type, NoneType, a link."
-    md = ('### Thing\n\n```python\n\ndef Thing(\n    args:VAR_POSITIONAL, device:NoneType=None, # Where (None: [`get_device`](00_core.ipynb#get_device))\n'
+    """`tidy_signature` on what this nbdev writes: a class, `**kw` with its comment after the return type, NoneType,
+    a link."""
+    md = ('### Thing\n\n```python\n\ndef Thing(\n'
+          '    args:VAR_POSITIONAL, device:NoneType=None, # Where (None: [`get_device`](00_core.ipynb#get_device))\n'
           '    kw:VAR_KEYWORD\n)->dict: # Anything else\n\n\n```\n\n*Doc.*')
     out = B.tidy_signature(md, {'Thing'})
-    assert 'class Thing(\n    *args, device=None, # Where (None: `get_device`)\n    **kw, # Anything else\n)->dict:\n' in out, out
+    assert ('class Thing(\n    *args, device=None, # Where (None: `get_device`)\n    **kw, # Anything else\n)->dict:\n'
+            in out), out
     assert B.tidy_signature(md, set()).count('def Thing(') == 1
-    cells = [{'cell_type': 'code', 'source': B.SHOW_DOC_SRC + f'{n})', 'outputs': [{'data': {'text/markdown': f'[source](x.py#L{l})'}}]}
-             for n, l in (('b', 20), ('a', 3))]
+    cells = [{'cell_type': 'code', 'source': B.SHOW_DOC_SRC + f'{n})',
+              'outputs': [{'data': {'text/markdown': f'[source](x.py#L{l})'}}]} for n, l in (('b', 20), ('a', 3))]
     assert B.in_source_order(cells) and [c['source'][-2] for c in cells] == ['a', 'b'] and not B.in_source_order(cells)
 
 
@@ -181,7 +188,8 @@ def test_plots_are_shown(site):
     "A notebook whose saved outputs have a picture shows pictures on its page."
     for nb in B.notebooks(NBS):
         cells = json.loads((NBS/nb).read_text(encoding='utf-8'))['cells']
-        shown = sum(1 for c in cells if c['cell_type'] == 'code' and not re.search(r'#\|\s*(hide|include:\s*false|output:\s*false)', ''.join(c['source']))
+        hidden = lambda c: re.search(r'#\|\s*(hide|include:\s*false|output:\s*false)', ''.join(c['source']))
+        shown = sum(1 for c in cells if c['cell_type'] == 'code' and not hidden(c)
                     for o in c.get('outputs', []) if 'image/png' in o.get('data', {}))
         imgs = len(re.findall(r'<img\b', (site/B.page_name(nb)).read_text(encoding='utf-8')))
         assert imgs >= min(shown, 1), f'{nb}: {shown} saved picture(s), {imgs} <img> on the page'
@@ -192,13 +200,15 @@ def test_checks_find_what_is_wrong(tmp_path):
     (tmp_path/'site_libs').mkdir()
     (tmp_path/'site_libs'/'t.css').write_text('@import url(https://fonts.example.org/css2?family=X:wght@300;400);body{}')
     (tmp_path/'a.html').write_text(
-        '<html><head><script src="https://cdn.example.org/x.js"></script><link rel="stylesheet" href="//cdn.example.org/x.css">'
-        '<link rel="canonical" href="https://site.example.org/a.html"><script type="module">import m from "https://cdn.example.org/m.mjs"</script>'
+        '<html><head><script src="https://cdn.example.org/x.js"></script>'
+        '<link rel="stylesheet" href="//cdn.example.org/x.css">'
+        '<link rel="canonical" href="https://site.example.org/a.html">'
+        '<script type="module">import m from "https://cdn.example.org/m.mjs"</script>'
         '</head><body><h2 id="here">x</h2><a href="b.html">b</a><a href="a.html#here">ok</a><a href="#nowhere">n</a>'
         '<a href="https://site.example.org/docs/a.html">self</a><a href="https://elsewhere.example.org/">fine</a>'
         '<img src="site_libs/missing.png"></body></html>')
     ext = B.external_refs(tmp_path)
-    assert len(ext) == 4 and any('x.js' in e for e in ext) and any('m.mjs' in e for e in ext) and any('t.css' in e for e in ext)
+    assert len(ext) == 4 and all(any(f in e for e in ext) for f in ('x.js', 'm.mjs', 't.css'))
     broken = B.broken_links(tmp_path, 'https://site.example.org/docs')
     assert len(broken) == 4, broken
     assert any('b.html is missing' in b for b in broken) and any('#nowhere' in b for b in broken)
@@ -208,11 +218,14 @@ def test_checks_find_what_is_wrong(tmp_path):
         "<script type=\"module\">import mermaid from 'https://cdn.jsdelivr.net/npm/mermaid@11.4.1/dist/mermaid.esm.min.mjs';mermaid.initialize({});</script>")
     B.make_offline(tmp_path)
     c = (tmp_path/'c.html').read_text()
-    assert 'href="site_libs/katex/katex.min.css"' in c and '<script src="site_libs/mermaid/mermaid.min.js"></script>' in c
+    assert 'href="site_libs/katex/katex.min.css"' in c
+    assert '<script src="site_libs/mermaid/mermaid.min.js"></script>' in c
     assert 'jsdelivr' not in c and 'fonts.example.org' not in (tmp_path/'site_libs'/'t.css').read_text()
     # a link to a method with no API entry of its own goes to its class's entry; an unknown anchor stays broken
-    (tmp_path/'d.html').write_text('<h3 id="learner">Learner</h3><a href="d.html#learner.fit">fit</a><a href="#nope.x">x</a>')
-    assert B.method_anchors(tmp_path) == ['d.html#learner.fit has no API entry (show_doc) of its own: its links go to #learner']
+    (tmp_path/'d.html').write_text('<h3 id="learner">Learner</h3><a href="d.html#learner.fit">fit</a>'
+                                   '<a href="#nope.x">x</a>')
+    assert B.method_anchors(tmp_path) == [
+        'd.html#learner.fit has no API entry (show_doc) of its own: its links go to #learner']
     d = (tmp_path/'d.html').read_text()
     assert 'href="d.html#learner"' in d and 'href="#nope.x"' in d
 
@@ -223,13 +236,15 @@ def test_planned_notebooks_and_self_links(tmp_path):
     for d in (nbs, proc): d.mkdir()
     md = ('[00_a](00_a.ipynb) and [99_later](99_later.ipynb#x) and [`f`](https://site.example.org/docs/a.html#f)')
     nb = {'cells': [{'cell_type': 'raw', 'metadata': {}, 'source': '---\ntitle: A\n---\n'},
-                    {'cell_type': 'markdown', 'metadata': {}, 'source': md}], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}
+                    {'cell_type': 'markdown', 'metadata': {}, 'source': md}],
+          'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}
     for d in (nbs, proc): (d/'00_a.ipynb').write_text(json.dumps(nb))
     B.prepare_pages(proc, nbs, 'https://site.example.org/docs')
     front, out = [c['source'] for c in json.loads((proc/'00_a.ipynb').read_text())['cells']]
     assert out == '[00_a](00_a.ipynb) and 99_later and [`f`](00_a.ipynb#f)'
     assert front == '---\norder: 0\ntitle: A\n---\n', 'the sidebar order, for both renderers'
-    assert B.planned_links(nbs) == ['00_a.ipynb: 99_later.ipynb does not exist yet; its link is plain text until it does']
+    assert B.planned_links(nbs) == [
+        '00_a.ipynb: 99_later.ipynb does not exist yet; its link is plain text until it does']
 
 
 
@@ -241,38 +256,48 @@ def test_formula_labels_link_both_ways(site):
     assert '<code>frechet_distance</code>' in uses and 'cited in code cells' in uses
     assert '<a href="#eq-fid" class="eq-ref">eq. fid</a>' in gan                    # prose and docstrings, this page
     assert '<a href="gan_losses.html#eq-loss-d" class="eq-ref">eq. loss-d</a>' in gan   # another page's formula
-    assert '<span id="eq-accuracy" class="eq-label"></span><span class="math inline">' in (site/'metrics.html').read_text(encoding='utf-8')
+    metrics = (site/'metrics.html').read_text(encoding='utf-8')
+    assert '<span id="eq-accuracy" class="eq-label"></span><span class="math inline">' in metrics
     for page in site.glob('*.html'):                                                   # never a link inside maths
         for m in re.finditer(r'<span class="math[^"]*">(.*?)</span>', page.read_text(encoding='utf-8'), re.S):
             assert '<a ' not in m.group(1), page.name
 
 
 def test_formula_label_checks(tmp_path):
-    "A label tagged on two pages, or cited with no formula that carries it, is a problem; maths, links, scripts are left alone."
+    """A label tagged on two pages, or cited with no formula that carries it, is a problem;
+    maths, links, scripts are left alone."""
     def nb(name, *cells):
-        (tmp_path/name).write_text(json.dumps({'cells': [{'cell_type': t, 'metadata': {}, 'source': s, **({'outputs': []}
-                                    if t == 'code' else {})} for t, s in cells], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}))
+        cells = [{'cell_type': t, 'metadata': {}, 'source': s, **({'outputs': []} if t == 'code' else {})}
+                 for t, s in cells]
+        (tmp_path/name).write_text(json.dumps({'cells': cells, 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}))
     nb('01_a.ipynb', ('markdown', r'$$x \qquad \text{(eq. one)}$$ and $y \ \text{(eq. inline)}$, as (eq. typo) says'),
        ('code', 'f()  # (eq. gone)'))
     nb('02_b.ipynb', ('markdown', r'$$z \qquad \text{(eq. one)}$$ as (eq. inline) says'))
     labels, problems = B.equation_labels(tmp_path)
     assert labels == {'one': 'a.html', 'inline': 'a.html'}, labels
-    assert problems == [r'a.html: (eq. gone) is cited, but no formula carries that label (\text{(eq. gone)} in its maths)',
-                        r'a.html: (eq. typo) is cited, but no formula carries that label (\text{(eq. typo)} in its maths)',
+    assert problems == [r'a.html: (eq. gone) is cited, but no formula carries that label '
+                        r'(\text{(eq. gone)} in its maths)',
+                        r'a.html: (eq. typo) is cited, but no formula carries that label '
+                        r'(\text{(eq. typo)} in its maths)',
                         'formula label (eq. one) is tagged on a.html and on b.html'], problems
     head = '<script>for (var i = 0; i < n.length; i++) { m(i); }</script>'     # as Quarto's pages have: '<', no '>'
-    html = (head + '<p><span class="math display">\\[x \\qquad \\text{(eq. one)}\\]</span></p><p title="a > b (eq. one)">'
-            'see <span class="math inline">\\(y \\ \\text{(eq. inline)}\\)</span>, (eq. inline), <a href="x">eq. one</a>, '
+    html = (head + '<p><span class="math display">\\[x \\qquad \\text{(eq. one)}\\]</span></p>'
+            '<p title="a > b (eq. one)">'
+            'see <span class="math inline">\\(y \\ \\text{(eq. inline)}\\)</span>, (eq. inline), '
+            '<a href="x">eq. one</a>, '
             '<code>(eq. one)</code></p><h2 id="s">On (eq. one)</h2><script>var s = "eq. one";</script>')
     out = B.link_equations('a.html', html, labels, {'one': [('f', 'a.html#f')]}, {})
     assert out.startswith(head + '<p><span id="eq-one" class="eq-label"></span><span class="math display">\\[x \\qquad '
-                          '\\text{(eq. one)}\\]</span><span class="eq-uses">computed by <a href="#f"><code>f</code></a></span>'
-                          '</p><p title="a > b (eq. one)">see <span id="eq-inline" class="eq-label"></span><span class="math '
-                          'inline">\\(y \\ \\text{(eq. inline)}\\)</span>, (<a href="#eq-inline" class="eq-ref">eq. inline</a>)'), out
+                          '\\text{(eq. one)}\\]</span>'
+                          '<span class="eq-uses">computed by <a href="#f"><code>f</code></a></span>'
+                          '</p><p title="a > b (eq. one)">see <span id="eq-inline" class="eq-label"></span>'
+                          '<span class="math inline">\\(y \\ \\text{(eq. inline)}\\)</span>, '
+                          '(<a href="#eq-inline" class="eq-ref">eq. inline</a>)'), out
     assert '<a href="x">eq. one</a>' in out and 'var s = "eq. one";' in out             # no link in a link or a script
     assert '<code>(<a href="#eq-one" class="eq-ref">eq. one</a>)</code>' in out         # code cites it too
-    assert '<h2 id="s">On (eq. one)</h2>' in out                                         # nor in a heading (the contents)
-    assert '<a href="a.html#eq-inline" class="eq-ref">eq. inline</a>' in B.link_equations('b.html', '(eq. inline)', labels)
+    assert '<h2 id="s">On (eq. one)</h2>' in out  # nor in a heading (the contents)
+    linked = B.link_equations('b.html', '(eq. inline)', labels)
+    assert '<a href="a.html#eq-inline" class="eq-ref">eq. inline</a>' in linked
 
 # ------------------------------------------------------------------ in the browser
 
@@ -294,7 +319,8 @@ def test_every_page_loads_offline_without_errors(site, served, browser):
 def test_sidebar_lists_every_notebook_in_order(site, served, browser):
     page = browser.new_page()
     load(page, served.url + 'index.html', READY)
-    links = page.eval("[...document.querySelectorAll('#quarto-sidebar a[href]')].map(a => [a.getAttribute('href'), a.textContent.trim()])")
+    links = page.eval("[...document.querySelectorAll('#quarto-sidebar a[href]')]"
+                      ".map(a => [a.getAttribute('href'), a.textContent.trim()])")
     nbs = B.notebooks(NBS)
     want = [B.page_name(nb) for nb in sorted(nbs, key=lambda p: (p.stem != 'index', p.as_posix()))]
     assert [re.sub(r'^\./', '', h) for h, _ in links] == want
@@ -316,7 +342,8 @@ def test_formula_is_typeset(site, served, browser):
     text = page.eval("""(() => { const b = document.querySelector('main') || document.body; const c = b.cloneNode(true);
         c.querySelectorAll('pre, code, .katex').forEach(e => e.remove()); return c.textContent; })()""")
     assert '$$' not in text and '\\[' not in text and '\\(' not in text, 'raw TeX left in the page'
-    page.eval("document.querySelector('.math.display').scrollIntoView({block: 'center', behavior: 'instant'})"); page.settle(0.3)
+    page.eval("document.querySelector('.math.display').scrollIntoView({block: 'center', behavior: 'instant'})")
+    page.settle(0.3)
     page.screenshot(ARTIFACTS/f"docs-formula-{name.replace('.html', '')}.png")
     assert page.errors == [] and page.external == []
 
@@ -328,9 +355,11 @@ def test_mermaid_diagram_is_svg(site, served, browser):
     for name in pages:
         load(page, served.url + name, READY)
         d = page.eval("""[...document.querySelectorAll('pre.mermaid')].map(e => {
-            const s = e.querySelector('svg'); return [!!s, s ? s.querySelectorAll('.node').length : 0, e.textContent.includes('Syntax error')]; })""")
+            const s = e.querySelector('svg');
+            return [!!s, s ? s.querySelectorAll('.node').length : 0, e.textContent.includes('Syntax error')]; })""")
         assert d and all(svg and nodes > 1 and not err for svg, nodes, err in d), (name, d)
-    page.eval("document.querySelector('pre.mermaid').scrollIntoView({block: 'center', behavior: 'instant'})"); page.settle(0.3)
+    page.eval("document.querySelector('pre.mermaid').scrollIntoView({block: 'center', behavior: 'instant'})")
+    page.settle(0.3)
     page.screenshot(ARTIFACTS/'docs-mermaid.png')
     assert page.errors == [] and page.external == []
 
@@ -347,10 +376,12 @@ def test_search_finds_an_api_name_and_leads_to_it(site, served, browser):
     page.click('.smalldocs-search input')
     page.type(name)
     hrefs = page.wait_for("(() => { const a = [...document.querySelectorAll('.smalldocs-search-results a')]; "
-                          "return a.length ? a.map(x => x.getAttribute('href')) : null; })()", 10, what=f'search results for {name}')
+                          "return a.length ? a.map(x => x.getAttribute('href')) : null; })()", 10,
+                          what=f'search results for {name}')
     want = f'{target[0]}#{target[1]}'
     assert any(h.endswith(want) for h in hrefs), (name, want, hrefs)
     page.click(f'.smalldocs-search-results a[href$="{want}"]')
-    page.wait_for(f"location.pathname.endsWith('/{target[0]}') && location.hash === '#{target[1]}'", 10, what='the result opens')
+    page.wait_for(f"location.pathname.endsWith('/{target[0]}') && location.hash === '#{target[1]}'", 10,
+                  what='the result opens')
     page.wait_for(f"!!document.getElementById({json.dumps(target[1])})", 10)
     assert page.errors == [] and page.external == []

@@ -23,8 +23,10 @@ def test_conv2d_random(seed):
     rng = random.Random(seed)
     done = 0
     while done < 60:
-        N, C, O, kh, kw = rng.randint(1, 4), rng.choice([1, 3, 5, 9, 12]), rng.randint(1, 7), rng.randint(1, 4), rng.randint(1, 4)
-        s, p, d = (rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(0, 3), rng.randint(0, 2)), (rng.randint(1, 3), rng.randint(1, 2))
+        N, C, O = rng.randint(1, 4), rng.choice([1, 3, 5, 9, 12]), rng.randint(1, 7)
+        kh, kw = rng.randint(1, 4), rng.randint(1, 4)
+        s, p = (rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(0, 3), rng.randint(0, 2))
+        d = (rng.randint(1, 3), rng.randint(1, 2))
         H, W = rng.randint(1, 16), rng.randint(1, 16)
         if min(conv_output_size((H, W), (kh, kw), s, p, d)) < 1: continue
         x = torch.randn(N, C, H, W, dtype=torch.float64)
@@ -45,7 +47,8 @@ def test_max_pool2d_random(seed):
         k = (rng.randint(1, 5), rng.randint(1, 5))
         s = rng.choice([None, k, (rng.randint(1, 5), rng.randint(1, 5))])
         p = (rng.randint(0, k[0] // 2), rng.randint(0, k[1] // 2))
-        x = torch.randn(rng.randint(1, 3), rng.randint(1, 4), rng.randint(k[0], 17), rng.randint(k[1], 17), dtype=torch.float64)
+        x = torch.randn(rng.randint(1, 3), rng.randint(1, 4), rng.randint(k[0], 17), rng.randint(k[1], 17),
+                        dtype=torch.float64)
         if trial % 2: x = x.mul(2).round().relu()
         if rng.random() < 0.5: x = x.contiguous(memory_format=torch.channels_last)
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -69,9 +72,11 @@ def test_activations_random(ours, theirs):
 
 def test_modules_swap_with_torch():
     torch.manual_seed(0)
-    ours = torch.nn.Sequential(Conv2d(3, 4, 3, padding=1), ReLU(), MaxPool2d(2), Conv2d(4, 8, 3), Tanh(), torch.nn.Flatten(), torch.nn.Linear(8, 1), Sigmoid())
-    theirs = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Conv2d(4, 8, 3),
-                                 torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(8, 1), torch.nn.Sigmoid())
+    ours = torch.nn.Sequential(Conv2d(3, 4, 3, padding=1), ReLU(), MaxPool2d(2), Conv2d(4, 8, 3), Tanh(),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 1), Sigmoid())
+    theirs = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                 torch.nn.Conv2d(4, 8, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(8, 1),
+                                 torch.nn.Sigmoid())
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(5, 3, 6, 6)
     torch.testing.assert_close(ours(x), theirs(x))

@@ -1,6 +1,6 @@
 """Hinge losses, LinearSVM and GAN losses on inputs nobody chose: random shapes, values, margins and dtypes, drawn from
 a fresh seed each run (set LEPTON_TEST_SEED to replay one), checked against closed forms written in NumPy."""
-import math, os, random
+import os, random
 from functools import partial
 
 import numpy as np
@@ -66,7 +66,8 @@ def test_gan_losses_closed_form(rng, trial):
     close(ld, _softplus_np(-r).mean() + _softplus_np(f).mean())
     sig = lambda x: np.exp(-np.logaddexp(0, -x))          # 1 / (1 + e^-x), accurate for any x
     close(rt.grad, -sig(-r) / r.size); close(ft.grad, sig(f) / f.size)
-    for sat, want, grad in ((False, _softplus_np(-f).mean(), -sig(-f) / f.size), (True, -_softplus_np(f).mean(), -sig(f) / f.size)):
+    for sat, want, grad in ((False, _softplus_np(-f).mean(), -sig(-f) / f.size),
+                            (True, -_softplus_np(f).mean(), -sig(f) / f.size)):
         ft = torch.from_numpy(f).requires_grad_()
         lg = g_loss(ft, saturating=sat); lg.backward()
         close(lg, want); close(ft.grad, grad)
@@ -86,7 +87,8 @@ BAD = [
     (lambda: multiclass_hinge_loss(torch.randn(3, 4), torch.tensor([[0], [1], [1]])), 'shape (3,)'),
     (lambda: LinearSVM(4, 1), 'n_classes'),
     (lambda: LinearSVM(4, 3, kind='crammer'), 'unknown kind'),
-    (lambda: LinearSVM(4, 3).fit(torch.zeros(5, 4, dtype=torch.uint8), torch.zeros(5, dtype=torch.long)), 'normalise images first'),
+    (lambda: LinearSVM(4, 3).fit(torch.zeros(5, 4, dtype=torch.uint8), torch.zeros(5, dtype=torch.long)),
+     'normalise images first'),
     (lambda: LinearSVM(4, 3).fit(torch.zeros(5, 4), torch.zeros(4, dtype=torch.long)), 'one label per sample'),
     (lambda: LinearSVM(4, 3).fit(torch.zeros(5, 4), torch.full((5,), 3)), 'class indices in 0..2'),
     (lambda: LinearSVM(4).fit(torch.zeros(5, 4), torch.zeros(5)), 'labels must be -1 or +1'),

@@ -9,7 +9,7 @@ returns is checked against an independent decoding where one exists (the IDX bod
 The quick lane (the counts in `QUICK`, a few thousand cases in all) runs with the rest of `pytest`, derandomised so
 that it is the same on every run. `make fuzz` runs the same tests with `LEPTON_FUZZ_CASES` cases per target (and
 fresh random draws). A bug found is kept as an `@example`."""
-import contextlib, gzip, io, json, os, resource, signal, string, struct, sys, zlib
+import contextlib, gzip, io, json, os, resource, signal, string, struct, sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from lepton_nb.core import LeptonError, get_rng_states, load_json, seed_everything, set_rng_states
 from lepton_nb.data import load_image, read_idx
-# the model-config checkers and the checkpoint loader are moving to lepton_nb.artifacts and lepton_nb.resilience
 from lepton_nb.artifacts import SAVED_TYPES, check_config, saved_args
 from lepton_nb.cnn import CLASSIFIER
 from lepton_nb.gan import GAN

@@ -7,7 +7,8 @@ import lepton_nb.data as D
 from lepton_nb.core import get_device, to_device, Timer
 from lepton_nb.learner import bf16_supported
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (the CPU twins cover this path on a CPU)')
+cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                          reason='needs a CUDA GPU (the CPU twins cover this path on a CPU)')
 
 @cuda
 def test_device_choice_and_batches():
@@ -18,7 +19,8 @@ def test_device_choice_and_batches():
 @cuda
 def test_tensor_loader_keeps_data_on_the_gpu():
     fm = D.load_fashion_mnist()
-    dl = D.TensorLoader(fm.x_train, fm.y_train, 512, shuffle=True, device='cuda', mean=fm.mean, std=fm.std, channels_last=True)
+    dl = D.TensorLoader(fm.x_train, fm.y_train, 512, shuffle=True, device='cuda', mean=fm.mean, std=fm.std,
+                        channels_last=True)
     assert dl.x.is_cuda and dl.x.dtype == torch.uint8           # one uint8 copy, resident on the device
     xb, yb = next(iter(dl))
     assert xb.is_cuda and xb.is_contiguous(memory_format=torch.channels_last) and yb.is_cuda
@@ -28,17 +30,20 @@ def test_fast_recipe_trains_on_gpu_with_bf16():
     from lepton_nb.cnn import train_classifier
     assert bf16_supported('cuda')
     fm = D.load_fashion_mnist()
-    small = D.ImageData(fm.x_train[:12000], fm.y_train[:12000], fm.x_valid, fm.y_valid, fm.classes, mean=fm.mean, std=fm.std)
+    small = D.ImageData(fm.x_train[:12000], fm.y_train[:12000], fm.x_valid, fm.y_valid, fm.classes,
+                        mean=fm.mean, std=fm.std)
     learn, m = train_classifier(small, 'fast', epochs=2, device='cuda', progress=False)
     assert next(learn.model.parameters()).is_cuda and m['device'].startswith('cuda')
     mp = [cb for cb in learn.cbs if type(cb).__name__ == 'MixedPrecisionCB']
-    assert mp and mp[0].enabled and learn.autocast.keywords == {'device_type': 'cuda', 'dtype': torch.bfloat16}   # bf16 autocast
+    # bf16 autocast
+    assert mp and mp[0].enabled and learn.autocast.keywords == {'device_type': 'cuda', 'dtype': torch.bfloat16}
     assert m['test_accuracy'] > 0.8
 
 @cuda
 def test_a_short_budget_keeps_the_full_width_on_the_gpu(tmp_path):
-    """The CPU's trade-off for budgets under 60 s (width 16: more epochs) is not made on CUDA, where a step costs about the
-    same at either width (notebook 08, "On a GPU"). CPU twin: test_train_cli.py (width 16) and 08's `_recipe` tests."""
+    """The CPU's trade-off for budgets under 60 s (width 16: more epochs) is not made on CUDA, where a step costs about
+    the same at either width (notebook 10, "On a GPU"). CPU twin: test_train_cli.py (width 16) and 10's `_recipe`
+    tests."""
     import json
     from helpers import lepton_here
     r = lepton_here('train', '--device', 'cuda', '--time-budget', '2', '--out', tmp_path/'run')
@@ -63,7 +68,7 @@ def test_timer_waits_for_the_gpu():
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     with Timer('cuda') as t:
         start.record()
-        for _ in range(10): b = a @ a          # about a second of work queued; the Python side returns at once
+        for _ in range(10): _ = a @ a          # about a second of work queued; the Python side returns at once
         end.record()
     torch.cuda.synchronize()
     assert t.elapsed >= 0.9 * start.elapsed_time(end) / 1e3 > 0
@@ -82,7 +87,7 @@ def test_linear_svm_on_cuda_matches_cpu():
 @cuda
 def test_ddp_on_one_gpu_with_nccl(tmp_path):
     "init_ddp's CUDA branch: torchrun with one process, nccl, on cuda:0 (test_distributed.py runs gloo on the CPU)."
-    import json, os, subprocess, sys
+    import json, subprocess, sys
     from lepton_nb.cnn import export_image_folder
     fm, folder = D.load_fashion_mnist(), tmp_path
     export_image_folder(fm, folder/'train', ['Trouser', 'Bag'], 100)

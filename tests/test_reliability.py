@@ -152,7 +152,8 @@ class Child:
             self.lines.append(line)
             if pred(line): return line
         self.kill()
-        pytest.fail(f"awaited line never came (exit {self.p.returncode}); last lines {self.lines[-3:]}; {self.stderr()[-1500:]}")
+        pytest.fail(f"awaited line never came (exit {self.p.returncode}); last lines {self.lines[-3:]}; "
+                    f"{self.stderr()[-1500:]}")
     def kill(self):
         self.p.kill(); self.p.wait()
     def finish(self, timeout=300) -> int:
@@ -173,8 +174,10 @@ def load_ck(path:Path) -> dict:
     return torch.load(path, map_location='cpu', weights_only=True)
 
 def refuse_damaged_checkpoints(command:str, cases:dict, ref_out:Path, tmp_path:Path):
-    "Each damaged checkpoint in a copy of the reference run folder: `lepton COMMAND --resume` refuses it, writes no model."
-    args_file, model = ('gan_args.json', 'generator.safetensors') if command == 'gan' else ('train_args.json', 'model.safetensors')
+    """Each damaged checkpoint in a copy of the reference run folder: `lepton COMMAND --resume` refuses it,
+    writes no model."""
+    args_file, model = (('gan_args.json', 'generator.safetensors') if command == 'gan' else
+                        ('train_args.json', 'model.safetensors'))
     for name, (st, msg) in cases.items():
         run = tmp_path/name.replace(' ', '-'); run.mkdir()
         shutil.copy(ref_out/args_file, run/args_file)
@@ -257,7 +260,8 @@ def test_awkward_files_load_or_are_listed(zoo, env):
     assert 'too large' in skipped['bomb.png'] and 'unreadable' in skipped['loop-a.png']
     assert 'unreadable' in skipped['dangling.png'] and skipped['zero.png'] == 'an empty file (0 bytes)'
     assert 'truncated' in skipped['truncated.png'] and 'linked folder, not followed' in skipped['self']
-    for name in ('bomb.png', 'loop-a.png', 'truncated.png', 'latin1-'): assert name in r.stdout   # the listing names them
+    # the listing names them
+    for name in ('bomb.png', 'loop-a.png', 'truncated.png', 'latin1-'): assert name in r.stdout
 
 def test_awkward_files_decode_right(zoo):
     "Loading is not enough: the first frame, the EXIF orientation, the 16-bit and CMYK values are right."
@@ -265,7 +269,8 @@ def test_awkward_files_decode_right(zoo):
     a = (np.arange(28 * 28).reshape(28, 28) * 7 % 251).astype(np.uint8)
     assert torch.equal(D.load_image(d/'deep16.tif', size=None), torch.from_numpy(a)[None])      # scaled, not clipped
     assert (D.load_image(d/'cmyk.jpg', size=None).float() - torch.from_numpy(a).float()).abs().mean() < 8
-    for f in ('animated.gif', 'animated.png'): assert torch.equal(D.load_image(d/f), torch.full((1, 28, 28), 10, dtype=torch.uint8))
+    for f in ('animated.gif', 'animated.png'):
+        assert torch.equal(D.load_image(d/f), torch.full((1, 28, 28), 10, dtype=torch.uint8))
     t = D.load_image(d/'exif6.jpg', size=None)
     assert t.shape == (1, 20, 10)                                  # turned upright: 10 wide, 20 high
     assert t[0, :9].float().mean() > 240 and t[0, 11:].float().mean() < 15   # the white half is now on top
@@ -274,9 +279,11 @@ def test_awkward_files_decode_right(zoo):
 def test_unicode_class_names_round_trip(zoo, cache, one_thread, tmp_path):
     "Names with spaces and non-ASCII letters survive training, config.json and prediction."
     root = zoo[0]
-    rc, out, err = cli('train', '--data', root, '--epochs', '1', '--width', '8', '--batch-size', '8', '--out', tmp_path/'run', '--json')
+    rc, out, err = cli('train', '--data', root, '--epochs', '1', '--width', '8', '--batch-size', '8', '--out',
+                       tmp_path/'run', '--json')
     assert rc == 0, err
-    assert json.loads((tmp_path/'run'/'config.json').read_text(encoding='utf-8'))['classes'] == ['ankle boot 靴', 'sac à main']
+    cfg = json.loads((tmp_path/'run'/'config.json').read_text(encoding='utf-8'))
+    assert cfg['classes'] == ['ankle boot 靴', 'sac à main']
     rc, out, err = cli('predict', tmp_path/'run', root/'ankle boot 靴'/'0000.png', '--top-k', '2', '--json')
     assert rc == 0, err
     assert {t['label'] for t in last_json(out)['predictions'][0]['top_k']} == {'ankle boot 靴', 'sac à main'}
@@ -303,12 +310,17 @@ def _idx_variants(src:Path, d:Path) -> dict:
         'wrong magic': (variant('magic', labels, lambda r: b'\x1f\x00' + r[2:]), 'bad magic number'),
         'wrong type byte': (variant('type', images, lambda r: r[:2] + b'\x0d' + r[3:16]     # well-formed float32 images
                                     + np.frombuffer(r, np.uint8, offset=16).astype('>f4').tobytes()), 'unsigned bytes'),
-        'signed labels': (variant('signed', labels, lambda r: r[:2] + b'\x09' + r[3:8] + b'\xff' * (len(r) - 8)), 'unsigned bytes'),
-        'header longer than the file': (variant('rank', labels, lambda r: r[:3] + b'\x07' + r[4:]), 'IDX data is truncated'),
-        'labels of the wrong shape': (variant('shape', labels, lambda r: r[:3] + b'\x02' + r[4:8] + struct.pack('>I', 1) + r[8:]),
+        'signed labels': (variant('signed', labels, lambda r: r[:2] + b'\x09' + r[3:8] + b'\xff' * (len(r) - 8)),
+                          'unsigned bytes'),
+        'header longer than the file': (variant('rank', labels, lambda r: r[:3] + b'\x07' + r[4:]),
+                                        'IDX data is truncated'),
+        'labels of the wrong shape': (variant('shape', labels,
+                                              lambda r: r[:3] + b'\x02' + r[4:8] + struct.pack('>I', 1) + r[8:]),
                                       'expected shape (10000,) for Fashion-MNIST, found (10000, 1)'),
-        'a label out of range': (variant('label', labels, lambda r: r[:8] + b'\x0a' + r[9:]), 'labels must be 0-9, found 10'),
-        'size overflows 64 bits': (variant('overflow', images, lambda r: r[:4] + struct.pack('>3I', 2**31, 2**31, 4)), 'IDX data'),
+        'a label out of range': (variant('label', labels, lambda r: r[:8] + b'\x0a' + r[9:]),
+                                 'labels must be 0-9, found 10'),
+        'size overflows 64 bits': (variant('overflow', images, lambda r: r[:4] + struct.pack('>3I', 2**31, 2**31, 4)),
+                                   'IDX data'),
         'empty': (variant('empty', labels, lambda r: b''), 'not an IDX file'),
     }
 
@@ -317,7 +329,8 @@ def idx_variants(tmp_path_factory):
     return _idx_variants(Path(D.find_fashion_mnist(download=False)['x_train']).parent, tmp_path_factory.mktemp('idx'))
 
 @pytest.mark.parametrize('case', ['wrong magic', 'wrong type byte', 'signed labels', 'header longer than the file',
-                                  'labels of the wrong shape', 'a label out of range', 'size overflows 64 bits', 'empty'])
+                                  'labels of the wrong shape', 'a label out of range', 'size overflows 64 bits',
+                                  'empty'])
 def test_damaged_idx_is_one_clear_error(idx_variants, case, cache):
     folder, msg = idx_variants[case]
     rc, out, err = cli('data', '--data', folder)
@@ -346,7 +359,8 @@ def test_sigkill_at_random_points_then_resume(small, env, reference, tmp_path):
     watcher = threading.Thread(target=reader, daemon=True); watcher.start()
     try:
         for i, target in enumerate(targets + ['artifacts']):
-            c = Child(train_args(small, out) if i == 0 else ['train', '--resume', '--out', out, '--json'], env, tmp_path)
+            args = train_args(small, out) if i == 0 else ['train', '--resume', '--out', out, '--json']
+            c = Child(args, env, tmp_path)
             c.wait_for(step_at_least(target) if target != 'artifacts' else (lambda l: l == 'artifacts'))
             c.kill()
             if i == 0: settings = (out/'train_args.json').read_text()
@@ -374,7 +388,7 @@ def test_sigkill_during_checkpoint_write(small, env, reference, tmp_path):
     c.kill()
     half = Path(cut.split(' ', 1)[1])
     assert half.parent == out and half.name.startswith('.checkpoint.pt.') and half.exists()   # the kill was mid-write
-    with pytest.raises(Exception): load_ck(half)          # (that half is unreadable)
+    with pytest.raises(Exception): load_ck(half)  # noqa: B017 (that half is unreadable; torch's error type varies)
     assert load_ck(out/'checkpoint.pt')['step'] == c.saved()[-1]   # the real name holds the last whole checkpoint
     c = Child(['train', '--resume', '--out', out, '--json'], env, tmp_path)
     assert c.finish() == 0, c.stderr()
@@ -395,15 +409,18 @@ def test_disk_full_keeps_the_previous_checkpoint(small, env, reference, tmp_path
 
 # The GAN's faults: SIGKILL during an epoch and during a checkpoint write (the Learner's checkpoint, through the shared
 # CheckpointCB: both nets, both optimisers, the averaged generator, the fixed noise, every RNG), then --resume; the end
-# must be the uninterrupted run's, bit for bit (one thread). FAULTY's torch.save patch reports "saved N"; here gan_step reports "step N".
-GAN_FAULTY = FAULTY.replace("import lepton_nb.cnn, lepton_nb.learner", "import lepton_nb.cnn, lepton_nb.learner, lepton_nb.gan").replace(
+# must be the uninterrupted run's, bit for bit (one thread). FAULTY's torch.save patch reports "saved N"; here gan_step
+# reports "step N".
+GAN_FAULTY = FAULTY.replace("import lepton_nb.cnn, lepton_nb.learner",
+                            "import lepton_nb.cnn, lepton_nb.learner, lepton_nb.gan").replace(
     "from lepton_nb.cli import main", """gan_step = lepton_nb.gan.gan_step
 n_steps = [0]
 def reporting_gan_step(*a, **k):
     r = gan_step(*a, **k); n_steps[0] += 1; print(f'gan step {n_steps[0]}', flush=True); return r
 lepton_nb.gan.gan_step = reporting_gan_step
 from lepton_nb.cli import main""")
-GAN_ARGS = ['--epochs', '2', '--batch-size', '32', '--width', '8', '--n-eval', '60', '--seed', '1', '--checkpoint-every', '0.001', '--json']
+GAN_ARGS = ['--epochs', '2', '--batch-size', '32', '--width', '8', '--n-eval', '60', '--seed', '1',
+            '--checkpoint-every', '0.001', '--json']
 
 def gan_args(small, out): return ['gan', '--data', small/'train', '--val', small/'val', '--out', out, *GAN_ARGS]
 
@@ -417,7 +434,8 @@ def gan_reference(small, env, tmp_path_factory):
 
 def assert_gan_matches_reference(c:Child, out:Path, ref):
     m, r = json.loads(c.lines[-1]), ref['metrics']
-    assert m['epochs'] == r['epochs'] == 2 and m['steps'] == r['steps'] == 36 and m['n_train'] == r['n_train']   # 600 images, batches of 32
+    # 600 images, batches of 32
+    assert m['epochs'] == r['epochs'] == 2 and m['steps'] == r['steps'] == 36 and m['n_train'] == r['n_train']
     for k in ('fid', 'fid_floor', 'classifier_score'): assert m[k] == r[k], k
     same_weights(out/'generator.safetensors', ref['out']/'generator.safetensors')
     same_weights(out/'discriminator.safetensors', ref['out']/'discriminator.safetensors')
@@ -445,7 +463,7 @@ def test_gan_sigkill_during_checkpoint_write(small, env, gan_reference, tmp_path
     c.kill()
     half = Path(cut.split(' ', 1)[1])
     assert half.parent == out and half.name.startswith('.checkpoint.pt.') and half.exists()   # killed mid-write
-    with pytest.raises(Exception): load_ck(half)
+    with pytest.raises(Exception): load_ck(half)  # noqa: B017 (that half is unreadable; torch's error type varies)
     assert load_ck(out/'checkpoint.pt')['step'] == c.saved()[-1]     # the real name holds the last whole checkpoint
     c = Child(['gan', '--resume', '--out', out, '--json'], env, tmp_path, code=GAN_FAULTY)
     assert c.finish() == 0, c.stderr()
@@ -470,8 +488,10 @@ def test_gan_damaged_checkpoint_is_one_clear_error(small, env, gan_reference, tm
     good = load_ck(gan_reference['out']/'checkpoint.pt')
     def gan(**kw): return {**good, 'callbacks': {**good['callbacks'], 'GANCB': kw}}   # the GAN step's part, replaced
     g = good['callbacks']['GANCB']
-    cases = {'no fixed noise': (gan(**{k: v for k, v in g.items() if k != 'z_fixed'}), 'damaged checkpoint (missing or malformed: z_fixed)'),
-             'epoch as text': ({**good, 'epoch': 'two'}, 'malformed: epoch'), 'log not a tensor': (gan(**{**g, 'log': [1, 2]}), 'malformed: log'),
+    cases = {'no fixed noise': (gan(**{k: v for k, v in g.items() if k != 'z_fixed'}),
+                                'damaged checkpoint (missing or malformed: z_fixed)'),
+             'epoch as text': ({**good, 'epoch': 'two'}, 'malformed: epoch'),
+             'log not a tensor': (gan(**{**g, 'log': [1, 2]}), 'malformed: log'),
              'another GAN': (gan(**{**g, 'arch': {**g['arch'], 'loss': 'hinge'}}), 'the checkpoint is of another GAN'),
              'optimiser garbled': ({**good, 'opt': {'g': good['opt']['g']}}, 'does not fit this model or optimiser'),
              'rng garbled': ({**good, 'rng': {'python': 1}}, 'damaged checkpoint (callback or generator states')}
@@ -485,7 +505,8 @@ def test_gan_damaged_checkpoint_is_one_clear_error(small, env, gan_reference, tm
 def model_dir(tmp_path):
     "A genuine saved model (untrained: loading is what is tested) and a picture to predict."
     x = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
-    data = D.ImageData(x, torch.tensor([0, 1, 0, 1]), x, torch.tensor([0, 1, 0, 1]), ['a', 'b'], mean=(0.5,), std=(0.25,))
+    data = D.ImageData(x, torch.tensor([0, 1, 0, 1]), x, torch.tensor([0, 1, 0, 1]), ['a', 'b'], mean=(0.5,),
+                       std=(0.25,))
     save_model(fast_cnn(2, width=8), model_config('fast', data, width=8), tmp_path/'ok')
     Image.new('L', (28, 28), 99).save(tmp_path/'img.png')
     return tmp_path/'ok'
@@ -516,9 +537,11 @@ def test_pickle_payloads_never_run(model_dir, small, cache, tmp_path):
         assert_clean_error(*cli('evaluate', v, '--data', small/'val')[::2], 'not a readable safetensors')
     # the same payload as the checkpoint of a run folder that `lepton train --resume` is pointed at
     run = tmp_path/'run'; run.mkdir()
-    (run/'train_args.json').write_text(json.dumps({'data': str(small/'train'), 'val': str(small/'val'), 'width': 8, 'epochs': 1}))
+    (run/'train_args.json').write_text(json.dumps({'data': str(small/'train'), 'val': str(small/'val'), 'width': 8,
+                                                   'epochs': 1}))
     (run/'checkpoint.pt').write_bytes(zipped.getvalue())
-    assert_clean_error(*cli('train', '--resume', '--out', run, '--json')[::2], 'not a readable lepton_nb checkpoint', one_line=False)
+    assert_clean_error(*cli('train', '--resume', '--out', run, '--json')[::2], 'not a readable lepton_nb checkpoint',
+                       one_line=False)
     assert not marker.exists(), 'code inside a downloaded file ran'
 
 def _st_edit(model_dir, f) -> bytes:
@@ -529,13 +552,20 @@ def _raw_st(header:dict, data:bytes=b'') -> bytes:
     h = json.dumps(header).encode(); return struct.pack('<Q', len(h)) + h + data
 
 WEIGHT_CASES = {
-    'wrong shape': (lambda m: _st_edit(m, lambda sd: sd.update({'0.0.weight': torch.zeros(8, 1, 5, 5)})), 'has shape (8, 1, 5, 5)'),
-    'wrong dtype': (lambda m: _st_edit(m, lambda sd: sd.update({'0.0.weight': sd['0.0.weight'].double()})), 'has dtype torch.float64'),
-    'float counter': (lambda m: _st_edit(m, lambda sd: sd.update({'0.1.num_batches_tracked': torch.zeros(())})), 'has dtype torch.float32'),
+    'wrong shape': (lambda m: _st_edit(m, lambda sd: sd.update({'0.0.weight': torch.zeros(8, 1, 5, 5)})),
+                    'has shape (8, 1, 5, 5)'),
+    'wrong dtype': (lambda m: _st_edit(m, lambda sd: sd.update({'0.0.weight': sd['0.0.weight'].double()})),
+                    'has dtype torch.float64'),
+    'float counter': (lambda m: _st_edit(m, lambda sd: sd.update({'0.1.num_batches_tracked': torch.zeros(())})),
+                      'has dtype torch.float32'),
     'extra tensor': (lambda m: _st_edit(m, lambda sd: sd.update({'hook': torch.zeros(1)})), 'unexpected'),
     'absurd header length': (lambda m: struct.pack('<Q', 2**62) + b'{}', 'not a readable safetensors'),
-    'offsets past the end': (lambda m: _raw_st({'0.0.weight': {'dtype': 'F32', 'shape': [8, 1, 3, 3], 'data_offsets': [0, 10**12]}}), 'not a readable safetensors'),
-    'absurd shape': (lambda m: _raw_st({'0.0.weight': {'dtype': 'F32', 'shape': [2**40, 2**40], 'data_offsets': [0, 0]}}), 'not a readable safetensors'),
+    'offsets past the end': (lambda m: _raw_st({'0.0.weight': {'dtype': 'F32', 'shape': [8, 1, 3, 3],
+                                                               'data_offsets': [0, 10**12]}}),
+                             'not a readable safetensors'),
+    'absurd shape': (lambda m: _raw_st({'0.0.weight': {'dtype': 'F32', 'shape': [2**40, 2**40],
+                                                       'data_offsets': [0, 0]}}),
+                     'not a readable safetensors'),
 }
 
 @pytest.mark.parametrize('case', list(WEIGHT_CASES))
@@ -558,8 +588,10 @@ CONFIG_CASES = {
     'negative width': (dict(edit=lambda c: c.update(width=-8)), 'width must be'),
     'a vanishing std': (dict(edit=lambda c: c.update(std=[1e-300] * len(c['std']))), 'std must be'),
     'a huge mean': (dict(edit=lambda c: c.update(mean=[1e308] * len(c['mean']))), 'mean -10..10'),
-    'two classes of one name': (dict(edit=lambda c: c.update(classes=[c['classes'][0]] * len(c['classes']))), 'distinct'),
-    'sizes past the weights file': (dict(edit=lambda c: c.update(size=512, width=512, hidden=8192)), 'model.safetensors'),
+    'two classes of one name': (dict(edit=lambda c: c.update(classes=[c['classes'][0]] * len(c['classes']))),
+                                'distinct'),
+    'sizes past the weights file': (dict(edit=lambda c: c.update(size=512, width=512, hidden=8192)),
+                                    'model.safetensors'),
 }
 
 @pytest.mark.parametrize('case', list(CONFIG_CASES))
@@ -581,9 +613,12 @@ def test_config_that_is_a_folder(model_dir):
 def test_damaged_checkpoint_is_one_clear_error(small, reference, cache, tmp_path):
     "A checkpoint that unpickles safely but lacks or garbles a field: refused in one line, not a KeyError."
     good = load_ck(reference['out']/'checkpoint.pt')
-    cases = {'no rng': ({k: v for k, v in good.items() if k != 'rng'}, 'damaged checkpoint (missing or malformed: rng)'),
-             'epoch as text': ({**good, 'epoch': 'two'}, 'malformed: epoch'), 'history not a list': ({**good, 'history': 5}, 'malformed: history'),
-             'optimiser garbled': ({**good, 'opt': {'state': {}, 'param_groups': 'x'}}, 'does not fit this model or optimiser'),
+    cases = {'no rng': ({k: v for k, v in good.items() if k != 'rng'},
+                        'damaged checkpoint (missing or malformed: rng)'),
+             'epoch as text': ({**good, 'epoch': 'two'}, 'malformed: epoch'),
+             'history not a list': ({**good, 'history': 5}, 'malformed: history'),
+             'optimiser garbled': ({**good, 'opt': {'state': {}, 'param_groups': 'x'}},
+                                   'does not fit this model or optimiser'),
              'rng garbled': ({**good, 'rng': {'python': 1}}, 'damaged checkpoint (callback or generator states')}
     refuse_damaged_checkpoints('train', cases, reference['out'], tmp_path)
 
@@ -592,8 +627,10 @@ def test_damaged_checkpoint_is_one_clear_error(small, reference, cache, tmp_path
 # Reproducibility
 
 def test_same_seed_same_bits_on_cpu(small, env, reference, tmp_path):
-    "Two runs with the same seed give the same weights bit for bit, with the default thread count too; another seed does not."
-    base = ['train', '--data', small/'train', '--val', small/'val', '--epochs', '1', '--batch-size', '64', '--width', '8']
+    ("Two runs with the same seed give the same weights bit for bit, with the default thread count too; another seed "
+     "does not.")
+    base = ['train', '--data', small/'train', '--val', small/'val', '--epochs', '1', '--batch-size', '64',
+            '--width', '8']
     threads = {k: v for k, v in env.items() if k != 'OMP_NUM_THREADS'}          # torch's default: one per core
     for name in ('a', 'b'):
         r = lepton(*base, '--seed', '5', '--out', tmp_path/name, env=threads, cwd=tmp_path)
@@ -612,15 +649,17 @@ def test_same_seed_same_bits_on_cpu(small, env, reference, tmp_path):
 @pytest.fixture
 def trained(small, cache, one_thread, tmp_path):
     "A model trained for one epoch on `small`, in this process."
-    rc, out, err = cli('train', '--data', small/'train', '--val', small/'val', '--epochs', '1', '--width', '8', '--out', tmp_path/'m', '--json')
+    rc, out, err = cli('train', '--data', small/'train', '--val', small/'val', '--epochs', '1', '--width', '8', '--out',
+                       tmp_path/'m', '--json')
     assert rc == 0, err
     return tmp_path/'m'
 
 def test_bad_prediction_arguments(trained, small, tmp_path):
     (tmp_path/'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n')
     good = small/'val'/'Bag'/'0000.png'
-    assert_clean_error(*cli('predict', trained, good, tmp_path/'missing.png')[::2], 'missing.png: file not found')   # a typo
-    assert_clean_error(*cli('predict', trained, tmp_path/'broken.png')[::2], 'broken.png')   # the one file: which it was
+    # a typo
+    assert_clean_error(*cli('predict', trained, good, tmp_path/'missing.png')[::2], 'missing.png: file not found')
+    assert_clean_error(*cli('predict', trained, tmp_path/'broken.png')[::2], 'broken.png')  # the one file: which it was
     rc, out, err = cli('predict', trained, good, tmp_path/'broken.png', '--json')            # one of several: listed
     assert rc == 0 and f"skipped {tmp_path/'broken.png'}: " in err and len(last_json(out)['predictions']) == 1, err
     (tmp_path/'empty').mkdir()
@@ -632,7 +671,8 @@ def test_bad_prediction_arguments(trained, small, tmp_path):
 
 def test_out_that_is_a_file(small, cache, tmp_path):
     (tmp_path/'taken').write_text('a file, not a folder')
-    assert_clean_error(*cli('train', '--data', small/'train', '--epochs', '1', '--out', tmp_path/'taken')[::2], 'not a folder')
+    assert_clean_error(*cli('train', '--data', small/'train', '--epochs', '1', '--out', tmp_path/'taken')[::2],
+                       'not a folder')
 
 @pytest.mark.parametrize('args,msg', [
     (['--width', '600'], 'argument --width: must be at most 512'),
@@ -650,7 +690,8 @@ def test_bad_training_settings_fail_before_training(small, cache, tmp_path, args
 # Resources
 
 def test_full_data_training_peak_rss_under_3gb(env, tmp_path):
-    "`lepton train` on all 70,000 Fashion-MNIST images (first run: decode the IDX files, write the cache), measured from outside."
+    ("`lepton train` on all 70,000 Fashion-MNIST images (first run: decode the IDX files, write the cache), measured "
+     "from outside.")
     with open(tmp_path/'out.txt', 'w') as o, open(tmp_path/'err.txt', 'w') as e:
         p = subprocess.Popen([str(BIN/'lepton'), 'train', '--time-budget', '4', '--out', tmp_path/'run', '--json'],
                              stdout=o, stderr=e, cwd=tmp_path, env=env)
@@ -666,21 +707,22 @@ def test_full_data_training_peak_rss_under_3gb(env, tmp_path):
 def test_loader_holds_one_decoded_copy(fm, one_thread):
     "The loader serves batches from the decoded tensor itself: no copy of the data set, whole or per epoch."
     from torch.profiler import ProfilerActivity, profile
-    data = D.ImageData(fm.x_train[:6000].clone(), fm.y_train[:6000].clone(), fm.x_valid[:1000].clone(), fm.y_valid[:1000].clone(),
-                       fm.classes, mean=fm.mean, std=fm.std)
+    data = D.ImageData(fm.x_train[:6000].clone(), fm.y_train[:6000].clone(), fm.x_valid[:1000].clone(),
+                       fm.y_valid[:1000].clone(), fm.classes, mean=fm.mean, std=fm.std)
     seen = []
     class SameStorage(Callback):
         def _check(self):
             for dl, x in ((self.learn.train_dl, data.x_train), (self.learn.valid_dl, data.x_valid)):
                 seen.append(dl.x.untyped_storage().data_ptr() == x.untyped_storage().data_ptr())
         before_fit = after_epoch = _check
-    train_classifier(data, 'fast', epochs=1, bs=500, width=4, device='cpu', progress=False, cbs=[SameStorage()], amp=False)
+    train_classifier(data, 'fast', epochs=1, bs=500, width=4, device='cpu', progress=False, cbs=[SameStorage()],
+                     amp=False)
     assert seen and all(seen)
     # the largest single allocation over two epochs of batches is about one float batch, not the data set
     dl = D.TensorLoader(fm.x_train, fm.y_train, 256, shuffle=True, device='cpu', mean=fm.mean, std=fm.std)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         for e in range(2):
             dl.set_epoch(e)
-            for xb, yb in dl: pass
+            for _ in dl: pass
     biggest = max(ev.self_cpu_memory_usage for ev in prof.events())
     assert 0 < biggest <= 2 * 256 * 28 * 28 * 4 < fm.x_train.nbytes / 10, biggest

@@ -1,8 +1,7 @@
 "`lepton train / evaluate / predict / bench` end to end: folders with bad files, kill and resume, bad arguments."
-import json, os, signal, subprocess, sys, time
+import json, os, signal, subprocess, time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -34,16 +33,18 @@ def test_train_predict_evaluate_on_folders(folders, cache, tmp_path):
                '--width', '16', '--out', out, '--json')
     assert r.returncode == 0, r.stderr
     m = last_json(r.stdout)
-    for k in ('test_accuracy', 'precision_macro', 'recall_macro', 'f1_macro', 'epochs', 'train_seconds', 'device', 'seed'):
-        assert k in m, k
+    keys = ('test_accuracy', 'precision_macro', 'recall_macro', 'f1_macro', 'epochs', 'train_seconds', 'device', 'seed')
+    for k in keys: assert k in m, k
     assert m['test_accuracy'] > 0.95 and m['n_test'] == 180 and m['n_train'] == 600
     assert json.loads((out/'metrics.json').read_text())['test_accuracy'] == m['test_accuracy']
-    for f in ('model.safetensors', 'config.json', 'metrics.json', 'confusion.png', 'curves.png', 'predictions.png', 'run_card.json'):
+    for f in ('model.safetensors', 'config.json', 'metrics.json', 'confusion.png', 'curves.png', 'predictions.png',
+              'run_card.json'):
         assert (out/f).is_file() and (out/f).stat().st_size > 0, f
     card = json.loads((out/'run_card.json').read_text())
     assert card['seed'] == 0 and card['device'] == 'cpu' and card['data_hash']
     # predict: a JPEG and a PNG of other sizes and modes
-    r = lepton('predict', out, folders/'sneaker.jpg', folders/'trouser.png', '--top-k', '2', '--plot', tmp_path/'p.png', '--json')
+    r = lepton('predict', out, folders/'sneaker.jpg', folders/'trouser.png', '--top-k', '2', '--plot', tmp_path/'p.png',
+               '--json')
     assert r.returncode == 0, r.stderr
     preds = last_json(r.stdout)['predictions']
     assert [p['label'] for p in preds] == ['Sneaker', 'Trouser']
@@ -53,7 +54,8 @@ def test_train_predict_evaluate_on_folders(folders, cache, tmp_path):
     r = lepton('predict', out, folders/'train'/'Bag', '--json')
     assert r.returncode == 0, r.stderr
     res = last_json(r.stdout)
-    assert len(res['predictions']) == 200 and [s['file'] for s in res['skipped']] == [str(folders/'train'/'Bag'/'broken.jpg')]
+    assert len(res['predictions']) == 200
+    assert [s['file'] for s in res['skipped']] == [str(folders/'train'/'Bag'/'broken.jpg')]
     assert f"skipped {folders/'train'/'Bag'/'broken.jpg'}: " in r.stderr and 'note: the model knows' not in r.stderr
     assert sum(p['label'] == 'Bag' for p in res['predictions']) > 150   # (4 epochs of a small model)
     # evaluate on the val folder gives the accuracy train reported (same model, same images, same test-time flips)
@@ -62,57 +64,70 @@ def test_train_predict_evaluate_on_folders(folders, cache, tmp_path):
     assert abs(last_json(r.stdout)['test_accuracy'] - m['test_accuracy']) < 1e-9
 
 def test_bad_input_around_a_run_is_one_line(folders, cache, tmp_path):
-    """Overlapping --val, a --plot that is not a new PNG, an unwritable place, a damaged train_args.json, a config that asks for
-    more than its weights file holds, an interrupted run given again without --resume: each a one-line error, nothing lost."""
+    """Overlapping --val, a --plot that is not a new PNG, an unwritable place, a damaged train_args.json, a config that
+    asks for more than its weights file holds, an interrupted run given again without --resume: each a one-line error,
+    nothing lost."""
     assert_one_line_error(lepton_here('data', '--data', folders/'train', '--val', folders/'train'), 'overlap')
     assert_one_line_error(lepton_here('data', '--data', folders, '--val', folders/'val'), 'overlap')
     assert_one_line_error(lepton_here('data', '--data', '~no-such-user-here/x'), 'unknown user')
     out = tmp_path/'run'
-    r = lepton('train', '--data', folders/'train', '--val', folders/'val', '--epochs', '1', '--batch-size', '64', '--width', '8',
-               '--out', out, '--json')
+    r = lepton('train', '--data', folders/'train', '--val', folders/'val', '--epochs', '1', '--batch-size', '64',
+               '--width', '8', '--out', out, '--json')
     assert r.returncode == 0, r.stderr
     umask = os.umask(0o022); os.umask(umask)
-    assert (out/'model.safetensors').stat().st_mode & 0o777 == 0o666 & ~umask      # the mode a plain open gives, not 0600
+    assert (out/'model.safetensors').stat().st_mode & 0o777 == 0o666 & ~umask  # the mode a plain open gives, not 0600
     script = tmp_path/'mine.py'; script.write_text('print(1)\n')
-    for plot, msg in ((script, 'must end in .png'), (tmp_path, 'must end in .png'), (tmp_path/'new.png'/'x.png', 'no such folder'),
+    for plot, msg in ((script, 'must end in .png'), (tmp_path, 'must end in .png'),
+                      (tmp_path/'new.png'/'x.png', 'no such folder'),
                       (Path('/proc/lepton-test.png'), 'cannot write a file in /proc')):
         assert_one_line_error(lepton_here('predict', out, folders/'sneaker.jpg', '--plot', plot), msg)
     assert script.read_text() == 'print(1)\n'
     # an interrupted run (a checkpoint and no final metrics) is not started over without --resume
     saved = {f: (out/f).read_bytes() for f in ('checkpoint.pt', 'train_args.json')}
     (out/'metrics.json').unlink()
-    assert_one_line_error(lepton_here('train', '--data', folders/'train', '--epochs', '1', '--out', out), 'interrupted run')
+    assert_one_line_error(lepton_here('train', '--data', folders/'train', '--epochs', '1', '--out', out),
+                          'interrupted run')
     assert all((out/f).read_bytes() == b for f, b in saved.items())
     args = json.loads(saved['train_args.json'])
-    assert Path(args['data']).is_absolute() and args['data'] == str(folders.resolve()/'train')   # --resume works from anywhere
+    # --resume works from anywhere
+    assert Path(args['data']).is_absolute() and args['data'] == str(folders.resolve()/'train')
     for bad in ('[1]', json.dumps({**args, 'lr': 'x'}), json.dumps({**args, 'epochs': True})):
         (out/'train_args.json').write_text(bad)
         assert_one_line_error(lepton_here('train', '--resume', '--out', out), 'train_args.json')
     cfg = json.loads((out/'config.json').read_text())
     (out/'config.json').write_text(json.dumps({**cfg, 'size': 512, 'width': 512, 'hidden': 8192}))
-    assert_one_line_error(lepton_here('predict', out, folders/'sneaker.jpg'), 'model.safetensors')   # before any allocation
+    # before any allocation
+    assert_one_line_error(lepton_here('predict', out, folders/'sneaker.jpg'), 'model.safetensors')
 
 def test_run_folders_are_not_replaced_or_mixed(folders, cache, tmp_path):
-    """A finished run is not replaced without --overwrite; a folder of the other command (train, gan) is refused by either
-    one; --resume keeps the run's data; a folder holding train/ and val/ is not taken for two classes; unknown options
-    are named by the sub-command; files that cannot be read are noted, not dropped in silence."""
+    """A finished run is not replaced without --overwrite; a folder of the other command (train, gan) is refused by
+    either one; --resume keeps the run's data; a folder holding train/ and val/ is not taken for two classes; unknown
+    options are named by the sub-command; files that cannot be read are noted, not dropped in silence."""
     out = tmp_path/'run'
-    common = ['--data', folders/'train', '--val', folders/'val', '--epochs', '1', '--batch-size', '64', '--width', '8', '--out', out]
+    common = ['--data', folders/'train', '--val', folders/'val', '--epochs', '1', '--batch-size', '64', '--width', '8',
+              '--out', out]
     r = lepton('train', *common)
     assert r.returncode == 0, r.stderr
-    assert 'note: 2 file(s) of the data are left out, unreadable or outside' in r.stderr and f'lepton data --data {folders/"train"}' in r.stderr
+    assert 'note: 2 file(s) of the data are left out, unreadable or outside' in r.stderr
+    assert f'lepton data --data {folders/"train"}' in r.stderr
     assert 'test accuracy' in r.stdout and '(with flip averaging)' in r.stdout
     weights = (out/'model.safetensors').read_bytes()
     assert_one_line_error(lepton_here('train', *common), 'finished run (model.safetensors)')
     assert (out/'model.safetensors').read_bytes() == weights
-    assert_one_line_error(lepton_here('gan', '--data', folders/'train', '--epochs', '1', '--out', out), 'holds a run of lepton train')
+    assert_one_line_error(lepton_here('gan', '--data', folders/'train', '--epochs', '1', '--out', out),
+                          'holds a run of lepton train')
     assert_one_line_error(lepton_here('gan', 'sample', out), 'must be a folder of lepton gan')
-    assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--data', folders/'val'), "differs from the run's own")
+    assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--data', folders/'val'),
+                          "differs from the run's own")
     assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--width', '16'), "--width 16 differs")
-    assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--lr', '0.5'), "differs from the run's own (the default)")
-    assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--val', folders/'train'), "differs from the run's own")
-    short = tmp_path/'short'      # the fast recipe's width depends on the budget (16 under 60 s on the CPU): the first fixes it
-    assert lepton_here('train', '--data', folders/'train', '--time-budget', '1', '--batch-size', '64', '--out', short).returncode == 0
+    assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--lr', '0.5'),
+                          "differs from the run's own (the default)")
+    assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--val', folders/'train'),
+                          "differs from the run's own")
+    # the fast recipe's width depends on the budget (16 under 60 s on the CPU): the first fixes it
+    short = tmp_path/'short'
+    assert lepton_here('train', '--data', folders/'train', '--time-budget', '1', '--batch-size', '64', '--out',
+                       short).returncode == 0
     assert json.loads((short/'train_args.json').read_text())['width'] == 16
     r = lepton_here('train', '--resume', '--out', short, '--time-budget', '2')
     assert r.returncode == 0, r.stderr
@@ -120,7 +135,8 @@ def test_run_folders_are_not_replaced_or_mixed(folders, cache, tmp_path):
     r = lepton_here('train', *common, '--overwrite')            # the replaced run's checkpoint and metrics go first
     assert r.returncode == 0, r.stderr
     assert (out/'checkpoint.pt').read_bytes() != b'the replaced run' and json.loads((out/'metrics.json').read_text())
-    gan = tmp_path/'gan'; gan.mkdir(); (gan/'gan_args.json').write_text('{}')   # a GAN run's folder, as far as the check goes
+    # a GAN run's folder, as far as the check goes
+    gan = tmp_path/'gan'; gan.mkdir(); (gan/'gan_args.json').write_text('{}')
     for cmd in (('predict', gan, folders/'sneaker.jpg'), ('evaluate', gan), ('train', *common[:-1], gan)):
         assert_one_line_error(lepton_here(*cmd), 'holds a run of lepton gan')
     assert 'lepton gan sample' in lepton_here('predict', gan, folders/'sneaker.jpg').stderr
@@ -137,26 +153,32 @@ def test_options_a_run_will_not_use_are_noted():
     from lepton_nb.cli import _unused_options, build_parser
     notes = lambda *a: _unused_options(build_parser().parse_args(['train', *a]))
     assert notes('--data', 'photos/train', '--val', 'photos/val') == [] and notes('--width', '8') == []
-    assert notes('--model', 'seed', '--width', '8') == ["--width is the fast model's; the seed model has the article's sizes"]
-    assert notes('--data', 'photos/train', '--val', 'photos/val', '--valid-pct', '0.3') == ["--valid-pct is not used: --val gives the validation images"]
-    assert notes('--size', '64') == notes('--channels', '3') == ["--size and --channels are for image folders: Fashion-MNIST stays 28x28 grey"]
+    assert notes('--model', 'seed', '--width', '8') == ["--width is the fast model's; the seed model has the "
+                                                        "article's sizes"]
+    assert notes('--data', 'photos/train', '--val', 'photos/val', '--valid-pct',
+                 '0.3') == ["--valid-pct is not used: --val gives the validation images"]
+    assert notes('--size', '64') == notes('--channels', '3') == ["--size and --channels are for image folders: "
+                                                                 "Fashion-MNIST stays 28x28 grey"]
     assert notes('--data', 'photos/train', '--size', '64') == [] and notes('--resume', '--size', '64') == []
     assert notes('--watch', 'accuracy') == ["--watch is early stopping's: it is not used without --patience"]
     assert notes('--watch', 'accuracy', '--patience', '2') == notes('--resume', '--watch', 'accuracy') == []
     gan = lambda *a: _unused_options(build_parser().parse_args(['gan', *a]))   # lepton gan notes the data options alike
     assert gan('--size', '64') == ["--size and --channels are for image folders: Fashion-MNIST stays 28x28 grey"]
-    assert gan('--data', 'x', '--val', 'y', '--valid-pct', '0.3') == ["--valid-pct is not used: --val gives the validation images"]
+    assert gan('--data', 'x', '--val', 'y', '--valid-pct', '0.3') == ["--valid-pct is not used: --val gives the "
+                                                                      "validation images"]
     assert gan('--data', 'x', '--size', '32', '--width', '16') == []
 
 def test_a_class_missing_from_the_held_out_images_is_named(folders, cache, tmp_path):
-    "--val without one of the classes: the class's figures are n/a (null), the summary says so and gives both macro F1s."
+    """--val without one of the classes: the class's figures are n/a (null), the summary says so and gives both
+    macro F1s."""
     (tmp_path/'val').mkdir()
     for c in CLASSES[:2]: os.symlink(folders/'val'/c, tmp_path/'val'/c)
     r = lepton('train', '--data', folders/'train', '--val', tmp_path/'val', '--model', 'seed', '--epochs', '1',
                '--out', tmp_path/'run', '--json')
     assert r.returncode == 0, r.stderr
     m = last_json(r.stdout)
-    assert m['absent_classes'] == ['Bag'] and m['per_class']['Bag']['recall'] is None and m['per_class']['Bag']['support'] == 0
+    assert m['absent_classes'] == ['Bag'] and m['per_class']['Bag']['recall'] is None
+    assert m['per_class']['Bag']['support'] == 0
     assert m['per_class']['Trouser']['support'] == 60 and m['f1_macro_present'] > m['f1_macro']
     assert m['evaluated_on'] == 'the 120 images of the validation folder'
     assert "note: the held-out images hold no 'Bag' (1 of 3 classes)" in r.stderr
@@ -164,11 +186,13 @@ def test_a_class_missing_from_the_held_out_images_is_named(folders, cache, tmp_p
     assert "over the 2 classes present" in r.stdout and 'after 1 epoch,' in r.stdout
 
 def test_missing_glyphs_are_one_warning_line(capsys):
-    "matplotlib warns once per character and plot when a class name has letters its font lacks: the command says it once."
+    """matplotlib warns once per character and plot when a class name has letters its font lacks: the command says it
+    once."""
     from lepton_nb.cli import _one_line_warnings
     passed = []
     show = _one_line_warnings('train', lambda *a: passed.append(a[0]))
-    for ch in '靴鞋靴': show(UserWarning(f'Glyph {ord(ch)} ({ch}) missing from font(s) DejaVu Sans.'), UserWarning, 'plot.py', 1)
+    for ch in '靴鞋靴':
+        show(UserWarning(f'Glyph {ord(ch)} ({ch}) missing from font(s) DejaVu Sans.'), UserWarning, 'plot.py', 1)
     show(UserWarning('something else'), UserWarning, 'x.py', 2)
     err = capsys.readouterr().err
     assert err.count("lepton train: warning: the plots' font lacks some characters") == 1 and 'Glyph' not in err, err
@@ -177,7 +201,8 @@ def test_missing_glyphs_are_one_warning_line(capsys):
 def test_evaluate_repeats_the_training_evaluation(folders, cache, tmp_path):
     "The seed recipe is evaluated without flips and bf16: `lepton evaluate` reads that from config.json and agrees."
     out = tmp_path/'seed'
-    r = lepton('train', '--data', folders/'train', '--val', folders/'val', '--model', 'seed', '--epochs', '1', '--out', out, '--json')
+    r = lepton('train', '--data', folders/'train', '--val', folders/'val', '--model', 'seed', '--epochs', '1', '--out',
+               out, '--json')
     assert r.returncode == 0, r.stderr
     m = last_json(r.stdout)
     cfg = json.loads((out/'config.json').read_text())
@@ -207,18 +232,21 @@ def test_resume_picks_the_latest_unfinished_run(tmp_path, monkeypatch):
         if finished: (d/'metrics.json').write_text('{}'); time.sleep(0.02)
         return d
     a = run('fashion-mnist-fast', 'fast', False)                           # interrupted
-    b = run('fashion-mnist-fast-2', 'fast', True)                          # newer, finished
+    run('fashion-mnist-fast-2', 'fast', True)                              # newer, finished
     run('fashion-mnist-gan', None, False, args='gan_args.json')            # newer, interrupted, but a GAN run
     resume = lambda **k: run_dir(SimpleNamespace(out=None, resume=True, **{'data': None, 'model': None, **k}))
     assert resume() == resume(model='fast') == resume(data='fashion-mnist') == a
-    c = run('photos-seed', 'seed', False, data='photos/train')             # the newest interrupted run: found without options
+    c = run('photos-seed', 'seed', False, data='photos/train')  # the newest interrupted run: found without options
     assert resume() == resume(model='seed') == resume(data='photos/train') == resume(data='photos') == c
     assert resume(data='fashion-mnist') == resume(model='fast') == a
-    assert run_dir(SimpleNamespace(out=None, resume=True, data=None, model=None), kind='gan') == Path('runs/fashion-mnist-gan')
+    assert run_dir(SimpleNamespace(out=None, resume=True, data=None, model=None),
+                   kind='gan') == Path('runs/fashion-mnist-gan')
     (a/'metrics.json').write_text('{}')                                    # now every fast run has finished
-    with pytest.raises(LeptonError, match='every lepton train run with --model fast in runs/ finished'): resume(model='fast')
+    with pytest.raises(LeptonError, match='every lepton train run with --model fast in runs/ finished'):
+        resume(model='fast')
     with pytest.raises(LeptonError, match='no checkpoint of a lepton train run on shoes'): resume(data='shoes')
-    assert run_dir(SimpleNamespace(out=None, resume=False, data='photos/train', model='fast')) == Path('runs/photos-fast')
+    assert run_dir(SimpleNamespace(out=None, resume=False, data='photos/train',
+                                   model='fast')) == Path('runs/photos-fast')
 
 def test_runs_started_at_once_get_a_folder_each(tmp_path, monkeypatch):
     "Two runs that both picked the free default name while loading their data: the first to create it has it."
@@ -232,8 +260,9 @@ def test_runs_started_at_once_get_a_folder_each(tmp_path, monkeypatch):
     pick = lambda: run_dir(args)
     assert claim_run_dir(first, pick) == (Path('runs/fashion-mnist-fast'), True)
     assert claim_run_dir(second, pick) == (Path('runs/fashion-mnist-fast-2'), True)
-    assert run_dir(args) == Path('runs/fashion-mnist-fast-3')       # a folder there, whatever it holds, is not a default
-    assert claim_run_dir(Path('mine'), None) == (Path('mine'), True) and claim_run_dir(Path('mine'), None) == (Path('mine'), False)
+    assert run_dir(args) == Path('runs/fashion-mnist-fast-3')  # a folder there, whatever it holds, is not a default
+    assert claim_run_dir(Path('mine'), None) == (Path('mine'), True)
+    assert claim_run_dir(Path('mine'), None) == (Path('mine'), False)
     Path('file').write_text('x')
     with pytest.raises(LeptonError, match='exists and is not a folder'): claim_run_dir(Path('file'), None)
     os.symlink('/no/such/place', 'runs/photos-fast')                     # a broken link is taken too, and cannot loop
@@ -243,15 +272,16 @@ def test_runs_started_at_once_get_a_folder_each(tmp_path, monkeypatch):
 
 def test_a_resumed_run_checks_its_data(tmp_path, capsys):
     "A data folder that moved is named; one given at a new place must have the run's classes; changed files get a note."
-    from types import SimpleNamespace
     from lepton_nb.artifacts import check_resumed_data, merge_resume_args, run_facts
     from lepton_nb.cli import build_parser
     from lepton_nb.core import LeptonError, save_json
     from lepton_nb.data import ImageData
     x, y = torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
     data = lambda classes, x=x: ImageData(x, y, x, y, classes, source='moved')
-    save_json({'data': str(tmp_path/'gone'), 'model': 'seed', **run_facts(data(['cats', 'dogs']))}, tmp_path/'train_args.json')
-    with pytest.raises(LeptonError, match="gone: the run's data folder is not there any more: if it moved, resume with --data NEW_PLACE"):
+    save_json({'data': str(tmp_path/'gone'), 'model': 'seed', **run_facts(data(['cats', 'dogs']))},
+              tmp_path/'train_args.json')
+    with pytest.raises(LeptonError, match="gone: the run's data folder is not there any more: if it moved, resume "
+                                          "with --data NEW_PLACE"):
         merge_resume_args(build_parser().parse_args(['train', '--resume']), tmp_path)
     args = build_parser().parse_args(['train', '--resume', '--data', str(tmp_path/'moved')])
     merge_resume_args(args, tmp_path)                                      # a new place is taken ...
@@ -275,7 +305,8 @@ def test_resume_restores_every_saved_option(tmp_path):
     args = build_parser().parse_args(['train', '--resume', '--epochs', '6'])
     merge_resume_args(args, tmp_path)
     assert (args.model, args.epochs, args.tensorboard, args.seed, args.impl) == ('seed', 6, True, 3, 'torch')
-    # the budget is one thing: given again in either form, it replaces the saved one, which would otherwise still stop it
+    # the budget is one thing: given again in either form, it replaces the saved one, which would otherwise still
+    # stop it
     save_json({'model': 'seed', 'time_budget': 20}, tmp_path/'train_args.json')
     args = build_parser().parse_args(['train', '--resume', '--epochs', '50']); merge_resume_args(args, tmp_path)
     assert (args.epochs, args.time_budget) == (50, None)
@@ -299,8 +330,8 @@ def test_resume_restores_every_saved_option(tmp_path):
 
 def test_early_stopping_watches_held_out_training_images(folders, cache, tmp_path):
     "--patience trains on nine tenths of each class, watches the rest, and still reports the held-out split's accuracy."
-    r = lepton('train', '--data', folders/'train', '--val', folders/'val', '--epochs', '30', '--patience', '1', '--lr', '0.05',
-               '--batch-size', '64', '--width', '8', '--out', tmp_path/'es', '--json')
+    r = lepton('train', '--data', folders/'train', '--val', folders/'val', '--epochs', '30', '--patience', '1',
+               '--lr', '0.05', '--batch-size', '64', '--width', '8', '--out', tmp_path/'es', '--json')
     assert r.returncode == 0, r.stderr
     m = last_json(r.stdout)
     assert (m['n_train'], m['n_test']) == (540, 180) and '540 train (+60 held out for early stopping) / 180' in r.stderr
@@ -317,7 +348,8 @@ def test_a_run_that_fails_before_it_starts_leaves_no_folder(folders, cache, tmp_
     from lepton_nb.cli import main
     from lepton_nb.core import LeptonError
     def refuse(*a, **k): raise LeptonError('refused for the test')
-    monkeypatch.setattr(lepton_nb.cnn, 'train_classifier', refuse); monkeypatch.setattr(lepton_nb.gan, 'train_gan', refuse)
+    monkeypatch.setattr(lepton_nb.cnn, 'train_classifier', refuse)
+    monkeypatch.setattr(lepton_nb.gan, 'train_gan', refuse)
     data = ['--data', str(folders/'train'), '--val', str(folders/'val')]
     for cmd in (['train'], ['gan']):
         assert main([*cmd, *data, '--out', str(tmp_path/'new')]) == 2
@@ -326,16 +358,18 @@ def test_a_run_that_fails_before_it_starts_leaves_no_folder(folders, cache, tmp_
     assert main(['train', *data, '--out', str(tmp_path/'mine')]) == 2
     assert [p.name for p in (tmp_path/'mine').iterdir()] == ['train_args.json']   # the user's folder stays
     monkeypatch.undo()
-    try: import tensorboard                                 # the same through the command, when the package is missing
+    try: import tensorboard  # noqa: F401 (the same through the command, when the package is missing)
     except ImportError:
         r = lepton('train', *data, '--epochs', '1', '--tensorboard', '--out', tmp_path/'tb')
         assert_one_line_error(r, 'tensorboard'); assert not (tmp_path/'tb').exists()
 
 def test_interrupted_benchmark_is_one_line(folders, cache, tmp_path):
-    "Ctrl-C during a training with no run folder (a benchmark, a metric's classifier) ends the command in one line, 130."
+    """Ctrl-C during a training with no run folder (a benchmark, a metric's classifier) ends the command in one line,
+    130."""
     import shutil
     p = subprocess.Popen([shutil.which('lepton', path=str(BIN)) or 'lepton', 'bench', '--only', 'train'], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, 'PYTHONUNBUFFERED': '1'})
     try:
         for line in p.stdout:                                # wait until training is under way (its heading is out)
             if line.startswith('train:'): break
@@ -363,15 +397,17 @@ def test_interrupted_benchmark_is_one_line(folders, cache, tmp_path):
     (['gan', 'sample', '/no/such/model', '--n', '1000000'], 'at most 100000'),
 ])
 def test_bad_arguments_are_one_line(cache, args, msg):
-    assert_one_line_error(lepton_here(*args), msg)      # in this process: the installed command is run by the tests above
+    assert_one_line_error(lepton_here(*args), msg)  # in this process: the installed command is run by the tests above
 
 def test_a_folder_that_is_no_run_or_holds_splits_is_named(folders, cache, tmp_path):
     "A data folder given as MODEL_DIR, and a folder of train/ and val/ given as a folder of classes, are each named so."
-    assert_one_line_error(lepton_here('evaluate', folders/'train'), 'not a model folder (expected model.safetensors and config.json')
+    assert_one_line_error(lepton_here('evaluate', folders/'train'),
+                          'not a model folder (expected model.safetensors and config.json')
     (tmp_path/'split').mkdir()
     for s in ('train', 'val'): os.symlink(folders/s, tmp_path/'split'/s)
     from lepton_nb.core import LeptonError
-    with pytest.raises(LeptonError, match=r"look like splits of a data set, not classes: give one of them, such as .*split/val"):
+    with pytest.raises(LeptonError, match=r"look like splits of a data set, not classes: give one of them, such as "
+                                          r".*split/val"):
         D.scan_image_folder(tmp_path/'split', CLASSES)
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without a GPU')
@@ -384,7 +420,8 @@ def test_single_class_folder_is_refused(cache, tmp_path):
     assert_one_line_error(lepton('train', '--data', tmp_path, '--epochs', '1'), 'at least 2 classes')
 
 def test_bench_learner_reports_overhead(cache, monkeypatch):
-    "`lepton bench --only learner,loader` on 3,000 of the training images (what is checked is what it reports, not speed)."
+    """`lepton bench --only learner,loader` on 3,000 of the training images (what is checked is what it reports,
+    not speed)."""
     from lepton_nb.optimize import subset
     fm = D.load_fashion_mnist(cache=False)
     monkeypatch.setattr(D, 'load_fashion_mnist', lambda *a, **k: subset(fm, 3000, n_valid=500))
