@@ -1,5 +1,5 @@
 "`lepton` in a pipeline: with --json standard output is one JSON document; --help without torch; exit statuses."
-import json, subprocess, sys
+import json, shutil, subprocess, sys
 
 import pytest
 
@@ -65,6 +65,11 @@ def test_every_command_prints_one_json_document(shapes, tmp_path):
         d = strict_json(r.stdout)
         assert isinstance(d, dict) and check(d), (args, r.stdout[:500])
         assert r.stderr.strip(), args                    # the lines a person reads are still printed, elsewhere
+    killed = tmp_path/'gan-killed'; killed.mkdir()   # what a kill before the first checkpoint leaves: the options
+    shutil.copy(tmp_path/'gan'/'gan_args.json', killed)
+    r = lepton('gan', '--resume', '--out', killed, '--json', env=env, cwd=tmp_path)
+    assert r.returncode == 0 and 'stopped before its first checkpoint: it starts again' in r.stderr, r.stderr[-2000:]
+    assert strict_json(r.stdout)['epochs'] == 1 and (killed/'generator.safetensors').is_file()
     r = lepton('train', '--data', data, *TINY, '--out', tmp_path/'run2', env=env, cwd=tmp_path)   # without --json
     assert r.returncode == 0 and 'test accuracy' in r.stdout and not r.stdout.lstrip().startswith('{')
 
