@@ -25,6 +25,7 @@ except ImportError: from lepton_nb.cnn import check_config; from lepton_nb.gan i
 try: from lepton_nb.resilience import load_checkpoint, save_checkpoint
 except ImportError: from lepton_nb.learner import load_checkpoint, save_checkpoint
 from lepton_nb.learner import Learner
+import lepton_nb.artifacts as artifacts
 import lepton_nb.cli as cli
 
 CASES = int(os.environ.get('LEPTON_FUZZ_CASES') or 0)   # 0: the quick lane's counts
@@ -262,17 +263,17 @@ def test_check_gan_config(cfg): check_config_case(check_gan_config, cfg)
 
 def check_saved_args(work, args):
     (work/'train_args.json').write_text(json.dumps(args))
-    read_or_refuse(cli._saved_args, work, 'train_args.json', path=work)
+    read_or_refuse(artifacts.saved_args, work, 'train_args.json', path=work)
 
 
 no_breaks = st.characters(blacklist_characters='\n\r')
 
 
 @fuzz('train_args')
-@given(args=st.dictionaries(st.sampled_from(sorted(cli._SAVED_TYPES)) | st.text(no_breaks, max_size=10), json_values,
+@given(args=st.dictionaries(st.sampled_from(sorted(artifacts.SAVED_TYPES)) | st.text(no_breaks, max_size=10), json_values,
                             max_size=6) | json_values.filter(lambda v: not isinstance(v, dict)))   # keys: see below
 def test_saved_run_options(work, args):
-    "train_args.json / gan_args.json of a run folder, read back by --resume (`cli._saved_args`)."
+    "train_args.json / gan_args.json of a run folder, read back by --resume (`artifacts.saved_args`)."
     check_saved_args(work, args)
 
 
