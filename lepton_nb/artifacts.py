@@ -223,12 +223,18 @@ def check_kind(run:Path, kind:str, what:str):
         raise LeptonError(f"{run} holds a run of lepton {found}; {what} must be a folder of lepton {kind}{tip}")
 
 # %% ../nbs/09_artifacts.ipynb #a9000015
+def _unstarted(run:Path, kind:str) -> bool:
+    "A run folder with its saved options and no checkpoint, weights or metrics: stopped before its first checkpoint."
+    return (run/RUN_FILES[kind][1]).is_file() and not any((run/f).exists() for f in
+                                                          ('checkpoint.pt', 'metrics.json', RUN_FILES[kind][0]))
+
 def _check_out(args, kind:str) -> Path:
     "An --out folder, if this command may write there (rules 1 and 2)."
     out = Path(args.out)
     check_kind(out, kind, '--out')   # never mix the two commands' files in one folder
     ck = (out/'checkpoint.pt').is_file()
-    if args.resume and not ck: raise LeptonError(f"nothing to resume: no checkpoint.pt in {args.out}")
+    if args.resume and not ck and not _unstarted(out, kind):
+        raise LeptonError(f"nothing to resume: no checkpoint.pt in {args.out}")
     if not args.resume and ck and not finished(out):   # never start over an interrupted run
         raise LeptonError(f"{args.out} holds an interrupted run (checkpoint.pt, no final metrics): continue it with "
                           f"--resume --out {args.out}, or give another --out")
@@ -248,12 +254,14 @@ def _run_to_resume(args, kind:str) -> Path:
                and (args.model is None or s.get('model') == args.model)
     what = (f"lepton {kind} run" + (f" on {data_name(args.data)}" if args.data else '')
             + (f" with --model {args.model}" if args.model else ''))
-    found = [c for c in sorted(Path('runs').glob('*')) if (c/'checkpoint.pt').is_file() and matches(c)]
+    found = [c for c in sorted(Path('runs').glob('*'))
+             if ((c/'checkpoint.pt').is_file() or _unstarted(c, kind)) and matches(c)]
     if not found: raise LeptonError(f"nothing to resume: runs/ holds no checkpoint of a {what} (give --out DIR)")
     open_ = [c for c in found if not finished(c)]
     if not open_: raise LeptonError(f"nothing to resume: every {what} in runs/ finished (to train one further, give "
                                     "--out DIR and a larger --epochs or --time-budget)")
-    return max(open_, key=lambda c: (c/'checkpoint.pt').stat().st_mtime)
+    last = lambda c: c/'checkpoint.pt' if (c/'checkpoint.pt').is_file() else c/name   # (an unstarted run: its options)
+    return max(open_, key=lambda c: last(c).stat().st_mtime)
 
 def run_dir(args, # Options: out, resume, data, model (and overwrite), as the command line gives them
             kind:str='train', # 'train' or 'gan'
@@ -409,6 +417,7 @@ def start_run(out:Path, # The claimed run folder
 
 def run_folder(args, # The command line's options (None: not given); filled in place
                kind:str='train', # 'train' or 'gan'
+               quiet:bool=False, # No note on standard error (a data-parallel rank other than 0)
               ) -> tuple[Path, Callable|None]:
     "A command's run folder, and for a default name what picks the next free one; options not given are filled in."
     model = lambda: args.model if kind == 'train' else 'gan'   # (a GAN run's default folder is runs/<data>-gan)
@@ -426,4 +435,8 @@ def run_folder(args, # The command line's options (None: not given); filled in p
         pick = lambda: run_dir(SimpleNamespace(out=None, resume=False, data=args.data, model=model()), kind)
     if out.exists() and not out.is_dir():
         raise LeptonError(f"{out}: exists and is not a folder (--out names the run folder)")
+    if args.resume and not (out/'checkpoint.pt').is_file():   # stopped before its first checkpoint: nothing to load
+        args.resume = False
+        if not quiet: print(f"note: {out} stopped before its first checkpoint: it starts again from the beginning, "
+                            "with its saved settings", file=sys.stderr)
     return out, pick

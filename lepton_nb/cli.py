@@ -4,18 +4,13 @@
 
 # %% ../nbs/16_cli.ipynb #7542bd81
 from __future__ import annotations
-import argparse, importlib.util, json, os, sys, tempfile, warnings
+import argparse, contextlib, importlib.util, json, math, os, sys, tempfile, warnings
 from pathlib import Path
-
-try:   # these import torch: a second or two in which Ctrl-C may come
-    from lepton_nb.core import LeptonError, LeptonWarning
-    from lepton_nb.artifacts import (RUN_OPTIONS, check_kind, claim_run_dir, data_name, run_folder, saved_args, start_run,
-                                     unstarted_removed)
-except KeyboardInterrupt: print('lepton: interrupted', file=sys.stderr); sys.exit(130)
+# Nothing here imports torch: `lepton --help` answers in a fraction of a second. Each command imports what it uses.
 
 # %% auto #0
-__all__ = ['PLOT_MAX', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan', 'cmd_gan_sample',
-           'build_parser', 'main']
+__all__ = ['PLOT_MAX', 'EXIT_STATUS', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan',
+           'cmd_gan_sample', 'build_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #3f676e04
 def _int_at_least(lo:int):
@@ -68,7 +63,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 # %% ../nbs/16_cli.ipynb #8a6c7602
 def _leak_line(report:dict) -> str:
     n = report['held_out_copies_of_training_images']
-    return (f"{n} held-out image{'s are' if n > 1 else ' is a'} byte-identical cop{'ies' if n > 1 else 'y'} of training images: "
+    return (f"{n} held-out image{'s are' if n > 1 else ' is a'} byte-identical cop{'ies' if n > 1 else 'y'} of "
+            "training images: "
             "the held-out figures will flatter the model (the duplicates are listed by lepton data)")
 
 def _print_data_summary(data, out=None):
@@ -85,14 +81,18 @@ def _print_data_summary(data, out=None):
     r = s.get('report', {})
     if r:
         p(f"  folder check: {r['files']} files, {r['decoded']} decoded, {len(s['skipped'])} skipped; "
-          f"largest/smallest class = {r['imbalance_ratio']}; modes {r['modes']}; {'one image size' if r['n_sizes'] == 1 else str(r['n_sizes']) + ' image sizes'}")
+          f"largest/smallest class = {r['imbalance_ratio']}; modes {r['modes']}; "
+          + ('one image size' if r['n_sizes'] == 1 else f"{r['n_sizes']} image sizes"))
         for g in r['duplicate_groups'][:10]: p(f"  duplicate files (same bytes): {', '.join(g)}")
         if len(r['duplicate_groups']) > 10: p(f"  ... and {len(r['duplicate_groups']) - 10} more groups of duplicates")
-        for g in r['duplicates_across_classes'][:10]: p(f"  warning: the same image is in several classes: {', '.join(g)}")
+        for g in r['duplicates_across_classes'][:10]:
+            p(f"  warning: the same image is in several classes: {', '.join(g)}")
         if r.get('held_out_copies_of_training_images'): p(f"  warning: {_leak_line(r)}")
-    if len(s['classes']) < 2: p("  warning: one class: lepton train needs two or more (lepton gan --unconditional can learn one)")
+    if len(s['classes']) < 2:
+        p("  warning: one class: lepton train needs two or more (lepton gan --unconditional can learn one)")
     none = [c for c, n in zip(s['classes'], s['valid_counts']) if n == 0]
-    if none: p(f"  warning: no held-out image of {', '.join(map(repr, none))}: its figures will be n/a (add images, or give --val)")
+    if none: p(f"  warning: no held-out image of {', '.join(map(repr, none))}: its figures will be n/a (add images, "
+               "or give --val)")
     if s['skipped']:
         p(f"  skipped {len(s['skipped'])} file(s):")
         for k in s['skipped']: p(f"    {k['file']}: {k['reason']}")
@@ -110,26 +110,33 @@ def _add_data_args(p, val=True):
     p.add_argument('--data', default='fashion-mnist', metavar='fashion-mnist|DIR',
                    help="'fashion-mnist', or a folder of images laid out as DIR/<class>/<image>")
     if val: p.add_argument('--val', default=None, metavar='DIR',
-                           help="a separate validation folder with the same classes (default: hold out --valid-pct of --data)")
-    p.add_argument('--size', type=_int_between(8, 512), default=28, help="image folders: images are resized to SIZE x SIZE, 8 to 512 (default 28)")
+                           help="a separate validation folder with the same classes (default: hold out --valid-pct "
+                                "of --data)")
+    p.add_argument('--size', type=_int_between(8, 512), default=28,
+                   help="image folders: images are resized to SIZE x SIZE, 8 to 512 (default 28)")
     p.add_argument('--channels', type=int, choices=(1, 3), default=None,
                    help="image folders: 1 (grey) or 3 (RGB); default: what most of the images are")
-    p.add_argument('--valid-pct', type=_fraction, default=0.2, help="image folders without --val: share of each class held out (default 0.2)")
+    p.add_argument('--valid-pct', type=_fraction, default=0.2,
+                   help="image folders without --val: share of each class held out (default 0.2)")
 
 # %% ../nbs/16_cli.ipynb #384f4095
-def _look(data) -> str: return f"{data.size[0]}x{data.size[1]} {'grey' if data.channels == 1 else 'RGB'}"   # (the start line)
+def _look(data) -> str: return f"{data.size[0]}x{data.size[1]} {'grey' if data.channels == 1 else 'RGB'}"   # start line
 
 def _note_skipped(data, args, quiet:bool=False):
-    "One line on files of the data left out (unreadable, or loose): training goes on without them, and `lepton data` lists them."
+    "A note on files of the data left out (unreadable, or loose): training goes on; `lepton data` lists them."
     if data.skipped and not quiet:
         print(f"note: {len(data.skipped)} file(s) of the data are left out, unreadable or outside the class folders "
-              f"(lepton data --data {args.data}{' --val ' + str(args.val) if args.val else ''} lists them)", file=sys.stderr)
+              f"(lepton data --data {args.data}{' --val ' + str(args.val) if args.val else ''} lists them)",
+              file=sys.stderr)
 
 def _unused_options(args) -> list[str]:
     "Options given on the command line that this run will not use, each as a line to print (nothing is refused)."
+    from lepton_nb.artifacts import data_name
     out, fm = [], data_name(args.data) == 'fashion-mnist' and not args.resume
-    if getattr(args, 'model', None) == 'seed' and args.width is not None: out.append("--width is the fast model's; the seed model has the article's sizes")
-    if args.val is not None and args.valid_pct is not None: out.append("--valid-pct is not used: --val gives the validation images")
+    if getattr(args, 'model', None) == 'seed' and args.width is not None:
+        out.append("--width is the fast model's; the seed model has the article's sizes")
+    if args.val is not None and args.valid_pct is not None:
+        out.append("--valid-pct is not used: --val gives the validation images")
     if getattr(args, 'watch', None) is not None and getattr(args, 'patience', None) is None and not args.resume:
         out.append("--watch is early stopping's: it is not used without --patience")
     if fm and (args.size not in (None, 28) or args.channels not in (None, 1)):
@@ -139,6 +146,7 @@ def _unused_options(args) -> list[str]:
 def _fix_width(args, out:Path, dev):
     "The fast recipe's width depends on the budget: fixed by the run's first one (a resume keeps it)."
     if args.width is None and args.model == 'fast':
+        from lepton_nb.artifacts import saved_args
         from lepton_nb.cnn import recipe_for
         first = saved_args(out, 'train_args.json').get('time_budget') if args.resume else args.time_budget
         args.width = recipe_for('fast', first, dev.type).get('width')
@@ -157,7 +165,8 @@ def _print_train_result(metrics:dict, data, out:Path):
     absent = metrics.get('absent_classes', [])
     if absent:
         named = ', '.join(map(repr, absent[:5])) + (' ...' if len(absent) > 5 else '')
-        print(f"note: the held-out images hold no {named} ({len(absent)} of {len(data.classes)} classes): their figures "
+        print(f"note: the held-out images hold no {named} ({len(absent)} of {len(data.classes)} classes): their "
+              "figures "
               "are n/a, and the macro averages count them as 0", file=sys.stderr)
     print(f"test accuracy {metrics['test_accuracy']:.4f}{' (with flip averaging)' if metrics.get('tta') else ''}  "
           f"f1 (macro) {metrics['f1_macro']:.4f}"
@@ -169,7 +178,8 @@ def _print_train_result(metrics:dict, data, out:Path):
 
 def cmd_train(args) -> dict:
     "Train a classifier and write the model, metrics and plots."
-    from lepton_nb.core import get_device
+    from lepton_nb.artifacts import RUN_OPTIONS, claim_run_dir, run_folder, start_run, unstarted_removed
+    from lepton_nb.core import LeptonError, get_device
     from lepton_nb.data import get_data
     from lepton_nb.cnn import train_classifier
     ddp = None
@@ -177,12 +187,12 @@ def cmd_train(args) -> dict:
         from lepton_nb.distributed import agree, finish_ddp, init_ddp, train_kwargs
         ddp = init_ddp(args.device or RUN_OPTIONS['train']['device'])
     unused = _unused_options(args)     # what the command line gave, before saved settings and defaults fill the rest
-    out, pick = run_folder(args, 'train')
+    quiet = bool(ddp and ddp.rank)
+    out, pick = run_folder(args, 'train', quiet)
     if ddp: out = agree(out)           # the folder rank 0 chose
     dev = get_device(args.device)      # an unavailable device fails here, before any data is loaded
     if args.tensorboard and importlib.util.find_spec('tensorboard') is None:   # and a missing package
         raise LeptonError("--tensorboard needs the tensorboard package: pip install 'lepton_nb[tensorboard]'")
-    quiet = bool(ddp and ddp.rank)
     data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
                     seed=args.seed, progress=not (args.json or quiet))
     if len(data.classes) < 2:
@@ -217,7 +227,8 @@ def cmd_train(args) -> dict:
 # %% ../nbs/16_cli.ipynb #753d31ee
 def cmd_evaluate(args) -> dict:
     "Evaluate a saved model on Fashion-MNIST's test split or on every image of a folder."
-    from lepton_nb.artifacts import load_model
+    from lepton_nb.artifacts import check_kind, data_name, load_model
+    from lepton_nb.core import LeptonError
     from lepton_nb.cnn import CLASSIFIER, eval_settings, evaluate_model
     from lepton_nb.data import TensorLoader, fashion_files_in, decode_folder, get_data, scan_image_folder
     from lepton_nb.metrics import classification_report
@@ -225,15 +236,17 @@ def cmd_evaluate(args) -> dict:
     model, cfg = load_model(args.model_dir, args.device, CLASSIFIER)
     dev = next(model.parameters()).device
     idx_dir = data_name(args.data) != 'fashion-mnist' and Path(args.data).is_dir() and fashion_files_in(Path(args.data))
-    if data_name(args.data) == 'fashion-mnist' or idx_dir:   # the data set's test split (from a folder of its IDX files too)
+    if data_name(args.data) == 'fashion-mnist' or idx_dir:   # the test split (from a folder of its IDX files too)
         d = get_data(args.data if idx_dir else 'fashion-mnist')
         if d.classes != cfg['classes'] or (cfg['channels'], cfg['size']) != (1, 28):
-            raise LeptonError(f"{args.model_dir} was not trained on Fashion-MNIST (classes {cfg['classes'][:3]}...): give "
+            raise LeptonError(f"{args.model_dir} was not trained on Fashion-MNIST (classes {cfg['classes'][:3]}...): "
+                              "give "
                               "--data DIR, a folder of its classes")
         x, y, skipped, source = d.x_valid, d.y_valid, [], 'fashion-mnist test split'
     else:
         items, _ = scan_image_folder(args.data, cfg['classes'])
-        x, y, skipped, _ = decode_folder(items, cfg['classes'], cfg['size'], cfg['channels'], progress=not args.json, require_all=False)
+        x, y, skipped, _ = decode_folder(items, cfg['classes'], cfg['size'], cfg['channels'], progress=not args.json,
+                                         require_all=False)
         source = str(args.data)
     dl = TensorLoader(x, y, 1024, device=dev, mean=cfg['mean'], std=cfg['std'])
     how = eval_settings(cfg)                  # as the training run evaluated it, unless --tta/--no-tta says otherwise
@@ -248,25 +261,29 @@ def cmd_evaluate(args) -> dict:
             'skipped': [{'file': str(f), 'reason': r} for f, r in skipped]}
 
 def _png_file(path, option:str) -> Path:
-    "A picture to write: named .png, not a folder, in a folder that exists; so it never replaces a file of another kind."
+    "A picture to write: named .png, not a folder, in a folder that exists: it never replaces a file of another kind."
+    from lepton_nb.core import LeptonError
     p = Path(path)
     if p.suffix.lower() != '.png': raise LeptonError(f"{p}: {option} writes a PNG file, its name must end in .png")
     if p.is_dir(): raise LeptonError(f"{p}: is a folder; {option} names the PNG file to write")
     if not p.parent.is_dir(): raise LeptonError(f"{p.parent}: no such folder for the {option} file")
-    try: tempfile.TemporaryFile(dir=p.parent).close()    # a folder that takes no new file (read-only, /proc) fails now, not after the work
+    try: tempfile.TemporaryFile(dir=p.parent).close()    # a folder that takes no new file (read-only, /proc) fails now
     except OSError as e: raise LeptonError(f"{p}: cannot write a file in {p.parent} ({e.strerror or e})") from None
     return p
 
 def _image_args(paths:list) -> list[Path]:
-    "IMAGE arguments: a file as given (it must exist); a folder stands for every file under it (hidden files and tools' folders left out)."
+    """IMAGE arguments: a file as given (it must exist); a folder stands for every file under it (hidden files and
+    tools' folders left out)."""
+    from lepton_nb.core import LeptonError
     from lepton_nb.data import is_data_name
     out = []
     for a in map(Path, paths):
         if a.is_dir():
-            found = sorted(f for f in a.rglob('*') if all(is_data_name(s) for s in f.relative_to(a).parts) and f.is_file())
+            found = sorted(f for f in a.rglob('*')
+                           if all(is_data_name(s) for s in f.relative_to(a).parts) and f.is_file())
             if not found: raise LeptonError(f"{a}: a folder with no files in it")
             out += found
-        elif not os.path.lexists(a): raise LeptonError(f"{a}: file not found")   # a path given by name: a typo, not a skip
+        elif not os.path.lexists(a): raise LeptonError(f"{a}: file not found")   # a path given by name: a typo
         else: out.append(a)
     return out
 
@@ -274,7 +291,7 @@ PLOT_MAX = 30   # images drawn by --plot (every image is labelled in the text)
 
 def cmd_predict(args) -> dict:
     "Label images with a saved model: top-k labels and probabilities, and optionally a picture."
-    from lepton_nb.artifacts import check_model_folder
+    from lepton_nb.artifacts import check_kind, check_model_folder
     from lepton_nb.cnn import CLASSIFIER, plot_predictions_grid, predict
     check_kind(Path(args.model_dir), 'train', 'MODEL_DIR')
     check_model_folder(args.model_dir, CLASSIFIER)           # a wrong MODEL_DIR is named first, before the images
@@ -283,14 +300,16 @@ def cmd_predict(args) -> dict:
     skipped = [] if len(files) > 1 else None      # of several files, one that cannot be read is listed, not fatal
     results = predict(args.model_dir, files, top_k=args.top_k or 3, device=args.device, skipped=skipped)
     if results and args.top_k and args.top_k > len(results[0]['top_k']):
-        print(f"note: the model knows {len(results[0]['top_k'])} classes, so --top-k {args.top_k} shows all of them", file=sys.stderr)
+        print(f"note: the model knows {len(results[0]['top_k'])} classes, so --top-k {args.top_k} shows all of them",
+              file=sys.stderr)
     for f, why in skipped or []: print(f"skipped {f}: {why}", file=sys.stderr)
     for r in results:
         print(f"{r['file']}: " + '  '.join(f"{t['label']} {t['probability']:.3f}" for t in r['top_k']))
     if args.plot:
         import matplotlib; matplotlib.use('Agg')
         from lepton_nb.core import atomic_path
-        if len(results) > PLOT_MAX: print(f"note: --plot draws the first {PLOT_MAX} of the {len(results)} images", file=sys.stderr)
+        if len(results) > PLOT_MAX:
+            print(f"note: --plot draws the first {PLOT_MAX} of the {len(results)} images", file=sys.stderr)
         fig = plot_predictions_grid(results[:PLOT_MAX], ncols=min(3, len(results)))
         with atomic_path(args.plot) as tmp: fig.savefig(tmp, format='png', dpi=110)
         print(f"wrote {args.plot}")
@@ -312,7 +331,8 @@ def cmd_gan(args) -> dict:
     "Train a DCGAN and write the generator, discriminator, metrics and plots; or, with `sample`, draw from a saved one."
     if getattr(args, 'gan_command', None) == 'sample': return cmd_gan_sample(args)
     import matplotlib; matplotlib.use('Agg')
-    from lepton_nb.core import get_device
+    from lepton_nb.artifacts import claim_run_dir, data_name, run_folder, start_run, unstarted_removed
+    from lepton_nb.core import LeptonError, get_device
     from lepton_nb.data import get_data
     from lepton_nb.gan import train_gan
     unused = _unused_options(args)     # what the command line gave, before saved settings and defaults fill the rest
@@ -324,39 +344,47 @@ def cmd_gan(args) -> dict:
                     seed=args.seed, progress=not args.json)
     metric = len(data.classes) >= 2
     if not metric and not args.unconditional:
-        raise LeptonError(f"lepton gan measures its samples with a classifier of the data, which needs at least 2 classes; "
-                          f"{data.source} has {len(data.classes)}: add --unconditional to learn its one class unmeasured")
+        raise LeptonError(f"lepton gan measures its samples with a classifier of the data, which needs at least 2 "
+                          f"classes; {data.source} has {len(data.classes)}: add --unconditional to learn its one class "
+                          "unmeasured")
     if not metric:   # nothing is measured, so nothing need be held out: every image trains
         import dataclasses, torch
-        data = dataclasses.replace(data, x_train=torch.cat([data.x_train, data.x_valid]), y_train=torch.cat([data.y_train, data.y_valid]))
+        data = dataclasses.replace(data, x_train=torch.cat([data.x_train, data.x_valid]),
+                                   y_train=torch.cat([data.y_train, data.y_valid]))
         print(f"note: one class: no FID or classifier score (they need a classifier of 2 or more classes), so all "
               f"{len(data.y_train)} images train; the losses and samples are written", file=sys.stderr)
     _note_skipped(data, args)
     for u in unused: print(f"note: {u}", file=sys.stderr)
     if data.size[0] != data.size[1] or data.size[0] % 4 or not 8 <= data.size[0] <= 64:
-        raise LeptonError(f"the DCGAN needs square images of 8 to 64 pixels, a multiple of 4 (use --size), got {data.size}")
+        raise LeptonError(f"the DCGAN needs square images of 8 to 64 pixels, a multiple of 4 (use --size), got "
+                          f"{data.size}")
     out, created = claim_run_dir(out, pick)
     start_run(out, args, data, 'gan')
     print(f"training a {'' if args.unconditional else 'class-conditional '}DCGAN on {data.source}: {len(data.y_train)} "
           f"images, {len(data.classes)} classes, {_look(data)} -> {out}", file=sys.stderr)
     with unstarted_removed(out, created, 'gan_args.json'):
-        trainer, metrics = train_gan(data, epochs=args.epochs, time_budget=args.time_budget, bs=args.batch_size, lr=args.lr,
-                                     width=args.width, conditional=not args.unconditional, loss=args.loss, device=args.device,
+        trainer, metrics = train_gan(data, epochs=args.epochs, time_budget=args.time_budget, bs=args.batch_size,
+                                     lr=args.lr, width=args.width, conditional=not args.unconditional, loss=args.loss,
+                                     device=args.device,
                                      seed=args.seed, out=out, resume=args.resume, progress=not args.json,
                                      checkpoint_every=args.checkpoint_every, n_eval=args.n_eval, metric=metric,
                                      threads=args.threads)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"stopped by {trainer.interrupted}; checkpoint saved in {out}; "
                                 f"continue with: lepton gan --resume --out {out}")
+    ep = round(metrics['epochs'], 1)
     print((f"FID {metrics['fid']:.3f} (real floor {metrics['fid_floor']:.3f})  classifier score "
            f"{metrics['classifier_score']:.2f} (real {metrics['classifier_score_real']:.2f})  smallest class share "
-           f"{metrics['coverage_min']:.3f}  " if 'fid' in metrics else '') + f"after {round(metrics['epochs'], 1):g} epoch{'s' * (round(metrics['epochs'], 1) != 1)}, {metrics['train_seconds']:.1f} s of "
+           f"{metrics['coverage_min']:.3f}  " if 'fid' in metrics else '')
+          + f"after {ep:g} epoch{'s' * (ep != 1)}, {metrics['train_seconds']:.1f} s of "
           f"training on {metrics['device']} ({metrics['stop_reason']})")
     print(f"wrote {out}/: " + ' '.join(sorted(p.name for p in out.iterdir() if p.is_file())))
     return metrics
 
 def cmd_gan_sample(args) -> dict:
     "Draw `--n` images from a saved generator into one PNG grid."
+    from lepton_nb.artifacts import check_kind
+    from lepton_nb.core import LeptonError
     from lepton_nb.gan import class_labels, generate, load_gan, make_grid, save_png
     check_kind(Path(args.model_dir), 'gan', 'MODEL_DIR')
     G, _, cfg = load_gan(args.model_dir, args.device)   # first: a wrong MODEL_DIR is named as such
@@ -365,39 +393,63 @@ def cmd_gan_sample(args) -> dict:
     n = args.n or (8 * cfg['n_classes'] if per_class else 64)
     labels = class_labels(n, cfg['n_classes'], cfg['classes'], args.cls)
     ncols = min(args.ncols, n) if args.ncols else (min(n, cfg['n_classes']) if per_class else min(n, 8))
-    side = lambda k: (k * (cfg['size'] + 2) + 2) * args.scale   # the grid's pixels across k images (make_grid's 2-pixel gaps)
-    if side(ncols) * side(-(-n // ncols)) > 100_000_000:         # (a PNG of that size needs gigabytes of memory to write)
-        raise LeptonError(f"{n} samples at --scale {args.scale} make a grid of {side(ncols)} x {side(-(-n // ncols))} pixels, over "
+    side = lambda k: (k * (cfg['size'] + 2) + 2) * args.scale   # the grid's pixels across k images (2-pixel gaps)
+    if side(ncols) * side(-(-n // ncols)) > 100_000_000:         # (a PNG of that size needs gigabytes to write)
+        raise LeptonError(f"{n} samples at --scale {args.scale} make a grid of {side(ncols)} x {side(-(-n // ncols))} "
+                          "pixels, over "
                           "100 million: give a smaller --n or --scale")
     x = generate(G, n, labels, seed=args.seed)
     grid = make_grid(x, ncols)
     save_png(grid, out, args.scale)
     h, w = grid.shape[1] * args.scale, grid.shape[2] * args.scale
     rows = -(-n // ncols)
-    print(f"wrote {out}: {n} sample{'s' * (n > 1)} in {rows} row{'s' * (rows > 1)} of {ncols}, {w} x {h} pixels", file=sys.stderr)
+    print(f"wrote {out}: {n} sample{'s' * (n > 1)} in {rows} row{'s' * (rows > 1)} of {ncols}, {w} x {h} pixels",
+          file=sys.stderr)
     return {'out': str(out), 'n': n, 'ncols': ncols, 'width': w, 'height': h, 'seed': args.seed,
             'labels': [cfg['classes'][int(i)] for i in labels] if labels is not None else None}
 
 # %% ../nbs/16_cli.ipynb #ddaeac5c
-def build_parser() -> argparse.ArgumentParser:
-    "The `lepton` argument parser with every sub-command."
-    import lepton_nb
-    parser = _Parser(prog='lepton', formatter_class=_Formatter,
-                     description="lepton_nb: deep learning from formulas to trained models.\n\n"
-                                 "Start with `lepton data` to check the data, then `lepton train`.\n"
-                                 "Fashion-MNIST is the default data set; any folder DIR/<class>/<image> works too.")
-    parser.add_argument('--version', action='version', version=f'lepton_nb {lepton_nb.__version__}')
-    sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
+EXIT_STATUS = """exit status:
+  0    done
+  1    an unexpected failure (a bug: Python prints its traceback)
+  2    bad input: an option, data, a file or folder, or a device that is not there (one line on standard error)
+  130  interrupted by Ctrl-C or SIGTERM (train and gan save a checkpoint first: --resume continues)
+
+with --json, standard output holds the result as one JSON document and nothing else; every other line (progress,
+tables, notes, warnings, errors) goes to standard error: lepton evaluate RUN --json | jq .test_accuracy"""
+
+_SEED = dict(type=_int_between(0, 2**32 - 1), default=None, help="seed of every random generator (default: 0)")
+_DEVICE = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+
+def _add_run_args(p, kind:str, kept:str):
+    "The options `lepton train` and `lepton gan` share: device, seed, run folder, resume, checkpoints."
+    p.add_argument('--device', default=None, help=f"{_DEVICE} (default: auto)")
+    p.add_argument('--seed', **_SEED)
+    folder = 'runs/<data>-<model>' if kind == 'train' else 'runs/<data>-gan'
+    p.add_argument('--out', default=None, metavar='DIR',
+                   help=f"run folder (default: {folder}, or -2, -3... when taken)")
+    p.add_argument('--overwrite', action='store_true',
+                   help=f"let --out replace a finished run of lepton {kind} (refused otherwise)")
+    p.add_argument('--resume', action='store_true',
+                   help=f"continue from the run folder's checkpoint with its saved settings (the data and {kept} stay; "
+                        "--epochs, --time-budget, --device may change: a budget given again replaces the saved one, so "
+                        "--epochs alone lifts a saved --time-budget); a run stopped before its first checkpoint starts "
+                        "again from the beginning with its saved settings")
+    p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
+                   help="seconds of training between checkpoints within an epoch (default: 60)")
+
+def _add_data_parser(sub):
     p = sub.add_parser('data', help="load a data set and print its sizes, classes, statistics and skipped files",
                        formatter_class=_Formatter, description=
                        "Load a data set the way `lepton train` does and print a summary.\n\n"
                        "examples:\n  lepton data\n  lepton data --data photos/train --val photos/val\n"
-                       "  lepton data --data photos --json | tail -n 1")
+                       "  lepton data --data photos --json | jq .skipped")
     _add_data_args(p)
-    p.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=0, help="seed of the train/valid split of a single folder")
-    p.add_argument('--json', action='store_true', help="print the summary as one JSON object on the last line")
+    p.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=0,
+                   help="seed of the train/valid split of a single folder")
     p.set_defaults(func=cmd_data)
 
+def _add_train_parser(sub):
     p = sub.add_parser('train', help="train a classifier (the main job) and write model, metrics and plots",
                        formatter_class=_Formatter, description=
                        "Train a CNN on Fashion-MNIST or on a folder DIR/<class>/<image>, evaluate it on the held-out\n"
@@ -406,11 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "the run folder (runs/<data>-<model> unless --out says otherwise).\n\n"
                        "recipes (--model):\n"
                        "  fast  two conv+batchnorm blocks, one-cycle schedule, bf16 where fast, flips (default)\n"
-                       "  seed  the source article's model and recipe: conv 32, pool, dense 128; Adam, batch 32, 10 epochs\n\n"
+                       "  seed  the source article's model and recipe: conv 32, pool, dense 128; Adam, batch 32, "
+                       "10 epochs\n\n"
                        "examples:\n  lepton train --time-budget 20\n  lepton train --model seed\n"
                        "  lepton train --data photos/train --val photos/val --out runs/photos\n"
                        "  lepton train --resume                  # continue the latest interrupted run in runs/\n"
-                       "  lepton train --model seed --epochs 30 --patience 3   # stop when a held-out tenth stops improving\n"
+                       "  lepton train --model seed --epochs 30 --patience 3   # stop when a held-out tenth stops "
+                       "improving\n"
                        "  lepton train --epochs 30 --patience 3 --watch accuracy   # ... judged by its accuracy\n"
                        "  torchrun --nproc_per_node=2 -m lepton_nb.cli train --ddp --model seed   # 2 processes")
     _add_data_args(p)
@@ -419,61 +473,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', choices=('fast', 'seed'), default=None, help="recipe and architecture (default: fast)")
     p.add_argument('--impl', choices=('torch', 'scratch'), default=None,
                    help="layers from torch.nn, or lepton_nb's own from-scratch conv/pool/ReLU (default: torch)")
-    p.add_argument('--epochs', type=_int_at_least(1), default=None, help="epochs (default: the recipe's 10, or unlimited with --time-budget)")
+    p.add_argument('--epochs', type=_int_at_least(1), default=None,
+                   help="epochs (default: the recipe's 10, or unlimited with --time-budget)")
     p.add_argument('--time-budget', type=_positive_float, default=None, metavar='SECONDS',
                    help="stop training after this many seconds, then evaluate and save; the schedule fits itself to it")
-    p.add_argument('--batch-size', type=_int_at_least(1), default=None, help="batch size (default: the recipe's: 256 fast, 32 seed)")
-    p.add_argument('--lr', type=_positive_float, default=None, help="(peak) learning rate (default: the recipe's: 0.01 fast, 0.001 seed)")
+    p.add_argument('--batch-size', type=_int_at_least(1), default=None,
+                   help="batch size (default: the recipe's: 256 fast, 32 seed)")
+    p.add_argument('--lr', type=_positive_float, default=None,
+                   help="(peak) learning rate (default: the recipe's: 0.01 fast, 0.001 seed)")
     p.add_argument('--width', type=_int_between(1, 512), default=None,
-                   help="fast model: channels of the first convolution, 1 to 512 (default: 32; 16 on the CPU when --time-budget is under 60)")
-    p.add_argument('--device', default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=None, help="seed of every random generator (default: 0)")
-    p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-<model>, or -2, -3... when taken)")
-    p.add_argument('--overwrite', action='store_true', help="let --out replace a finished run of lepton train (refused otherwise)")
-    p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint with its saved settings "
-                   "(the data and model stay; --epochs, --time-budget, --device may change: a budget given "
-                   "again replaces the saved one, so --epochs alone lifts a saved --time-budget)")
+                   help="fast model: channels of the first convolution, 1 to 512 (default: 32; 16 on the CPU when "
+                        "--time-budget is under 60)")
+    _add_run_args(p, 'train', 'model')
     p.add_argument('--patience', type=_int_at_least(1), default=None,
                    help="early stopping: hold out a tenth of each class of the training images, stop after this many "
-                        "epochs without a better --watch figure on them, and save the best epoch's weights (default: off)")
+                        "epochs without a better --watch figure on them, and save the best epoch's weights "
+                        "(default: off)")
     p.add_argument('--watch', choices=('valid_loss', 'accuracy', 'f1_macro'), default=None,
-                   help="what early stopping watches on the held-out tenth: its loss, accuracy or macro F1 (default: valid_loss)")
-    p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
-                   help="seconds of training between checkpoints within an epoch (default: 60)")
+                   help="what early stopping watches on the held-out tenth: its loss, accuracy or macro F1 "
+                        "(default: valid_loss)")
     p.add_argument('--tensorboard', action='store_true', default=None,
                    help="log to DIR/tensorboard (needs: pip install 'lepton_nb[tensorboard]')")
     p.add_argument('--ddp', action='store_true', help="data-parallel under torchrun: torchrun --nproc_per_node=N -m "
                    "lepton_nb.cli train --ddp ... (--batch-size is the global batch; gloo on CPU, nccl on CUDA)")
-    p.add_argument('--json', action='store_true', help="print metrics.json's object as the last line")
     p.set_defaults(func=cmd_train)
 
+def _add_use_parsers(sub):
+    "`lepton evaluate` and `lepton predict`: a saved model at work."
     p = sub.add_parser('evaluate', help="evaluate a saved model on Fashion-MNIST's test split or an image folder",
                        formatter_class=_Formatter, description=
                        "Print accuracy, per-class precision/recall/F1 of a saved model.\n\nexamples:\n"
-                       "  lepton evaluate runs/fashion-mnist-fast\n  lepton evaluate runs/photos --data photos/test")
+                       "  lepton evaluate runs/fashion-mnist-fast\n  lepton evaluate runs/photos --data photos/test\n"
+                       "  lepton evaluate runs/photos --data photos/test --json | jq .test_accuracy")
     p.add_argument('model_dir', metavar='MODEL_DIR', help="a folder written by lepton train")
-    p.add_argument('--data', default='fashion-mnist', metavar='fashion-mnist|DIR', help="what to evaluate on (a folder: all its images)")
-    p.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument('--data', default='fashion-mnist', metavar='fashion-mnist|DIR',
+                   help="what to evaluate on (a folder: all its images)")
+    p.add_argument('--device', default='auto', help=_DEVICE)
     p.add_argument('--tta', action=argparse.BooleanOptionalAction, default=None,
                    help="test-time flip averaging on or off (default: as the training run evaluated the model)")
-    p.add_argument('--json', action='store_true', help="print the metrics as one JSON object on the last line")
     p.set_defaults(func=cmd_evaluate)
-
     p = sub.add_parser('predict', help="label images with a saved model (top-k labels and probabilities)",
                        formatter_class=_Formatter, description=
                        "Label images of any size and mode: each is converted exactly as the model's training data\n"
                        "(size, channels, normalisation come from MODEL_DIR/config.json).\n\nexamples:\n"
                        "  lepton predict runs/fashion-mnist-fast shoe.jpg --plot shoe_pred.png\n"
                        "  lepton predict runs/photos a.png b.jpg --top-k 5 --json\n"
-                       "  lepton predict runs/photos new_photos/        # every image in a folder; unreadable files are listed")
+                       "  lepton predict runs/photos new_photos/        # every image in a folder; unreadable files "
+                       "are listed")
     p.add_argument('model_dir', metavar='MODEL_DIR', help="a folder written by lepton train")
     p.add_argument('images', metavar='IMAGE', nargs='+', help="image files, or folders of them")
     p.add_argument('--top-k', type=_int_at_least(1), default=None, help="labels shown per image (default: 3)")
     p.add_argument('--plot', default=None, metavar='FILE', help="also write a PNG: each image with its top-k bar chart")
-    p.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument('--json', action='store_true', help="print the predictions as one JSON object on the last line")
+    p.add_argument('--device', default='auto', help=_DEVICE)
     p.set_defaults(func=cmd_predict)
 
+def _add_gan_parser(sub):
     p = sub.add_parser('gan', help="train a class-conditional DCGAN (or draw samples: lepton gan sample MODEL_DIR)",
                        formatter_class=_Formatter, description=
                        "Train a class-conditional DCGAN on Fashion-MNIST or a folder DIR/<class>/<image>, measure it\n"
@@ -481,77 +535,102 @@ def build_parser() -> argparse.ArgumentParser:
                        "score; class coverage) and write generator.safetensors, discriminator.safetensors,\n"
                        "config.json, metrics.json, run_card.json, samples.png, losses.png, progress.png,\n"
                        "coverage.png, and for --resume checkpoint.pt and gan_args.json into the run folder.\n\n"
-                       "examples:\n  lepton gan --time-budget 300\n  lepton gan --epochs 10 --device cuda --out runs/gan\n"
+                       "examples:\n  lepton gan --time-budget 300\n"
+                       "  lepton gan --epochs 10 --device cuda --out runs/gan\n"
                        "  lepton gan --resume                    # continue the latest interrupted run in runs/\n"
                        "  lepton gan sample runs/fashion-mnist-gan --n 64 --out samples.png\n"
                        "  lepton gan sample runs/fashion-mnist-gan --n 16 --class Bag --out bags.png")
     _add_data_args(p)
     for a in p._actions:   # on --resume, unset options come from the run's gan_args.json
         if a.dest in ('data', 'size', 'valid_pct'): a.default = None
-    p.add_argument('--epochs', type=_int_at_least(1), default=None, help="epochs (default: 10, or unlimited with --time-budget)")
+    p.add_argument('--epochs', type=_int_at_least(1), default=None,
+                   help="epochs (default: 10, or unlimited with --time-budget)")
     p.add_argument('--time-budget', type=_positive_float, default=None, metavar='SECONDS',
                    help="stop training after this many seconds (the metric is not counted), then measure and save")
     p.add_argument('--batch-size', type=_int_at_least(1), default=None, help="batch size (default: 64)")
-    p.add_argument('--lr', type=_positive_float, default=None, help="Adam learning rate of both networks (default: 0.002)")
-    p.add_argument('--width', type=_int_between(1, 512), default=None, help="channels of G's last hidden and D's first layer, 1 to 512 (default: 32)")
+    p.add_argument('--lr', type=_positive_float, default=None,
+                   help="Adam learning rate of both networks (default: 0.002)")
+    p.add_argument('--width', type=_int_between(1, 512), default=None,
+                   help="channels of G's last hidden and D's first layer, 1 to 512 (default: 32)")
     p.add_argument('--loss', choices=('ns', 'saturating', 'lsgan', 'hinge'), default=None,
                    help="GAN loss of lepton_nb.gan_losses (default: ns, the non-saturating one)")
-    p.add_argument('--unconditional', action='store_const', const=True, default=None, help="a plain DCGAN without class labels")
+    p.add_argument('--unconditional', action='store_const', const=True, default=None,
+                   help="a plain DCGAN without class labels")
     p.add_argument('--threads', type=_threads, default=None, metavar='N',
-                   help="CPU threads: a number, or auto, which times 1 and all every 30 s and keeps the faster; a fixed "
-                        "number makes a run with the same --seed repeat exactly on the same machine (default: auto)")
+                   help="CPU threads: a number, or auto, which times 1 and all every 30 s and keeps the faster; a "
+                        "fixed number makes a run with the same --seed repeat exactly on the same machine "
+                        "(default: auto)")
     p.add_argument('--n-eval', type=_int_at_least(2), default=None,
                    help="images per side of the FID, at most the held-out split's size (default: 10000)")
-    p.add_argument('--device', default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=None, help="seed of every random generator (default: 0)")
-    p.add_argument('--out', default=None, metavar='DIR', help="run folder (default: runs/<data>-gan, or -2, -3... when taken)")
-    p.add_argument('--overwrite', action='store_true', help="let --out replace a finished run of lepton gan (refused otherwise)")
-    p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint with its saved settings "
-                   "(the data and networks stay; --epochs, --time-budget, --device may change: a budget "
-                   "given again replaces the saved one, so --epochs alone lifts a saved --time-budget)")
-    p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
-                   help="seconds of training between checkpoints within an epoch (default: 60)")
-    p.add_argument('--json', action='store_true', help="print metrics.json's object as the last line")
+    _add_run_args(p, 'gan', 'networks')
     p.set_defaults(func=cmd_gan, gan_command=None)
-    gsub = p.add_subparsers(dest='gan_command', metavar='[sample MODEL_DIR]', parser_class=_Parser,
-                            title='drawing from a saved generator', description='lepton gan sample MODEL_DIR ... (see lepton gan sample --help)')
-    q = gsub.add_parser('sample', help="draw new images from a saved generator into one PNG grid", formatter_class=_Formatter,
+    return p
+
+def _add_sample_parser(gan):
+    gsub = gan.add_subparsers(dest='gan_command', metavar='[sample MODEL_DIR]', parser_class=_Parser,
+                              title='drawing from a saved generator',
+                              description='lepton gan sample MODEL_DIR ... (see lepton gan sample --help)')
+    q = gsub.add_parser('sample', help="draw new images from a saved generator into one PNG grid",
+                        formatter_class=_Formatter,
                         description="Draw --n new images from a generator saved by lepton gan, as one PNG grid.\n\n"
                                     "examples:\n  lepton gan sample runs/fashion-mnist-gan --n 64 --out samples.png\n"
-                                    "  lepton gan sample runs/fashion-mnist-gan --n 8 --class Sneaker --seed 3 --out s.png")
+                                    "  lepton gan sample runs/fashion-mnist-gan --n 8 --class Sneaker --seed 3 "
+                                    "--out s.png")
     q.add_argument('model_dir', metavar='MODEL_DIR', help="a folder written by lepton gan")
     q.add_argument('--n', type=_int_between(1, 100_000), default=None,
                    help="how many images, 1 to 100000 (default: 8 of each class, one column per class; else 64)")
-    q.add_argument('--out', default=None, metavar='FILE.png', help="the PNG to write (default: MODEL_DIR/generated.png)")
-    q.add_argument('--class', dest='cls', default=None, metavar='NAME', help="class-conditional generator: only this class (its name, or its index when no class has that name)")
+    q.add_argument('--out', default=None, metavar='FILE.png',
+                   help="the PNG to write (default: MODEL_DIR/generated.png)")
+    q.add_argument('--class', dest='cls', default=None, metavar='NAME',
+                   help="class-conditional generator: only this class (its name, or its index when no class has "
+                        "that name)")
     q.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=0, help="seed of the noise")
-    q.add_argument('--ncols', type=_int_between(1, 1000), default=None, help="images per row, up to 1000 (default: one column per class, else 8)")
+    q.add_argument('--ncols', type=_int_between(1, 1000), default=None,
+                   help="images per row, up to 1000 (default: one column per class, else 8)")
     q.add_argument('--scale', type=_int_between(1, 32), default=2, help="enlarge every pixel this many times, 1 to 32")
-    q.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
-    q.add_argument('--json', action='store_true', help="print what was written as one JSON object on the last line")
+    q.add_argument('--device', default='auto', help=_DEVICE)
+    return q
 
-    from lepton_nb.bench import BENCH_PARTS
-    p = sub.add_parser('bench', help="benchmarks: our layers vs torch, loaders, Learner overhead, int8 and pruning, time to 91%%",
+def _add_bench_parser(sub):
+    # The parts are bench.BENCH_PARTS, written out: importing lepton_nb.bench imports torch (a test keeps them equal)
+    p = sub.add_parser('bench', help="benchmarks: our layers vs torch, loaders, Learner overhead, int8 and pruning, "
+                                     "time to 91%%",
                        formatter_class=_Formatter, description=
                        "Each figure is measured side by side in one process; ratios are ours / reference.\n\n"
-                       f"parts: {', '.join(BENCH_PARTS)} ('train' takes minutes; --quick leaves it out)\n\n"
+                       "parts: conv, loader, learner, optimize, train ('train' takes minutes; --quick leaves it "
+                       "out)\n\n"
                        "examples:\n  lepton bench --quick\n  lepton bench --only learner --json")
     p.add_argument('--only', default=None, metavar='PART,...', help="comma-separated parts to run")
     p.add_argument('--quick', action='store_true', help="leave out the minutes-long 'train' part")
-    p.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument('--json', action='store_true', help="print every figure as one JSON object on the last line")
+    p.add_argument('--device', default='auto', help=_DEVICE)
     p.set_defaults(func=cmd_bench)
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `lepton` argument parser with every sub-command (built without importing torch)."
+    import lepton_nb
+    parser = _Parser(prog='lepton', formatter_class=_Formatter, epilog=EXIT_STATUS,
+                     description="lepton_nb: deep learning from formulas to trained models.\n\n"
+                                 "Start with `lepton data` to check the data, then `lepton train`.\n"
+                                 "Fashion-MNIST is the default data set; any folder DIR/<class>/<image> works too.")
+    parser.add_argument('--version', action='version', version=f'lepton_nb {lepton_nb.__version__}')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
+    _add_data_parser(sub); _add_train_parser(sub); _add_use_parsers(sub)
+    sample = _add_sample_parser(_add_gan_parser(sub)); _add_bench_parser(sub)
+    for p in (*sub.choices.values(), sample):
+        p.add_argument('--json', action='store_true', help="print the result as one JSON document on standard "
+                       "output, and every other line on standard error")
     return parser
 
 # %% ../nbs/16_cli.ipynb #fd109758
 def _one_line_warnings(name:str, show):
     "A `warnings.showwarning` that prints a `LeptonWarning` as `lepton NAME: warning: ...` and passes others to `show`."
+    from lepton_nb.core import LeptonWarning
     glyphs = []
     def one_line(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, LeptonWarning): print(f"lepton {name}: warning: {message}", file=file or sys.stderr)
-        elif str(message).startswith('Glyph ') and 'missing from' in str(message):   # matplotlib, once per character and plot
-            if not glyphs: print(f"lepton {name}: warning: the plots' font lacks some characters of the class names: they show "
-                                 "as boxes", file=file or sys.stderr)
+        elif str(message).startswith('Glyph ') and 'missing from' in str(message):   # matplotlib: per character, plot
+            if not glyphs: print(f"lepton {name}: warning: the plots' font lacks some characters of the class names: "
+                                 "they show as boxes", file=file or sys.stderr)
             glyphs.append(message)
         else: show(message, category, filename, lineno, file, line)
     return one_line
@@ -565,34 +644,50 @@ def _command_parser(parser, args):
         p = subs[0].choices[getattr(args, dest)]
     return p
 
+def _json_text(result) -> str:
+    "The result as one line of strict JSON (what jq reads): NaN and infinities, which JSON lacks, become null."
+    def clean(o):
+        if isinstance(o, dict): return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)): return [clean(v) for v in o]
+        return None if isinstance(o, float) and not math.isfinite(o) else o
+    return json.dumps(clean(result), default=str, allow_nan=False)
+
+def _run(args, name:str) -> tuple[int, dict|None]:
+    "Run the command `args` chose: (exit status, result). What a user can act on is one line on standard error."
+    try: from lepton_nb.core import LeptonError   # torch comes with it: the first import a command pays for
+    except KeyboardInterrupt: print(f"lepton {name}: interrupted", file=sys.stderr); return 130, None
+    try:
+        with warnings.catch_warnings():   # a LeptonWarning is one line, like an error; others as Python prints them
+            warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
+            return 0, args.func(args)
+    except LeptonError as e:
+        print(f"lepton {name}: error: {e}", file=sys.stderr); return 2, None
+    except KeyboardInterrupt as e:
+        print(f"lepton {name}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr); return 130, None
+    except OSError as e:               # a file or folder the system refused: unreadable, unwritable, a full disk
+        where = f"{e.filename}: " if e.filename else ''
+        print(f"lepton {name}: error: {where}{e.strerror or e}", file=sys.stderr); return 2, None
+    except RuntimeError as e:          # ~name of an unknown user, from Path.expanduser
+        if 'home directory' not in str(e): raise
+        print(f"lepton {name}: error: {e} (a path starts with ~ and an unknown user name)", file=sys.stderr)
+        return 2, None
+
 def main(argv:list|None=None) -> int:
     "Entry point of the `lepton` command; returns the exit status."
     for s in (sys.stdout, sys.stderr):   # a file name that is not UTF-8 prints escaped, not as a UnicodeEncodeError
         if hasattr(s, 'reconfigure'): s.reconfigure(errors='backslashreplace')
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra: _command_parser(parser, args).error("unrecognized arguments: " + ' '.join(a if a.isprintable() else repr(a) for a in extra))   # lepton train: error: ...
+    if extra:                          # lepton train: error: ...
+        bad = ' '.join(a if a.isprintable() else repr(a) for a in extra)
+        _command_parser(parser, args).error(f"unrecognized arguments: {bad}")
     if not getattr(args, 'func', None):
         parser.print_help(); return 2
     name = args.command + (f" {args.gan_command}" if getattr(args, 'gan_command', None) else '')   # "gan sample"
-    try:
-        with warnings.catch_warnings():   # a LeptonWarning is one line, like an error; others as Python prints them
-            warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
-            result = args.func(args)
-    except LeptonError as e:
-        print(f"lepton {name}: error: {e}", file=sys.stderr); return 2
-    except KeyboardInterrupt as e:
-        print(f"lepton {name}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr); return 130
-    except OSError as e:               # a file or folder the system refused: unreadable, unwritable, a folder, a full disk
-        where = f"{e.filename}: " if e.filename else ''
-        print(f"lepton {name}: error: {where}{e.strerror or e}", file=sys.stderr); return 2
-    except RuntimeError as e:          # ~name of an unknown user, from Path.expanduser
-        if 'home directory' not in str(e): raise
-        print(f"lepton {name}: error: {e} (a path starts with ~ and an unknown user name)", file=sys.stderr); return 2
-    if getattr(args, 'json', False) and result is not None:
-        sys.stdout.flush()
-        print(json.dumps(result, default=str))
-    return 0
+    out = sys.stdout                   # with --json, the JSON document alone goes there; every other line to stderr
+    with contextlib.redirect_stdout(sys.stderr if args.json else out): rc, result = _run(args, name)
+    if rc == 0 and args.json and result is not None: print(_json_text(result), file=out, flush=True)
+    return rc
 
 # %% ../nbs/16_cli.ipynb #f27fe445
 if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', '') == 'lepton_nb.cli':

@@ -43,8 +43,8 @@ def test_ddp_two_processes_match_one_and_resume(folder, cache, tmp_path):
     assert one.returncode == 0, one.stderr
     r = torchrun('train', '--ddp', *common, '--epochs', '2', '--out', tmp_path/'two', '--json', cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-6000:]
-    m = last_json(r.stdout)                    # rank 0 alone prints: its JSON is the last line
-    assert r.stdout.count('test accuracy') == 1
+    m = last_json(r.stdout)                    # rank 0 alone prints: its JSON is standard output
+    assert r.stderr.count('test accuracy') == 1   # (and its summary line, with the human lines, standard error)
     ddp = json.loads((tmp_path/'two'/'metrics.json').read_text())['ddp']
     assert ddp['world_size'] == 2 and ddp['backend'] == 'gloo' and ddp['batch_per_rank'] == 16
     assert ddp['threads_per_rank'] == 1        # torchrun's OMP_NUM_THREADS=1 for more than one process

@@ -94,6 +94,7 @@ def same_weights(a:Path, b:Path):
 #   disk-full: the temporary file is a link to /dev/full, so the real write fails with ENOSPC from the kernel.
 FAULTY = r'''
 import os, sys, time
+print = lambda *a, _print=print, **k: _print(*a, **k, file=sys.__stdout__)   # past --json's redirect to stderr
 import torch
 import lepton_nb.cnn, lepton_nb.learner
 fault, at = os.environ.get('FAULT', ''), int(os.environ.get('FAULT_AT', '0'))

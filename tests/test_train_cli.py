@@ -183,7 +183,7 @@ def test_a_class_missing_from_the_held_out_images_is_named(folders, cache, tmp_p
     assert m['evaluated_on'] == 'the 120 images of the validation folder'
     assert "note: the held-out images hold no 'Bag' (1 of 3 classes)" in r.stderr
     assert '600 train / 120 held-out images, 3 classes, 28x28 grey -> ' in r.stderr, r.stderr
-    assert "over the 2 classes present" in r.stdout and 'after 1 epoch,' in r.stdout
+    assert "over the 2 classes present" in r.stderr and 'after 1 epoch,' in r.stderr   # --json: the lines go there
 
 def test_missing_glyphs_are_one_warning_line(capsys):
     """matplotlib warns once per character and plot when a class name has letters its font lacks: the command says it
@@ -211,7 +211,7 @@ def test_evaluate_repeats_the_training_evaluation(folders, cache, tmp_path):
     assert r.returncode == 0, r.stderr
     e = last_json(r.stdout)
     assert e['tta'] is False and abs(e['test_accuracy'] - m['test_accuracy']) < 1e-9
-    assert 'flip averaging off' in r.stdout
+    assert 'flip averaging off' in r.stderr   # (--json: the report is on standard error)
     r = lepton('evaluate', out, '--data', folders/'val', '--tta', '--json')     # asked for: flips on
     assert r.returncode == 0 and last_json(r.stdout)['tta'] is True
     # a config written before the settings were recorded: the recipe's own (seed: no flips)
@@ -430,3 +430,33 @@ def test_bench_learner_reports_overhead(cache, monkeypatch):
     b = last_json(r.stdout)
     assert b['plain_loop_s'] > 0 and b['learner_s'] > 0 and 'learner_overhead_pct' in b
     assert b['loader_dataloader_0w_ratio'] > 0
+
+def test_resume_before_the_first_checkpoint_starts_again(folders, cache, tmp_path):
+    """A run killed (SIGKILL) before its first checkpoint left only train_args.json: --resume starts it again from the
+    beginning with those settings, says so in one line, and ends with the weights of a run never killed, bit for bit."""
+    import shutil
+    from safetensors.torch import load_file
+    args = ['--data', folders/'train', '--val', folders/'val', '--model', 'seed', '--epochs', '1', '--batch-size', '64',
+            '--seed', '3']
+    r = lepton('train', *args, '--out', tmp_path/'whole', '--json')
+    assert r.returncode == 0, r.stderr
+    out = tmp_path/'killed'
+    p = subprocess.Popen([sys.executable, '-m', 'lepton_nb.cli', 'train', *map(str, args), '--out', str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        t0 = time.monotonic()
+        while not (out/'train_args.json').is_file() and p.poll() is None and time.monotonic() - t0 < 300:
+            time.sleep(0.005)
+    finally: p.kill(); p.wait()
+    assert (out/'train_args.json').is_file()
+    for f in out.iterdir():                 # a kill that came late: what the kill would have left, had it come sooner
+        if f.name != 'train_args.json': shutil.rmtree(f) if f.is_dir() else f.unlink()
+    r = lepton('train', '--resume', '--out', out, '--json')
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count('stopped before its first checkpoint: it starts again from the beginning') == 1, r.stderr
+    assert json.loads(r.stdout)['epochs'] == 1
+    a, b = load_file(out/'model.safetensors'), load_file(tmp_path/'whole'/'model.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out/'metrics.json').read_text())['test_accuracy'] == \
+        json.loads((tmp_path/'whole'/'metrics.json').read_text())['test_accuracy']
+    assert_one_line_error(lepton_here('train', '--resume', '--out', tmp_path/'empty'), 'nothing to resume')
