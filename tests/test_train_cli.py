@@ -1,5 +1,5 @@
 "`lepton train / evaluate / predict / bench` end to end: folders with bad files, kill and resume, bad arguments."
-import json, os, signal, subprocess, time
+import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
