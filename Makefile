@@ -4,7 +4,7 @@
 #   make docs   build the documentation site into _docs/
 #   make lab    start JupyterLab on the notebooks
 #   make fuzz   the parsers fuzzed with LEPTON_FUZZ_CASES generated inputs per target (the quick lane is in make test)
-#   make lint   ruff on the package and the notebooks (not yet part of make test)
+#   make lint   ruff on the package, the notebooks, the tests and the scripts (part of make test)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -33,7 +33,7 @@ demo: install system-deps
 	$(BIN)/lepton predict runs/demo runs/demo/example.png --plot runs/demo/example_prediction.png
 
 # The whole test suite, in the order CI runs it.
-test: install system-deps check-sync nbtest pytest
+test: install system-deps check-sync lint nbtest pytest
 
 check-sync: install
 	$(BIN)/python scripts/check_sync.py
