@@ -15,13 +15,15 @@ from PIL import Image
 from torch import nn
 
 from . import __version__
-from .core import LeptonError, LeptonWarning, atomic_path, get_device, load_json, run_card, save_json, seed_everything
+from .core import (LeptonError, LeptonWarning, atomic_path, get_device, load_json, run_card, save_json,
+                            seed_everything)
 from .data import ImageData, TensorLoader, cache_dir
 from .gan_losses import d_loss, d_loss_hinge, d_loss_lsgan, g_loss, g_loss_hinge, g_loss_lsgan
 from .learner import (CancelFitException, Callback, Learner, MixedPrecisionCB, OneCycleCB, ProgressCB,
                                bf16_supported)
-from .resilience import CheckpointCB, NonFiniteGuardCB, TimeBudgetCB, check_finite, check_state, load_checkpoint
-from .artifacts import ModelKind, check_config, load_model, register_kind, require, save_model
+from .resilience import (CheckpointCB, NonFiniteGuardCB, TimeBudgetCB, check_finite, check_state,
+                                  load_checkpoint)
+from .artifacts import ModelKind, load_model, register_kind, require, save_model
 from .cnn import model_config, train_classifier
 
 # %% auto #0
@@ -37,14 +39,18 @@ __all__ = ['LOSSES', 'STAT_NAMES', 'FID_CLASSIFIER_FORMAT', 'FID_RECIPE', 'GAN_C
 def check_arch(nz:int=100, width:int=32, channels:int=1, size:int=28, n_classes:int=0):
     "Refuse sizes the DCGAN below cannot build, with one clear line."
     for k, v, lo, hi in (('nz', nz, 1, 1024), ('width', width, 1, 512), ('n_classes', n_classes, 0, 1000)):
-        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi: raise LeptonError(f"{k} must be an integer from {lo} to {hi}, got {v!r}")
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise LeptonError(f"{k} must be an integer from {lo} to {hi}, got {v!r}")
     if channels not in (1, 3): raise LeptonError(f"channels must be 1 or 3, got {channels!r}")
     if not isinstance(size, int) or size % 4 or not 8 <= size <= 64:
-        raise LeptonError(f"image size must be a multiple of 4 from 8 to 64 (the generator doubles s/4 twice), got {size!r}")
-    if n_classes == 1: raise LeptonError("a class-conditional GAN needs at least 2 classes (use n_classes=0 for an unconditional one)")
+        raise LeptonError(f"image size must be a multiple of 4 from 8 to 64 (the generator doubles s/4 twice), "
+                          f"got {size!r}")
+    if n_classes == 1:
+        raise LeptonError("a class-conditional GAN needs at least 2 classes (use n_classes=0 for an unconditional one)")
 
 class Generator(nn.Module):
-    "DCGAN generator: z (+ one-hot class) -> s/4 -> s/2 -> s by transposed convolutions, batch norm, ReLU; tanh out (eq. convt-size, eq. cond-g)."
+    """DCGAN generator: z (+ one-hot class) -> s/4 -> s/2 -> s by transposed convolutions, batch norm, ReLU;
+    tanh out (eq. convt-size, eq. cond-g)."""
     def __init__(self, nz:int=100, # Length of the noise vector z
                  width:int=32, # Channels of the last hidden layer; the first has 4 x width
                  channels:int=1, # Image channels (1 grey, 3 RGB)
@@ -55,16 +61,17 @@ class Generator(nn.Module):
         check_arch(nz, width, channels, size, n_classes)
         self.nz, self.n_classes, s, w = nz, n_classes, size // 4, width
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(nz + n_classes, 4*w, s, 1, 0, bias=False),   # 1 x 1 -> s/4 x s/4 (28: 7 x 7), 4w channels
+            nn.ConvTranspose2d(nz + n_classes, 4*w, s, 1, 0, bias=False),  # 1 x 1 -> s/4 x s/4 (28: 7 x 7), 4w channels
             nn.BatchNorm2d(4*w), nn.ReLU(True),
             nn.ConvTranspose2d(4*w, 2*w, 4, 2, 1, bias=False),              # -> s/2 (14 x 14), 2w channels
             nn.BatchNorm2d(2*w), nn.ReLU(True),
-            nn.ConvTranspose2d(2*w, channels, 4, 2, 1),                      # -> s (28 x 28): no batch norm on the output layer
-            nn.Tanh())                                                       # pixels in (-1, 1), like the data scaled by (x - 0.5)/0.5
+            nn.ConvTranspose2d(2*w, channels, 4, 2, 1),  # -> s (28 x 28): no batch norm on the output layer
+            nn.Tanh())                                 # pixels in (-1, 1), like the data scaled by (x - 0.5)/0.5
     def forward(self, z:torch.Tensor, # N x nz noise
                 y:torch.Tensor|None=None, # N class indices, or N x n_classes soft labels (for interpolation)
                ) -> torch.Tensor:
-        if z.ndim != 2 or z.shape[1] != self.nz: raise LeptonError(f"z must be N x {self.nz}, got shape {tuple(z.shape)}")
+        if z.ndim != 2 or z.shape[1] != self.nz:
+            raise LeptonError(f"z must be N x {self.nz}, got shape {tuple(z.shape)}")
         if self.n_classes:
             if y is None: raise LeptonError("this generator is class-conditional: give a class for each z")
             oh = F.one_hot(y, self.n_classes).to(z.dtype) if not y.is_floating_point() else y.to(z.dtype)
@@ -73,7 +80,8 @@ class Generator(nn.Module):
 
 # %% ../nbs/12_gan.ipynb #f55a93c6
 class Discriminator(nn.Module):
-    "DCGAN discriminator: strided convolutions (no pooling), leaky ReLU, batch norm inside; one logit, with a class projection (eq. conv-size, eq. projection)."
+    """DCGAN discriminator: strided convolutions (no pooling), leaky ReLU, batch norm inside; one logit,
+    with a class projection (eq. conv-size, eq. projection)."""
     def __init__(self, width:int=32, # Channels of the first convolution; the second has 2 x width
                  channels:int=1, # Image channels
                  size:int=28, # Image size (a multiple of 4)
@@ -83,10 +91,10 @@ class Discriminator(nn.Module):
         check_arch(100, width, channels, size, n_classes)
         self.n_classes, s, w = n_classes, size // 4, width
         self.body = nn.Sequential(
-            nn.Conv2d(channels, w, 4, 2, 1), nn.LeakyReLU(0.2, True),       # s -> s/2 (28 -> 14): no batch norm on the input layer
-            nn.Conv2d(w, 2*w, 4, 2, 1, bias=False), nn.BatchNorm2d(2*w),    # -> s/4 (14 -> 7)
+            nn.Conv2d(channels, w, 4, 2, 1),  # s -> s/2 (28 -> 14): no batch norm on the input layer
+            nn.LeakyReLU(0.2, True), nn.Conv2d(w, 2*w, 4, 2, 1, bias=False), nn.BatchNorm2d(2*w),  # -> s/4 (14 -> 7)
             nn.LeakyReLU(0.2, True),
-            nn.Flatten())                                                    # phi(x): 2w * (s/4)^2 features (28: 64 * 49 = 3136)
+            nn.Flatten())                                   # phi(x): 2w * (s/4)^2 features (28: 64 * 49 = 3136)
         self.head = nn.Linear(2*w*s*s, 1)                                    # psi(phi(x))
         self.embed = nn.Embedding(n_classes, 2*w*s*s) if n_classes else None  # one vector e_y per class
     def forward(self, x:torch.Tensor, # N x C x s x s images scaled to [-1, 1]
@@ -101,7 +109,8 @@ class Discriminator(nn.Module):
 
 # %% ../nbs/12_gan.ipynb #7d67e07c
 def dcgan_init(m:nn.Module):
-    "DCGAN initialisation (Radford et al. 2016): weights ~ N(0, 0.02), batch-norm scales ~ N(1, 0.02), biases 0; use with `model.apply`."
+    """DCGAN initialisation (Radford et al. 2016): weights ~ N(0, 0.02), batch-norm scales ~ N(1, 0.02), biases 0;
+    use with `model.apply`."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
         nn.init.normal_(m.weight, 0.0, 0.02)
         if getattr(m, 'bias', None) is not None: nn.init.zeros_(m.bias)
@@ -128,12 +137,13 @@ def gan_step(G:Generator, D:Discriminator, # The two networks
              x:torch.Tensor, # A batch of real images in [-1, 1]
              y:torch.Tensor|None, # Their classes (used when the networks are conditional)
              z:torch.Tensor, # N x nz noise
-             loss:str='ns', # 'ns' (non-saturating, default), 'saturating', 'lsgan' or 'hinge': losses of `lepton_nb.gan_losses`
+             loss:str='ns', # 'ns' (non-saturating, default), 'saturating', 'lsgan' or 'hinge' (`lepton_nb.gan_losses`)
              autocast=contextlib.nullcontext, # () -> context manager, e.g. bf16 autocast
             ) -> torch.Tensor:
-    "One alternating update: D on x and G(z) (eq. loss-d), then G through the updated D (eq. loss-g-ns); returns [L_D, L_G, D(x), D(G(z))]."
+    """One alternating update: D on x and G(z) (eq. loss-d), then G through the updated D (eq. loss-g-ns);
+    returns [L_D, L_G, D(x), D(G(z))]."""
     ld_fn, lg_fn = LOSSES[loss]
-    yc = y if G.n_classes > 0 else None        # fake images get the real batch's classes: the class mix follows the data
+    yc = y if G.n_classes > 0 else None   # fake images get the real batch's classes: the class mix follows the data
     with autocast():
         fake = G(z, yc)
         real_logits, fake_logits = D(x, yc), D(fake.detach(), yc)   # detach: the D step leaves G alone
@@ -145,7 +155,8 @@ def gan_step(G:Generator, D:Discriminator, # The two networks
         opt_g.zero_grad(set_to_none=True); lg.backward(); opt_g.step()
     finally: D.requires_grad_(True)
     with torch.no_grad():                      # D(x) and D(G(z)) as probabilities, before D's update
-        return torch.stack([ld.detach(), lg.detach(), real_logits.float().sigmoid().mean(), fake_logits.float().sigmoid().mean()])
+        return torch.stack([ld.detach(), lg.detach(), real_logits.float().sigmoid().mean(),
+                            fake_logits.float().sigmoid().mean()])
 
 def lr_factor(p:float, # Progress through the run, 0 to 1
               decay_start:float=0.5, # Where the linear decay starts
@@ -163,7 +174,8 @@ def sqrtm_psd(a:torch.Tensor, # A symmetric positive semi-definite matrix
     return (v * l.clamp_min(0).sqrt()) @ v.T
 
 def trace_sqrt_product(s1:torch.Tensor, s2:torch.Tensor) -> torch.Tensor:
-    "tr (S1 S2)^(1/2) = sum of sqrt of the eigenvalues of the symmetric A S2 A, A = S1^(1/2); no inverse, so S1 may be singular (eq. tr-sqrt)."
+    """tr (S1 S2)^(1/2) = sum of sqrt of the eigenvalues of the symmetric A S2 A, A = S1^(1/2);
+    no inverse, so S1 may be singular (eq. tr-sqrt)."""
     a = sqrtm_psd(s1)
     m = a @ s2.double() @ a
     return torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
@@ -171,24 +183,28 @@ def trace_sqrt_product(s1:torch.Tensor, s2:torch.Tensor) -> torch.Tensor:
 def frechet_distance(mu1:torch.Tensor, cov1:torch.Tensor, # Mean and covariance of one set of features
                      mu2:torch.Tensor, cov2:torch.Tensor, # ... and of the other
                     ) -> float:
-    "Squared Fréchet (2-Wasserstein) distance of two Gaussians: |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) (eq. fid, eq. tr-sqrt)."
+    """Squared Fréchet (2-Wasserstein) distance of two Gaussians: |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))
+    (eq. fid, eq. tr-sqrt)."""
     mu1, mu2, cov1, cov2 = mu1.double(), mu2.double(), cov1.double(), cov2.double()
     if mu1.ndim != 1 or mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != (len(mu1), len(mu1)):
-        raise LeptonError(f"means and covariances do not fit: {tuple(mu1.shape)}, {tuple(cov1.shape)}, {tuple(mu2.shape)}, {tuple(cov2.shape)}")
+        raise LeptonError(f"means and covariances do not fit: {tuple(mu1.shape)}, {tuple(cov1.shape)}, "
+                          f"{tuple(mu2.shape)}, {tuple(cov2.shape)}")
     d = ((mu1 - mu2)**2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * trace_sqrt_product(cov1, cov2)
     return max(d.item(), 0.0)
 
 def feature_stats(f:torch.Tensor, # N x F features, N >= 2
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     "Mean and unbiased covariance of the rows of `f`, in float64."
-    if f.ndim != 2 or len(f) < 2: raise LeptonError(f"need at least 2 feature vectors (N x F), got shape {tuple(f.shape)}")
+    if f.ndim != 2 or len(f) < 2:
+        raise LeptonError(f"need at least 2 feature vectors (N x F), got shape {tuple(f.shape)}")
     f = f.double(); mu = f.mean(0); fc = f - mu
     return mu, fc.T @ fc / (len(f) - 1)
 
 # %% ../nbs/12_gan.ipynb #41799c53
 def classifier_score(logits:torch.Tensor, # N x K class logits of generated images
                     ) -> float:
-    "exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over the samples: 1 (one class, or no confidence) to K (eq. class-score)."
+    """exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over the samples:
+    1 (one class, or no confidence) to K (eq. class-score)."""
     if logits.ndim != 2 or len(logits) == 0: raise LeptonError(f"need N x K logits, got shape {tuple(logits.shape)}")
     logp = logits.double().log_softmax(1)                        # log p(y|x)
     logpy = logp.exp().mean(0).log()                             # log p(y)
@@ -226,11 +242,14 @@ def fid_classifier(data:ImageData, # The data the GAN learns (its train split tr
                    progress:bool=False, # Progress bars while training
                    retrain:bool=False, # Ignore the cache
                   ) -> tuple[nn.Module, dict, dict]:
-    "The classifier whose features measure a GAN on `data`: from the user cache, or trained (`fast` recipe, no label smoothing) and cached."
-    if len(data.classes) < 2: raise LeptonError(f"the quality metric needs a classifier, and that needs at least 2 classes; the data has {len(data.classes)}")
+    """The classifier whose features measure a GAN on `data`: from the user cache,
+    or trained (`fast` recipe, no label smoothing) and cached."""
+    if len(data.classes) < 2:
+        raise LeptonError(f"the quality metric needs a classifier, and that needs at least 2 classes; "
+                          f"the data has {len(data.classes)}")
     dev, key = get_device(device), data_key(data)
     d = cache_dir()/'fid-classifier'/key
-    epochs = max(3, min(30, math.ceil(180_000 / len(data.y_train))))   # 3 epochs of Fashion-MNIST; more passes over small folders
+    epochs = max(3, min(30, math.ceil(180_000 / len(data.y_train))))  # 3 epochs of Fashion-MNIST; more on small folders
     want = {'format': FID_CLASSIFIER_FORMAT, 'format_version': 1, 'data_key': key, 'epochs': epochs, **FID_RECIPE}
     if not retrain and (d/'fid.json').is_file():
         try:
@@ -238,31 +257,34 @@ def fid_classifier(data:ImageData, # The data the GAN learns (its train split tr
             if all(info.get(k) == v for k, v in want.items()):
                 model, cfg = load_model(d, dev)
                 return model, cfg, info
-        except LeptonError as e: warnings.warn(f"retraining the metric's classifier: the cached one is unusable ({e})", LeptonWarning)
-    if progress: print(f"training the classifier that scores the samples ({epochs} epochs; once per data set, cached for "
-                       "later runs)", file=sys.stderr)
-    # one CPU thread: the same classifier (and so the same FID scale) on every run on this kind of machine, whatever the load
+        except LeptonError as e:
+            warnings.warn(f"retraining the metric's classifier: the cached one is unusable ({e})", LeptonWarning)
+    if progress: print(f"training the classifier that scores the samples ({epochs} epochs; once per data set, "
+                       "cached for later runs)", file=sys.stderr)
+    # one CPU thread: the same classifier (and so the same FID scale) on every run on this kind of machine,
+    # whatever the load
     with num_threads(FID_RECIPE['threads'] if dev.type == 'cpu' else None):
-        learn, m = train_classifier(data, 'fast', epochs=epochs, label_smoothing=0.0, seed=FID_RECIPE['seed'], device=dev, progress=progress)
+        learn, m = train_classifier(data, 'fast', epochs=epochs, label_smoothing=0.0, seed=FID_RECIPE['seed'],
+                                    device=dev, progress=progress)
     import os, shutil, tempfile
     from lepton_nb.core import fsync_folder, shared_mode
     def current() -> bool:                        # the cached folder is one of this recipe and data
         try: return all(load_json(d/'fid.json').get(k) == v for k, v in want.items())
         except (LeptonError, OSError): return False
-    d.parent.mkdir(parents=True, exist_ok=True)   # written whole in a folder of its own, then renamed into place: two runs
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{key}.', suffix='.tmp', dir=d.parent))   # training at once never mix their files
+    d.parent.mkdir(parents=True, exist_ok=True)  # written whole in a folder of its own, then renamed into place:
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{key}.', suffix='.tmp', dir=d.parent))  # two runs at once never mix files
     try:
         os.chmod(tmp, shared_mode(0o777))            # (mkdtemp's folder is private; a cache may be shared)
         save_model(learn.model.eval(), model_config('fast', data), tmp)
-        save_json({**want, 'test_accuracy': m['test_accuracy'], 'train_seconds': m['train_seconds'], 'n_train': len(data.y_train)},
-                  tmp/'fid.json')
+        save_json({**want, 'test_accuracy': m['test_accuracy'], 'train_seconds': m['train_seconds'],
+                   'n_train': len(data.y_train)}, tmp/'fid.json')
         if retrain or not current():              # (one another run has just put there is as good: it stays, in use)
             if d.exists():                        # a stale one: moved aside, then removed
                 old = d.with_name(f'.{key}.{os.getpid()}.old')
                 with contextlib.suppress(FileNotFoundError): os.replace(d, old)
                 shutil.rmtree(old, ignore_errors=True)
             try: os.replace(tmp, d); fsync_folder(d.parent)
-            except OSError:                       # another run's rename came between: its classifier, if current, will do
+            except OSError:              # another run's rename came between: its classifier, if current, will do
                 if not current(): raise
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return load_model(d, dev)[0], load_json(d/'config.json'), load_json(d/'fid.json')
@@ -273,7 +295,8 @@ def to_uint8(x:torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 class GANScorer:
-    "FID against the held-out split, its floor (train vs held-out), classifier score and class coverage of a generator (eq. fid, eq. class-score)."
+    """FID against the held-out split, its floor (train vs held-out), classifier score and class coverage
+    of a generator (eq. fid, eq. class-score)."""
     def __init__(self, data:ImageData, # The data set; its valid split is the reference
                  classifier=None, # (model, config, info) from `fid_classifier`; None: get it (cached)
                  n:int=10_000, # Images on each side (capped at the held-out split's size)
@@ -282,21 +305,26 @@ class GANScorer:
                  bs:int=1000, # Batch size of the classifier
                  progress:bool=False):
         self.device = get_device(device)
-        self.model, self.cfg, self.info = classifier if classifier is not None else fid_classifier(data, self.device, progress)
+        self.model, self.cfg, self.info = (classifier if classifier is not None
+                                           else fid_classifier(data, self.device, progress))
         if not (isinstance(self.model, nn.Sequential) and isinstance(self.model[-1], nn.Linear)):
-            raise LeptonError("the metric's classifier must be an nn.Sequential ending in a Linear layer (features -> logits)")
+            raise LeptonError("the metric's classifier must be an nn.Sequential ending in a Linear layer "
+                              "(features -> logits)")
         self.model = self.model.to(self.device).eval()
         if not isinstance(n, int) or n < 2: raise LeptonError(f"the metric needs at least 2 images a side, got n={n!r}")
-        self.n, self.seed, self.bs, self.classes = min(n, len(data.y_valid), len(data.y_train)), seed, bs, list(data.classes)
-        if self.n < 2: raise LeptonError(f"the held-out split has {len(data.y_valid)} image(s): too few to measure a GAN")
+        self.n, self.seed, self.bs = min(n, len(data.y_valid), len(data.y_train)), seed, bs
+        self.classes = list(data.classes)
+        if self.n < 2:
+            raise LeptonError(f"the held-out split has {len(data.y_valid)} image(s): too few to measure a GAN")
         g = torch.Generator().manual_seed(seed)
         ref = torch.randperm(len(data.y_valid), generator=g)[:self.n]
         tr = torch.randperm(len(data.y_train), generator=g)[:self.n]
-        self.y_ref = data.y_valid[ref].cpu()             # a conditional generator is asked for the reference set's own class mix
+        self.y_ref = data.y_valid[ref].cpu()   # a conditional generator is asked for the reference set's own class mix
         f, logits = self.features(data.x_valid[ref])
-        if self.n <= f.shape[1]:   # the covariance of n <= F features is singular: the FID then mostly measures the sample size
-            warnings.warn(f"the FID compares {self.n} images a side, no more than the classifier's {f.shape[1]} features: "
-                          "it is not comparable with FIDs of larger sets (more held-out images help)", LeptonWarning)
+        if self.n <= f.shape[1]:   # the covariance of n <= F features is singular: the FID mostly measures the size
+            warnings.warn(f"the FID compares {self.n} images a side, no more than the classifier's {f.shape[1]} "
+                          "features: it is not comparable with FIDs of larger sets (more held-out images help)",
+                          LeptonWarning)
         self.mu, self.cov = feature_stats(f)
         self.real_score, self.real_coverage = classifier_score(logits), class_coverage(logits, len(self.classes))
         self.floor = frechet_distance(*feature_stats(self.features(data.x_train[tr])[0]), self.mu, self.cov)
@@ -317,7 +345,8 @@ class GANScorer:
 
     @torch.no_grad()
     def score(self, G:Generator) -> dict:
-        "FID, classifier score and class coverage of `n` samples of `G` (in eval mode, fixed noise: the same G gives the same numbers)."
+        """FID, classifier score and class coverage of `n` samples of `G`
+        (in eval mode, fixed noise: the same G gives the same numbers)."""
         was = G.training; G.eval()
         dev = next(G.parameters()).device
         g = torch.Generator().manual_seed(self.seed + 1)
@@ -335,7 +364,8 @@ class GANScorer:
         fid = frechet_distance(*feature_stats(f), self.mu, self.cov)
         return {'fid': fid, 'fid_floor': self.floor, 'fid_ratio': fid / self.floor if self.floor > 0 else float('inf'),
                 'classifier_score': classifier_score(l), 'classifier_score_real': self.real_score,
-                'class_coverage': dict(zip(self.classes, cov.tolist())), 'coverage_min': cov.min().item(), 'n_eval': self.n}
+                'class_coverage': dict(zip(self.classes, cov.tolist())), 'coverage_min': cov.min().item(),
+                'n_eval': self.n}
 
 # %% ../nbs/12_gan.ipynb #1d17e6f8
 class GANModule(nn.Module):
@@ -344,7 +374,8 @@ class GANModule(nn.Module):
     def forward(self, z, y=None): return self.G(z, y)
 
 class OptPair:
-    "The two optimisers as the `Learner` sees one: one state dict, their parameter groups together (a schedule sets both)."
+    """The two optimisers as the `Learner` sees one: one state dict, their parameter groups together
+    (a schedule sets both)."""
     def __init__(self, g:torch.optim.Optimizer, d:torch.optim.Optimizer): self.g, self.d = g, d
     @property
     def param_groups(self) -> list: return self.g.param_groups + self.d.param_groups
@@ -383,7 +414,7 @@ class GANCB(Callback):
         if len(self.chunks) > 1: self.chunks = [torch.cat(self.chunks)]
         return self.chunks[0]
 
-    def before_fit(self): self.sync = 1 if self.learn.device.type == 'cpu' else 25   # stats read back every `sync` steps
+    def before_fit(self): self.sync = 1 if self.learn.device.type == 'cpu' else 25  # stats read every `sync` steps
     def train_step(self):
         "The Learner's training step, replaced: D's update, then G's (`gan_step`), then the average of G."
         l, m = self.learn, self.learn.model
@@ -395,7 +426,8 @@ class GANCB(Callback):
 
     @torch.no_grad()
     def update_ema(self):
-        "G_ema <- d G_ema + (1 - d) G, d warming up as (1 + t)/(10 + t) to `ema` (eq. ema); batch-norm statistics copied."
+        """G_ema <- d G_ema + (1 - d) G, d warming up as (1 + t)/(10 + t) to `ema` (eq. ema);
+        batch-norm statistics copied."""
         if self.G_ema is None: return
         d, G = min(self.ema, (1 + self.learn.step) / (10 + self.learn.step)), self.learn.model.G
         for pe, p in zip(self.G_ema.parameters(), G.parameters()): pe.lerp_(p, 1 - d)
@@ -457,10 +489,12 @@ class GANCB(Callback):
                 'g_params': sum(p.numel() for p in G.parameters()), 'd_params': sum(p.numel() for p in D.parameters()),
                 'loss': self.loss}
     def state_dict(self) -> dict:
-        "What a checkpoint needs besides the nets and optimisers: the average, the fixed noise, the logs, the guard's count."
+        """What a checkpoint needs besides the nets and optimisers: the average, the fixed noise, the logs,
+        the guard's count."""
         log = torch.cat([self.log, *([torch.stack(self.pending).float().cpu()] if self.pending else [])])
         return {'arch': self.arch(), 'G_ema': self.G_ema.state_dict() if self.G_ema is not None else {},
-                'z_fixed': self.z_fixed, 'y_fixed': self.y_fixed, 'low_run': self.low_run, 'log': log, 'grids': self.grids}
+                'z_fixed': self.z_fixed, 'y_fixed': self.y_fixed, 'low_run': self.low_run, 'log': log,
+                'grids': self.grids}
     def load_state_dict(self, d:dict):
         check_state(d, {'arch': dict, 'G_ema': dict, 'z_fixed': torch.Tensor, 'y_fixed': torch.Tensor, 'low_run': int,
                         'log': torch.Tensor, 'grids': list})
@@ -507,7 +541,8 @@ class ThreadTuner(Callback):
     def after_fit(self): torch.set_num_threads(self.old)
 
 class LinearDecayCB(OneCycleCB):
-    "Both networks' learning rate: constant, then linear to 0 over the run's second half (eq. lr-decay), by steps or time."
+    """Both networks' learning rate: constant, then linear to 0 over the run's second half (eq. lr-decay),
+    by steps or time."""
     def before_batch(self):
         if not self.learn.training: return
         self.lr = self.lr_max * lr_factor(self.progress())
@@ -527,7 +562,7 @@ class PauseCB(Callback):
 
 def gan_learner(G:Generator, D:Discriminator, # The networks (built by `build_gan`)
                 dl:TensorLoader, # Real images scaled to [-1, 1], and their classes
-                lr:float=2e-3, # Adam learning rate of both networks (DCGAN's 2e-4 is for many more epochs; see the notebook)
+                lr:float=2e-3, # Adam learning rate of both networks (DCGAN's 2e-4 is for many more epochs)
                 betas:tuple=(0.5, 0.999), # beta1 = 0.5 as in DCGAN: the default 0.9 oscillates
                 loss:str='ns', scorer:GANScorer|None=None, ema:float|None=0.999, # See `GANCB`
                 amp:bool=True, # bf16 autocast where the device runs it fast
@@ -537,7 +572,8 @@ def gan_learner(G:Generator, D:Discriminator, # The networks (built by `build_ga
                 checkpoint_every:float=60.0, # Seconds of training between checkpoints within an epoch
                 progress:bool=True, max_steps:int|None=None, # Pause after this step (for demonstrations of resuming)
                 file=None, collapse_steps:int=500) -> Learner:
-    "A `Learner` that trains the GAN: `GANCB` does each step; schedule, guards, checkpoints, progress are the usual callbacks."
+    """A `Learner` that trains the GAN: `GANCB` does each step; schedule, guards, checkpoints, progress
+    are the usual callbacks."""
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise LeptonError(f"learning rate must be a positive number, got {lr!r}")
     dev = dl.device
@@ -596,8 +632,9 @@ def load_gan(path:str|Path, # A folder written by `save_gan` / `lepton gan`
 
 # %% ../nbs/12_gan.ipynb #e1f33f99
 def class_labels(n:int, n_classes:int, classes:list|None=None, which=None) -> torch.Tensor|None:
-    "Labels for `n` samples: None for an unconditional G; else every class in turn, or the one class `which` (index or name)."
-    if not n_classes: 
+    """Labels for `n` samples: None for an unconditional G;
+    else every class in turn, or the one class `which` (index or name)."""
+    if not n_classes:
         if which is not None: raise LeptonError("this generator is unconditional: it cannot be asked for a class")
         return None
     if which is None: return torch.arange(n) % n_classes
@@ -615,8 +652,10 @@ def generate(G:Generator, n:int=64, # How many images
              labels:torch.Tensor|None=None, # Classes for a conditional G (default: every class in turn)
              seed:int=0, # Seed of the noise (a private generator: the global RNG is left alone)
              bs:int=1000) -> torch.Tensor:
-    "`n` new images from `G` in eval mode, as uint8 N x C x H x W on the CPU; the same seed gives the same images on any device."
-    if not isinstance(n, int) or n < 1 or n > 100_000: raise LeptonError(f"n must be an integer from 1 to 100000, got {n!r}")
+    """`n` new images from `G` in eval mode, as uint8 N x C x H x W on the CPU;
+    the same seed gives the same images on any device."""
+    if not isinstance(n, int) or n < 1 or n > 100_000:
+        raise LeptonError(f"n must be an integer from 1 to 100000, got {n!r}")
     if G.n_classes and labels is None: labels = class_labels(n, G.n_classes)
     was, dev = G.training, next(G.parameters()).device
     G.eval(); g = torch.Generator().manual_seed(seed); out = []
@@ -656,7 +695,7 @@ def slerp(z0:torch.Tensor, z1:torch.Tensor, t:float) -> torch.Tensor:
 @torch.no_grad()
 def interpolate(G:Generator, z0:torch.Tensor, z1:torch.Tensor, # Two latent vectors (nz each)
                 steps:int=8, # Images along the path, ends included
-                y0:int|None=None, y1:int|None=None, # Classes at the two ends (conditional G); the label is mixed linearly
+                y0:int|None=None, y1:int|None=None, # Classes at the ends (conditional G); the label is mixed linearly
                ) -> torch.Tensor:
     "Images along the slerp path from z0 to z1 (and from class y0 to y1), as uint8 on the CPU."
     ts = torch.linspace(0, 1, steps)
@@ -684,26 +723,30 @@ def plot_gan_history(log:torch.Tensor, # The per-step log (`GANCB.log`)
                      floor:float|None=None, # FID of real images, drawn as a line
                      smooth:int|None=None):
     "Losses and D(x), D(G(z)) per step (smoothed), and the FID per epoch beside its floor; returns the figure."
-    from matplotlib.ticker import FuncFormatter, LogLocator   # the FID axis: 2, 3, 5 between the powers of ten, as plain numbers
+    # the FID axis: 2, 3, 5 between the powers of ten, as plain numbers
+    from matplotlib.ticker import FuncFormatter, LogLocator
     fmt = FuncFormatter(lambda v, _: f'{v:g}')
     ncol = 3 if any('fid' in h for h in history) else 2
     fig, axs = plt.subplots(1, ncol, figsize=(4.2 * ncol, 3.2))
     k = smooth or max(1, len(log) // 100)
     s = torch.arange(1, len(log) + 1)
     for j, (name, c) in enumerate((('L_D', 'tab:blue'), ('L_G', 'tab:orange'))):
-        axs[0].plot(s, log[:, j], color=c, alpha=0.2, lw=0.5); axs[0].plot(s, _smooth(log[:, j], k), color=c, label=name)
+        axs[0].plot(s, log[:, j], color=c, alpha=0.2, lw=0.5)
+        axs[0].plot(s, _smooth(log[:, j], k), color=c, label=name)
     axs[0].set_xlabel('step'); axs[0].set_title('losses'); axs[0].legend()
     for j, (name, c) in enumerate((('D(x)', 'tab:green'), ('D(G(z))', 'tab:red')), 2):
         axs[1].plot(s, _smooth(log[:, j], k), color=c, label=name)
     axs[1].axhline(0.5, color='grey', lw=0.8, ls=':'); axs[1].set_ylim(0, 1)
-    axs[1].set_xlabel('step'); axs[1].set_title('discriminator outputs' + (f' (mean of {k} steps)' if k > 1 else '')); axs[1].legend()
+    axs[1].set_xlabel('step'); axs[1].set_title('discriminator outputs' + (f' (mean of {k} steps)' if k > 1 else ''))
+    axs[1].legend()
     if ncol == 3:
         hs = [h for h in history if 'fid' in h]
         axs[2].plot([h['train_seconds'] for h in hs], [h['fid'] for h in hs], 'o-', label='GAN')
         if floor is not None: axs[2].axhline(floor, color='tab:green', ls='--', label=f'floor (real) {floor:.2f}')
         axs[2].set_yscale('log'); axs[2].yaxis.set_minor_locator(LogLocator(subs=(2, 3, 5)))
         axs[2].yaxis.set_major_formatter(fmt); axs[2].yaxis.set_minor_formatter(fmt)
-        axs[2].tick_params(axis='y', which='minor', labelsize=7); axs[2].set_xlabel('seconds of training'); axs[2].set_title('FID (classifier features)'); axs[2].legend()
+        axs[2].tick_params(axis='y', which='minor', labelsize=7); axs[2].set_xlabel('seconds of training')
+        axs[2].set_title('FID (classifier features)'); axs[2].legend()
     fig.tight_layout()
     return fig
 
@@ -717,7 +760,7 @@ def plot_coverage(coverage:dict, # class -> share of the generated samples
     if real is not None: ax.bar(x + 0.2, [real[c] for c in names], 0.4, label='real (held out)', alpha=0.6)
     ax.axhline(min_share, color='tab:red', ls='--', lw=1, label=f'{min_share:.0%}')
     ax.set_xticks(x.tolist()); ax.set_xticklabels(names, rotation=30, ha='right', fontsize=8)
-    ax.set_ylim(0, 1.35 * max([min_share, *coverage.values(), *(real or {}).values()]))   # room above the bars for the legend
+    ax.set_ylim(0, 1.35 * max([min_share, *coverage.values(), *(real or {}).values()]))  # room for the legend
     ax.set_ylabel('share of samples'); ax.legend(fontsize=8, loc='upper center', ncol=3); fig.tight_layout()
     return fig
 
@@ -732,14 +775,16 @@ def plot_samples(x:torch.Tensor, # uint8 images
     if labels is not None and classes is not None and ncols > 0:
         h = x.shape[2] + 2
         rows = [int(labels[r * ncols]) for r in range(nrows)]
-        ax.set_yticks([2 + r * h + h / 2 - 1 for r in range(nrows)]); ax.set_yticklabels([classes[c] for c in rows], fontsize=8)
+        ax.set_yticks([2 + r * h + h / 2 - 1 for r in range(nrows)])
+        ax.set_yticklabels([classes[c] for c in rows], fontsize=8)
     if title: ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
 
 def plot_progress(grids:list, # uint8 sample batches, one per epoch (`GANCB.grids`)
                   history:list|None=None, per_row:int=10, max_rows:int=8):
-    "The fixed latent batch after each epoch, one row per epoch (the first `per_row` samples); at most `max_rows` epochs, evenly spread, the title says which."
+    """The fixed latent batch after each epoch, one row per epoch (the first `per_row` samples);
+    at most `max_rows` epochs, evenly spread, the title says which."""
     idx = list(range(len(grids)))
     if len(idx) > max_rows: idx = sorted({round(i * (len(grids) - 1) / (max_rows - 1)) for i in range(max_rows)})
     step = max(1, len(grids[0]) // per_row) if grids else 1
@@ -748,7 +793,8 @@ def plot_progress(grids:list, # uint8 sample batches, one per epoch (`GANCB.grid
     fig = plot_samples(torch.cat(rows), ncols=per_row)
     ax = fig.axes[0]; h = rows[0].shape[2] + 2
     ax.set_yticks([2 + r * h + h / 2 - 1 for r in range(len(rows))])
-    ax.set_yticklabels([f"epoch {round(history[i]['epoch'], 1):g}" if history else f"epoch {i + 1}" for i in idx], fontsize=8)
+    ax.set_yticklabels([f"epoch {round(history[i]['epoch'], 1):g}" if history else f"epoch {i + 1}" for i in idx],
+                       fontsize=8)
     if len(idx) < len(grids): ax.set_title(f"{len(idx)} of {len(grids)} epochs, evenly spread", fontsize=9)
     fig.tight_layout()
     return fig
@@ -792,7 +838,7 @@ def train_gan(data:ImageData, # From `get_data`
     if data.size[0] != data.size[1]: raise LeptonError(f"the DCGAN needs square images, got {data.size}")
     check_arch(nz, width, c, size, len(data.classes) if conditional else 0)
     t0 = time.perf_counter()
-    scorer = GANScorer(data, classifier, n_eval, dev, progress=progress) if metric else None   # a cache miss trains here
+    scorer = GANScorer(data, classifier, n_eval, dev, progress=progress) if metric else None  # a cache miss trains
     seed_everything(seed)
     G, D = build_gan(nz, width, c, size, len(data.classes) if conditional else 0)
     bs = min(bs, len(data.y_train))
@@ -845,14 +891,18 @@ def write_gan_artifacts(learn:Learner, metrics:dict, data:ImageData, out:str|Pat
     G, D = gan.G_out, learn.model.D
     save_gan(G, D, gan_config(G, D, data.classes, gan.loss, data.channels, data.size[0]), out)
     save_json(metrics, out/'metrics.json')
-    save_json(run_card(learn.device, metrics['seed'], data=data.source, data_hash=data.source_hash), out/'run_card.json')
+    save_json(run_card(learn.device, metrics['seed'], data=data.source, data_hash=data.source_hash),
+              out/'run_card.json')
     def savefig(fig, name):
-        with atomic_path(out/name) as tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')   # no label clipped
+        with atomic_path(out/name) as tmp:
+            fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')   # no label clipped
         plt.close(fig)
     x, k = gan.fixed_samples(), G.n_classes
+    fid = f": FID {metrics['fid']:.2f} (floor {metrics['fid_floor']:.2f})" if 'fid' in metrics else ''
     savefig(plot_samples(x, gan.y_fixed if k else None, data.classes, ncols=len(x) // k if k else 8,
-                         title=f"after {round(metrics['epochs'], 1):g} epochs, {metrics['train_seconds']:.0f} s" +
-                               (f": FID {metrics['fid']:.2f} (floor {metrics['fid_floor']:.2f})" if 'fid' in metrics else '')), 'samples.png')
+                         title=f"after {round(metrics['epochs'], 1):g} epochs, {metrics['train_seconds']:.0f} s" + fid),
+            'samples.png')
     savefig(plot_gan_history(gan.log, learn.history, metrics.get('fid_floor')), 'losses.png')
     if gan.grids: savefig(plot_progress(gan.grids, learn.history), 'progress.png')
-    if 'class_coverage' in metrics: savefig(plot_coverage(metrics['class_coverage'], metrics.get('real_class_coverage')), 'coverage.png')
+    if 'class_coverage' in metrics:
+        savefig(plot_coverage(metrics['class_coverage'], metrics.get('real_class_coverage')), 'coverage.png')

@@ -106,7 +106,8 @@ class EarlyStoppingCB(Callback):
 class NonFiniteGuardCB(Callback):
     "Stop with a clear error when the training loss is nan or inf; no checkpoint is written after that."
     order = 30   # before CheckpointCB (60), so an epoch-end check comes before the epoch-end save
-    def __init__(self, every:int|None=None): self.every = every   # Read the flag every `every` steps (None: 1/CPU, 25/GPU)
+    def __init__(self, every:int|None=None):
+        self.every = every   # Read the flag every `every` steps (None: 1/CPU, 25/GPU)
     def before_fit(self):
         self.n = self.every or (1 if self.learn.device.type == 'cpu' else 25)
         self.bad = torch.zeros((), dtype=torch.bool, device=self.learn.device)
@@ -141,7 +142,8 @@ def learner_state(learn) -> dict:
             'callbacks': {type(c).__name__: c.state_dict() for c in learn.cbs if c.state_dict()}}
 
 def write_state(state:dict, path:str|Path):
-    "`torch.save` a dict of tensors and numbers to `path` atomically: if the write fails (a full disk), the old one stays."
+    """`torch.save` a dict of tensors and numbers to `path` atomically:
+    if the write fails (a full disk), the old one stays."""
     try:
         with atomic_path(path) as tmp: torch.save(state, tmp)
     except (OSError, RuntimeError) as e:   # torch.save reports a failed write (ENOSPC) as a RuntimeError

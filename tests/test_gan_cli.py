@@ -1,6 +1,6 @@
-"""`lepton gan` and `lepton gan sample` end to end: every artefact and JSON key, the sample grid's size, one-line errors,
-and `--resume` after a SIGKILL. Tiny runs (300 real Fashion-MNIST images of 3 classes, width 8, one thread): a few
-seconds each."""
+"""`lepton gan` and `lepton gan sample` end to end: every artefact and JSON key, the sample grid's size,
+one-line errors, and `--resume` after a SIGKILL. Tiny runs (300 real Fashion-MNIST images of 3 classes, width 8,
+one thread): a few seconds each."""
 import contextlib, io, json, os, signal, subprocess, sys, time
 from pathlib import Path
 
@@ -62,13 +62,18 @@ def test_gan_sample_png(run, env, tmp_path):
     # 3 classes -> 3 columns, ceil(7/3) = 3 rows; 28 pixels + 2 of padding each, 2 more at the edge; enlarged twice
     assert Image.open(tmp_path/'s.png').size == (2 * (3 * 30 + 2), 2 * (3 * 30 + 2))
     assert last_json(r.stdout)['labels'] == ['Bag', 'Sneaker', 'Trouser'] * 2 + ['Bag']
-    r = lepton('gan', 'sample', out, '--n', '5', '--class', 'Sneaker', '--scale', '1', '--out', tmp_path/'b.png', env=env)
+    r = lepton('gan', 'sample', out, '--n', '5', '--class', 'Sneaker', '--scale', '1', '--out', tmp_path/'b.png',
+               env=env)
     assert r.returncode == 0, r.stderr
     im = Image.open(tmp_path/'b.png')
     assert im.size == (5 * 30 + 2, 30 + 2) and im.mode == 'L'
-    r2 = lepton('gan', 'sample', out, '--n', '5', '--class', 'sneaker', '--scale', '1', '--out', tmp_path/'c.png', env=env)
-    assert (tmp_path/'b.png').read_bytes() == (tmp_path/'c.png').read_bytes()    # the same seed (and class, in any case): the same picture
-    r = lepton('gan', 'sample', out, '--out', tmp_path/'d.png', '--json', env=env)   # the default: 8 of each class, a column each
+    r = lepton('gan', 'sample', out, '--n', '5', '--class', 'sneaker', '--scale', '1', '--out', tmp_path/'c.png',
+               env=env)
+    assert r.returncode == 0, r.stderr
+    # the same seed (and class, in any case): the same picture
+    assert (tmp_path/'b.png').read_bytes() == (tmp_path/'c.png').read_bytes()
+    # the default: 8 of each class, a column each
+    r = lepton('gan', 'sample', out, '--out', tmp_path/'d.png', '--json', env=env)
     assert r.returncode == 0 and 'in 8 rows of 3' in r.stderr, r.stderr
     assert last_json(r.stdout)['n'] == 24 and Image.open(tmp_path/'d.png').size == (2 * (3 * 30 + 2), 2 * (8 * 30 + 2))
 
@@ -87,7 +92,8 @@ def test_gan_sample_png(run, env, tmp_path):
     (['gan', 'sample', 'RUN', '--out', 'a.jpg'], 'must end in .png'),
     (['gan', 'sample', 'RUN', '--class', 'Hat', '--out', 'a.png'], 'unknown class'),
     (['gan', 'sample', 'RUN', '--n', '1000001', '--out', 'a.png'], 'at most 100000'),
-    (['gan', 'sample', 'RUN', '--n', '100000', '--scale', '32', '--out', 'a.png'], 'over 100 million: give a smaller --n or --scale'),
+    (['gan', 'sample', 'RUN', '--n', '100000', '--scale', '32', '--out', 'a.png'],
+     'over 100 million: give a smaller --n or --scale'),
 ])
 def test_gan_bad_args_are_one_line(run, args, msg, tmp_path, monkeypatch):
     "In this process (no start-up cost): a non-zero exit, one line on stderr, no traceback."
@@ -108,16 +114,17 @@ def test_gan_single_class_is_one_clear_error(folders, env, tmp_path):
                '--out', tmp_path/'run', '--json', env=env)
     assert r.returncode == 0, r.stderr
     m = last_json(r.stdout)
-    assert 'fid' not in m and m['classes'] == ['Bag'] and m['conditional'] is False and 'note: one class: no FID' in r.stderr
+    assert 'fid' not in m and m['classes'] == ['Bag'] and m['conditional'] is False
+    assert 'note: one class: no FID' in r.stderr
     assert m['threads'] == 1 and json.loads((tmp_path/'run'/'gan_args.json').read_text())['threads'] == 1
-    assert m['n_train'] == 100 and 'so all 100 images train' in r.stderr                # nothing held out: nothing is measured
-    assert '\nafter 1 epoch,' in r.stderr and (tmp_path/'run'/'generator.safetensors').is_file()   # (--json: stderr)
+    assert m['n_train'] == 100 and 'so all 100 images train' in r.stderr   # nothing held out: nothing is measured
+    assert '\nafter 1 epoch,' in r.stderr and (tmp_path/'run'/'generator.safetensors').is_file()  # (--json: stderr)
     assert (tmp_path/'run'/'samples.png').is_file() and not (tmp_path/'run'/'coverage.png').exists()
 
 def test_gan_ctrl_c_writes_a_checkpoint_and_exits_130(folders, env, tmp_path):
     out = tmp_path/'run'
-    args = ['gan', '--data', folders/'train', '--val', folders/'val', '--epochs', '50', '--width', '8', '--n-eval', '60',
-            '--out', out]
+    args = ['gan', '--data', folders/'train', '--val', folders/'val', '--epochs', '50', '--width', '8',
+            '--n-eval', '60', '--out', out]
     p = subprocess.Popen([str(Path(sys.executable).parent/'lepton'), *map(str, args)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env={**os.environ, **env}, cwd=tmp_path)
     try:
