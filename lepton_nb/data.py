@@ -380,9 +380,9 @@ def scan_image_folder(root:str|Path, # A folder laid out as root/<class>/<file>
 # %% ../nbs/05_data.ipynb #e24fda99
 def _peek(path:Path) -> tuple|None:
     "(PIL mode, (width, height)) of an image file without decoding it, or None."
-    try:
+    try:   # (in the decoder's threads: a filter set here may outlive the block, so it is only the bomb warning's)
         with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
             with Image.open(path) as im: return im.mode, im.size
     except Exception: return None
 
