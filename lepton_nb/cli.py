@@ -652,10 +652,23 @@ def _json_text(result) -> str:
         return None if isinstance(o, float) and not math.isfinite(o) else o
     return json.dumps(clean(result), default=str, allow_nan=False)
 
+def _import_core_held() -> bool:
+    """Import lepton_nb.core (and torch) with Ctrl-C held back until the import ends; True if one came. A
+    KeyboardInterrupt raised inside torch's C++ start-up aborts the process (status -6) instead of stopping it."""
+    import signal, threading
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        import lepton_nb.core; return False   # (no handler can be set here, or Ctrl-C is ignored anyway)
+    came = []
+    old = signal.signal(signal.SIGINT, lambda *a: came.append(1))
+    try: import lepton_nb.core  # noqa: F401
+    finally: signal.signal(signal.SIGINT, old)
+    return bool(came)
+
 def _run(args, name:str) -> tuple[int, dict|None]:
     "Run the command `args` chose: (exit status, result). What a user can act on is one line on standard error."
-    try: from lepton_nb.core import LeptonError   # torch comes with it: the first import a command pays for
-    except KeyboardInterrupt: print(f"lepton {name}: interrupted", file=sys.stderr); return 130, None
+    if _import_core_held():   # torch comes with core: the first import a command pays for
+        print(f"lepton {name}: interrupted", file=sys.stderr); return 130, None
+    from lepton_nb.core import LeptonError
     try:
         with warnings.catch_warnings():   # a LeptonWarning is one line, like an error; others as Python prints them
             warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
