@@ -1,14 +1,15 @@
-"""One run of 12's third GAN series: `train_gan` on Fashion-MNIST for a time budget with a chosen learning rate and
+"""One run of 12a's third GAN series: `train_gan` on Fashion-MNIST for a time budget with a chosen learning rate and
 start of its decay, keeping more weight averages of G beside the default one and scoring each at the end.
 
     python scripts/gan_series.py --lr 0.004 --decay-start 0.25
 
 prints one JSON line: steps, the default average's FID and its floor, the classifier score, the FID per epoch, and
 the FID of each extra average and of the live G. The decay start and the extra averages are not options of
-`train_gan`, so this script sets them by wrapping two of notebook 12's functions for its own run."""
+`train_gan`, so this script sets them by wrapping two of notebook 12's functions (`lepton_nb.gan`) for its own run."""
 import argparse, copy, json, time
 import torch
 import lepton_nb.gan as gan
+import lepton_nb.gan_run as gan_run
 from lepton_nb.data import get_data
 
 p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,8 +38,8 @@ def update_all(self):
 gan.GANCB.update_ema = update_all
 
 t0 = time.perf_counter()
-learn, m = gan.train_gan(get_data('fashion-mnist', progress=False), time_budget=args.time_budget, lr=args.lr,
-                         progress=False)
+learn, m = gan_run.train_gan(get_data('fashion-mnist', progress=False), time_budget=args.time_budget, lr=args.lr,
+                             progress=False)
 res = {'lr': args.lr, 'decay_start': args.decay_start, 'steps': m['steps'], 'epochs': m['epochs'], 'fid': m['fid'],
        'fid_floor': m['fid_floor'], 'classifier_score': m['classifier_score'],
        'fid_per_epoch': [round(h['fid'], 3) for h in learn.history if 'fid' in h]}

@@ -250,11 +250,12 @@ def test_planned_notebooks_and_self_links(tmp_path):
 
 def test_formula_labels_link_both_ways(site):
     "A labelled formula has its anchor and the line of what computes and cites it; citations link to it, across pages."
-    gan = (site/'gan.html').read_text(encoding='utf-8')
-    assert gan.count('id="eq-fid"') == 1
-    uses = re.search(r'id="eq-fid".*?<span class="eq-uses">(.*?)</span></p>', gan, re.S).group(1)
+    run = (site/'gan_run.html').read_text(encoding='utf-8')
+    assert run.count('id="eq-fid"') == 1
+    uses = re.search(r'id="eq-fid".*?<span class="eq-uses">(.*?)</span></p>', run, re.S).group(1)
     assert '<code>frechet_distance</code>' in uses and 'cited in code cells' in uses
-    assert '<a href="#eq-fid" class="eq-ref">eq. fid</a>' in gan                    # prose and docstrings, this page
+    assert '<a href="#eq-fid" class="eq-ref">eq. fid</a>' in run                    # prose and docstrings, this page
+    gan = (site/'gan.html').read_text(encoding='utf-8')
     assert '<a href="gan_losses.html#eq-loss-d" class="eq-ref">eq. loss-d</a>' in gan   # another page's formula
     metrics = (site/'metrics.html').read_text(encoding='utf-8')
     assert '<span id="eq-accuracy" class="eq-label"></span><span class="math inline">' in metrics
