@@ -10,7 +10,7 @@ from torch import nn
 from .core import LeptonError
 
 # %% auto #0
-__all__ = ['ReLUFunction', 'relu', 'SigmoidFunction', 'sigmoid', 'TanhFunction', 'tanh', 'ReLU', 'Sigmoid', 'Tanh']
+__all__ = ['ReLUFunction', 'relu', 'OutputGradFunction', 'sigmoid', 'tanh', 'ReLU', 'Sigmoid', 'Tanh']
 
 # %% ../nbs/01_activations.ipynb #6a9b4792
 def _as_float(x, name:str) -> torch.Tensor:
@@ -50,51 +50,43 @@ def _opmath(x):
     "Half-precision tensors are computed in float32 and rounded once at the end, as PyTorch's own kernels do."
     return x.float() if x.dtype in _LOW_PRECISION else x
 
-class SigmoidFunction(torch.autograd.Function):
-    "Sigmoid with a hand-written backward: (eq. sigmoid-stable) forward, (eq. sigmoid-grad) backward."
+class OutputGradFunction(torch.autograd.Function):
+    """y = f(x) elementwise with a backward written with the output, grad_x = df(grad_y, y) (sigmoid, tanh):
+    y is kept for it, not x; half precision is computed in float32 and rounded once."""
     @staticmethod
-    def forward(ctx, x):
-        xf = _opmath(x)
-        num = xf.clamp_max(0).exp_()                      # e^{min(x,0)}: 1 for x >= 0, e^x for x < 0
-        y = num.div_(xf.abs().neg_().exp_().add_(1))      # / (1 + e^{-|x|})   (eq. sigmoid-stable)
-        y = y.to(x.dtype)
-        ctx.save_for_backward(y)
+    def forward(ctx, x, f, df):
+        y = f(_opmath(x)).to(x.dtype)
+        ctx.save_for_backward(y); ctx.df = df
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         y, = ctx.saved_tensors
-        yf = _opmath(y)
-        return (_opmath(grad_y) * yf * (1 - yf)).to(grad_y.dtype)   # (eq. sigmoid-grad)
+        return ctx.df(_opmath(grad_y), _opmath(y)).to(grad_y.dtype), None, None   # (f and df get no gradient)
+
+def _sigmoid_stable(x):
+    num = x.clamp_max(0).exp_()                       # e^{min(x,0)}: 1 for x >= 0, e^x for x < 0
+    return num.div_(x.abs().neg_().exp_().add_(1))    # / (1 + e^{-|x|})   (eq. sigmoid-stable)
+
+def _sigmoid_grad(g, y): return g * y * (1 - y)      # (eq. sigmoid-grad)
 
 def sigmoid(x:torch.Tensor, # Any shape; integers are promoted to the default float type
            ) -> torch.Tensor:
     """$\\sigma(x) = 1/(1 + e^{-x})$ elementwise, computed stably (eq. sigmoid-stable),
     backward $\\sigma(1 - \\sigma)$ (eq. sigmoid-grad)."""
-    return SigmoidFunction.apply(_as_float(x, 'sigmoid'))
+    return OutputGradFunction.apply(_as_float(x, 'sigmoid'), _sigmoid_stable, _sigmoid_grad)
 
 # %% ../nbs/01_activations.ipynb #2f5ab835
-class TanhFunction(torch.autograd.Function):
-    "Tanh with a hand-written backward: (eq. tanh-stable) forward, (eq. tanh-grad) backward."
-    @staticmethod
-    def forward(ctx, x):
-        xf = _opmath(x)
-        t = xf.abs().mul_(-2).expm1_()                    # t = e^{-2|x|} - 1, in (-1, 0], no cancellation
-        y = torch.copysign(t.div_(t + 2).neg_(), xf)      # sign(x) * (-t)/(2 + t)   (eq. tanh-stable)
-        y = y.to(x.dtype)
-        ctx.save_for_backward(y)
-        return y
+def _tanh_stable(x):
+    t = x.abs().mul_(-2).expm1_()                     # t = e^{-2|x|} - 1, in (-1, 0], no cancellation
+    return torch.copysign(t.div_(t + 2).neg_(), x)    # sign(x) * (-t)/(2 + t)   (eq. tanh-stable)
 
-    @staticmethod
-    def backward(ctx, grad_y):
-        y, = ctx.saved_tensors
-        yf = _opmath(y)
-        return (_opmath(grad_y) * (1 - yf * yf)).to(grad_y.dtype)   # (eq. tanh-grad)
+def _tanh_grad(g, y): return g * (1 - y * y)         # (eq. tanh-grad)
 
 def tanh(x:torch.Tensor, # Any shape; integers are promoted to the default float type
         ) -> torch.Tensor:
     "$\\tanh(x)$ elementwise, computed stably (eq. tanh-stable), backward $1 - \\tanh^2$ (eq. tanh-grad)."
-    return TanhFunction.apply(_as_float(x, 'tanh'))
+    return OutputGradFunction.apply(_as_float(x, 'tanh'), _tanh_stable, _tanh_grad)
 
 # %% ../nbs/01_activations.ipynb #d412eccb
 class ReLU(nn.Module):
