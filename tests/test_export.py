@@ -1,7 +1,7 @@
 """`export_model` end to end: a run trained by `lepton train`, exported to ONNX and to a `torch.export` program, run by
 onnxruntime and by `torch.export.load` (no lepton_nb code in either graph), agrees with `lepton predict` on every image
 of a folder; bad input is one line and leaves the run as it was."""
-import hashlib, json, os, sys
+import contextlib, hashlib, json, os, sys
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +156,60 @@ def test_a_write_that_fails_leaves_no_file(run, tmp_path, monkeypatch):
     _fails(lambda: A.export_model(out, 'pt2', tmp_path/'m.pt2'), 'cannot write the file (No space left on device)')
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mixed precision: bf16 only where native (the choice a run records), fp16 with a gradient scaler on other CUDA GPUs.
+# No GPU here: the CUDA branch of `bf16_supported` is run with fake device properties, and the fp16 step on the CPU.
+
+@pytest.mark.parametrize('gpu, native', [('A100', True), ('T4', False), ('V100', False), ('H100', True)])
+def test_bf16_supported_counts_only_native_bf16_on_cuda(monkeypatch, gpu, native):
+    import lepton_nb.learner as L
+    cap = {'A100': (8, 0), 'T4': (7, 5), 'V100': (7, 0), 'H100': (9, 0)}[gpu]
+    monkeypatch.setattr(L, 'get_device', lambda d: torch.device('cuda'))
+    # today's torch: is_bf16_supported counts emulation unless asked not to (a T4 says True by default)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: including_emulation or native)
+    assert L.bf16_supported('cuda') is native
+    # a torch without the argument: the compute capability decides (8.0 and later have bf16 units)
+    def old(): return True
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', old)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda d=None: cap)
+    assert L.bf16_supported('cuda') is native
+    assert L.amp_precision('cuda', L.bf16_supported('cuda')) == ('bf16' if native else 'fp16')
+
+def test_the_fp16_scaler_state_travels_in_a_checkpoint(tmp_path):
+    "A resumed fp16 run continues with the loss scale it had, whichever comes first: the checkpoint or `before_fit`."
+    from torch import nn
+    from lepton_nb.learner import Learner, MixedPrecisionCB
+    from lepton_nb.resilience import load_checkpoint, save_checkpoint
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    def learner():
+        torch.manual_seed(0)
+        return Learner(nn.Linear(8, 3), [(x, y)] * 3, device='cpu', cbs=[MixedPrecisionCB(torch.float16, force=True)])
+    a = learner(); a.fit(1)
+    a.cb(MixedPrecisionCB).scaler.update(1024.0)
+    save_checkpoint(a, tmp_path/'ck.pt')
+    b = learner(); load_checkpoint(b, tmp_path/'ck.pt')        # before any fit: no scaler yet, the state waits
+    b.fit(1)
+    assert b.precision == 'fp16' and b.cb(MixedPrecisionCB).scaler.get_scale() == 1024.0
+    c = learner(); c.fit(1); load_checkpoint(c, tmp_path/'ck.pt')   # after one: loaded at once
+    assert c.cb(MixedPrecisionCB).scaler.get_scale() == 1024.0
+    assert MixedPrecisionCB().state_dict() == {}   # nothing to resume where no scaler runs
+
+def test_a_step_of_its_own_keeps_fp32_where_bf16_is_not_native(monkeypatch):
+    "On a GPU without native bf16 (faked: the CPU taken for one), fp16 and a scaler only where the Learner's step runs."
+    from torch import nn
+    import lepton_nb.learner as L
+    real = L.amp_precision
+    monkeypatch.setattr(L, 'bf16_supported', lambda d: False)
+    monkeypatch.setattr(L, 'amp_precision', lambda t, native, own_step=True: real('cuda', native, own_step))
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    class OwnStep(L.Callback):   # as the GAN's callback: two optimisers, its own backward passes
+        def train_step(self):
+            l = self.learn; l.loss = l.loss_func(l.model(l.xb), l.yb); l.loss.backward(); l.opt.step()
+            l.opt.zero_grad()
+    a = L.Learner(nn.Linear(8, 3), [(x, y)], device='cpu', cbs=[L.MixedPrecisionCB(), OwnStep()]); a.fit(1)
+    assert a.precision == 'fp32' and a.autocast is contextlib.nullcontext and a.cb(L.MixedPrecisionCB).scaler is None
+    b = L.Learner(nn.Linear(8, 3), [(x, y)], device='cpu', cbs=[L.MixedPrecisionCB()]); b.fit(1)
+    mp = b.cb(L.MixedPrecisionCB)
+    assert b.precision == 'fp16' and mp.scaler is not None and b._stepper is mp and b.preds.dtype == torch.float16
