@@ -495,6 +495,8 @@ def _onnx_bytes(module:nn.Module, x:torch.Tensor, meta:dict) -> bytes:
         prog = torch.onnx.export(module, (x,), dynamo=True, input_names=['pixels'], output_names=['probabilities'],
                                  dynamic_shapes=({0: torch.export.Dim('batch', min=1)},), verbose=False)
     proto = prog.model_proto
+    if not proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param:   # (a fallback of the exporter fixes it)
+        raise LeptonError("cannot export to onnx: the network's code fixes the batch size (the graph would take one)")
     for k, v in meta.items(): proto.metadata_props.add(key=k, value=v)
     return proto.SerializeToString()
 
@@ -516,7 +518,7 @@ def export_model(run:str|Path, # A finished `lepton train` run, or any folder `s
     run = _export_source(run)
     out = _export_target(run, fmt, out)
     if dtype not in ('uint8', 'float32'): raise LeptonError(f"unknown input type {dtype!r}: use uint8 or float32")
-    net, cfg = load_model(run, 'cpu', CLASSIFIER)
+    net, cfg = load_model(run, 'cpu', CLASSIFIER, impl='torch')   # torch.nn's layers: standard operators, same weights
     tta = eval_settings(cfg)['tta']
     module = RawPixels(net, cfg['mean'], cfg['std'], flip_tta if tta else None).eval()
     c, s = cfg['channels'], cfg['size']
@@ -525,7 +527,12 @@ def export_model(run:str|Path, # A finished `lepton train` run, or any folder `s
     meta = {'classes': json.dumps(cfg['classes']), 'inputs': json.dumps(inputs), 'tta': json.dumps(tta),
             'output': 'probabilities: batch x classes, each row sums to 1', 'weights_sha256': cfg['weights_sha256'],
             'lepton_nb_version': cfg['lepton_nb_version']}
-    with torch.no_grad(): data = (_onnx_bytes if fmt == 'onnx' else _pt2_bytes)(module, x, meta)
+    try:
+        with torch.no_grad(): data = (_onnx_bytes if fmt == 'onnx' else _pt2_bytes)(module, x, meta)
+    except LeptonError: raise
+    except Exception as e:   # an operator the exporter does not know, say
+        why = (str(e).strip().splitlines() or [''])[0][:160]
+        raise LeptonError(f"{run}: torch could not export the network to {fmt} ({type(e).__name__}: {why})") from None
     try:
         with atomic_path(out) as tmp: tmp.write_bytes(data)
     except OSError as e: raise LeptonError(f"{out}: cannot write the file ({e.strerror or e})") from None

@@ -213,3 +213,28 @@ def test_a_step_of_its_own_keeps_fp32_where_bf16_is_not_native(monkeypatch):
     b = L.Learner(nn.Linear(8, 3), [(x, y)], device='cpu', cbs=[L.MixedPrecisionCB()]); b.fit(1)
     mp = b.cb(L.MixedPrecisionCB)
     assert b.precision == 'fp16' and mp.scaler is not None and b._stepper is mp and b.preds.dtype == torch.float16
+
+
+def test_a_scratch_model_exports_with_torch_layers(tmp_path):
+    "A model of lepton_nb's own layers (impl='scratch') is exported with torch.nn's: same weights, same answers."
+    from lepton_nb.artifacts import save_model
+    from lepton_nb.cnn import build_model, model_config, predict
+    cfg = model_config('seed', None, 'scratch', width=8, hidden=16, n_classes=3, classes=['a', 'b', 'c'], channels=3,
+                       size=16, mean=[.5, .4, .3], std=[.2, .25, .3], tta=False)
+    torch.manual_seed(0)
+    save_model(build_model(cfg), cfg, tmp_path/'m')
+    res = export_model(tmp_path/'m', 'pt2')
+    assert res['tta'] is False and res['path'] == str(tmp_path/'m'/'model.pt2')
+    x = torch.randint(0, 256, (9, 3, 16, 16), dtype=torch.uint8)
+    with torch.no_grad(): p = torch.export.load(res['path']).module()(x)
+    ref = predict(tmp_path/'m', x, top_k=1, device='cpu')
+    assert [cfg['classes'][i] for i in p.argmax(1)] == [r['label'] for r in ref]
+    np.testing.assert_allclose(p.max(1).values.numpy(), [r['probability'] for r in ref], atol=1e-5)
+
+def test_an_exporter_failure_is_one_line(run, tmp_path, monkeypatch):
+    out, _ = run
+    def fails(*a, **k): raise RuntimeError("no rule for operator aten::mystery\nand a long story after it")
+    monkeypatch.setattr(torch.export, 'export', fails)
+    _fails(lambda: export_model(out, 'pt2', tmp_path/'m.pt2'),
+           'torch could not export the network to pt2 (RuntimeError: no rule for operator aten::mystery)')
+    assert list(tmp_path.iterdir()) == []
