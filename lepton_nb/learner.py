@@ -17,9 +17,10 @@ from .core import LeptonError, get_device
 from .metrics import Confusion
 
 # %% auto #0
-__all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'RunEnd', 'Learner',
-           'MetricsCB', 'progress_bar', 'ProgressCB', 'one_cycle', 'OneCycleCB', 'bf16_supported', 'amp_precision',
-           'MixedPrecisionCB', 'BatchTransformCB', 'TensorBoardCB', 'plot_history']
+__all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'epoch_batches',
+           'valid_loss', 'predict_probs', 'RunEnd', 'Learner', 'MetricsCB', 'progress_bar', 'ProgressCB', 'one_cycle',
+           'OneCycleCB', 'bf16_supported', 'amp_precision', 'MixedPrecisionCB', 'BatchTransformCB', 'TensorBoardCB',
+           'plot_history']
 
 # %% ../nbs/07_learner.ipynb #62e5d2ea
 class CancelFitException(Exception): "Stop training; `after_fit` still runs."
@@ -34,6 +35,41 @@ class Callback:
 
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_loss', 'after_step', 'after_batch',
           'before_validate', 'after_validate', 'after_epoch', 'after_cancel_fit', 'after_fit')
+
+# %% ../nbs/07_learner.ipynb #4f206279
+def epoch_batches(dl, # A loader: any iterable of batches; `set_epoch` and `iter_from` are used where it has them
+                  epoch:int, start:int=0): # The epoch, and the batch to start from (a resumed epoch starts inside)
+    "The batches of `epoch` from batch `start` on: the loader's own `iter_from`, else its first `start` skipped."
+    if hasattr(dl, 'set_epoch'): dl.set_epoch(epoch)
+    batches = dl.iter_from(start) if hasattr(dl, 'iter_from') else iter(dl)
+    if start and not hasattr(dl, 'iter_from'):
+        for _ in range(start): next(batches)
+    return batches
+
+def valid_loss(learn, dl, tta=None) -> float:
+    """The mean loss over `dl` (weighted by batch size, summed in float64 on the device, read once), with
+    `learn('after_batch')` after each batch, where metrics callbacks count. The caller sets eval mode and no_grad."""
+    total, n = torch.zeros((), device=learn.device, dtype=torch.float64), 0
+    for learn.xb, learn.yb in dl:
+        with learn.autocast():
+            learn.preds = tta(learn.model, learn.xb) if tta else learn.model(learn.xb)
+            learn.loss = learn.loss_func(learn.preds, learn.yb)
+        total += learn.loss.double() * len(learn.yb); n += len(learn.yb)
+        learn('after_batch')
+    return (total / max(n, 1)).item()
+
+@torch.no_grad()
+def predict_probs(model:nn.Module, x, # A tensor of inputs (already normalised), or an iterable of batches (x, ...)
+                  device=None, autocast=contextlib.nullcontext, tta=None, bs:int=1024) -> torch.Tensor:
+    "Class probabilities (softmax of the model's output), in eval mode, on the CPU."
+    model.eval()
+    batches = ((x[i:i+bs],) for i in range(0, len(x), bs)) if isinstance(x, torch.Tensor) else x
+    out = []
+    for b in batches:
+        xb = (b[0] if isinstance(b, (tuple, list)) else b).to(device)
+        with autocast(): logits = tta(model, xb) if tta else model(xb)
+        out.append(logits.float().softmax(1).cpu())
+    return torch.cat(out)
 
 # %% ../nbs/07_learner.ipynb #e1bed6f6
 @dataclass
@@ -105,11 +141,7 @@ class Learner:
         self('after_batch')
 
     def _train_epoch(self):
-        dl = self.train_dl
-        if hasattr(dl, 'set_epoch'): dl.set_epoch(self.epoch)
-        batches = dl.iter_from(self.iter) if hasattr(dl, 'iter_from') else iter(dl)
-        if self.iter and not hasattr(dl, 'iter_from'):
-            for _ in range(self.iter): next(batches)
+        batches = epoch_batches(self.train_dl, self.epoch, self.iter)
         self.model.train(); self.training = True
         s, n = getattr(self, '_resume_loss', (0.0, 0)) if self.iter else (0.0, 0)   # a resumed epoch keeps its loss
         self._loss_sum, self._n_loss = torch.full((), s, device=self.device), n
@@ -130,16 +162,9 @@ class Learner:
         was_training, mid_epoch = self.model.training, self.training
         if mid_epoch: self.train_time += time.perf_counter() - self._t0   # called from a callback: pause the clock
         self.model.eval(); self.training = False
-        total, n = torch.zeros((), device=self.device, dtype=torch.float64), 0
         try:
             self('before_validate')
-            for self.xb, self.yb in dl:
-                with self.autocast():
-                    self.preds = tta(self.model, self.xb) if tta else self.model(self.xb)
-                    self.loss = self.loss_func(self.preds, self.yb)
-                total += self.loss.double() * len(self.yb); n += len(self.yb)
-                self('after_batch')
-            self.record['valid_loss'] = (total / max(n, 1)).item()
+            self.record['valid_loss'] = valid_loss(self, dl, tta)
             self('after_validate')
         finally:
             self.model.train(was_training)
@@ -178,18 +203,10 @@ class Learner:
         if self.error is not None: raise self.error
         return self
 
-    @torch.no_grad()
     def predict(self, x, # A tensor of inputs (already normalised), or an iterable of batches (x, ...)
                 tta=None, bs:int=1024) -> torch.Tensor:
-        "Class probabilities (softmax of the model's output), in eval mode, on the CPU."
-        self.model.eval()
-        batches = ((x[i:i+bs],) for i in range(0, len(x), bs)) if isinstance(x, torch.Tensor) else x
-        out = []
-        for b in batches:
-            xb = (b[0] if isinstance(b, (tuple, list)) else b).to(self.device)
-            with self.autocast(): logits = tta(self.model, xb) if tta else self.model(xb)
-            out.append(logits.float().softmax(1).cpu())
-        return torch.cat(out)
+        "Class probabilities (softmax of the model's output), in eval mode, on the CPU (`predict_probs`)."
+        return predict_probs(self.model, x, self.device, self.autocast, tta, bs)
 
 
 # %% ../nbs/07_learner.ipynb #789f1636
