@@ -17,10 +17,10 @@ from .core import LeptonError, get_device
 from .metrics import Confusion
 
 # %% auto #0
-__all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'epoch_batches',
-           'valid_loss', 'predict_probs', 'RunEnd', 'Learner', 'MetricsCB', 'progress_bar', 'ProgressCB', 'one_cycle',
-           'OneCycleCB', 'bf16_supported', 'amp_precision', 'MixedPrecisionCB', 'BatchTransformCB', 'TensorBoardCB',
-           'plot_history']
+__all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'CallbackHost',
+           'epoch_batches', 'valid_loss', 'predict_probs', 'RunEnd', 'Learner', 'MetricsCB', 'progress_bar',
+           'ProgressCB', 'one_cycle', 'OneCycleCB', 'bf16_supported', 'amp_precision', 'MixedPrecisionCB',
+           'BatchTransformCB', 'TensorBoardCB', 'plot_history']
 
 # %% ../nbs/07_learner.ipynb #62e5d2ea
 class CancelFitException(Exception): "Stop training; `after_fit` still runs."
@@ -35,6 +35,18 @@ class Callback:
 
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_loss', 'after_step', 'after_batch',
           'before_validate', 'after_validate', 'after_epoch', 'after_cancel_fit', 'after_fit')
+
+class CallbackHost:
+    "The callbacks of a loop in `order`; `self(event)` calls that method of every callback that has one."
+    def add_cb(self, cb:Callback):
+        cb.learn = self; self.cbs.append(cb); self.cbs.sort(key=lambda c: c.order); self._build_hooks(); return cb
+    def remove_cb(self, cb:Callback): self.cbs.remove(cb); self._build_hooks(); return cb
+    def cb(self, cls): return next((c for c in self.cbs if isinstance(c, cls)), None)   # the first of class `cls`
+    def _build_hooks(self):   # once per change of callbacks, so an event costs a list walk, not attribute searches
+        self._hooks = {e: [getattr(c, e) for c in self.cbs if hasattr(c, e)] for e in EVENTS}
+        self._stepper = next((c for c in self.cbs if hasattr(c, 'train_step')), self)   # who does the training step
+    def __call__(self, event:str):
+        for f in self._hooks[event]: f()
 
 # %% ../nbs/07_learner.ipynb #4f206279
 def epoch_batches(dl, # A loader: any iterable of batches; `set_epoch` and `iter_from` are used where it has them
@@ -83,7 +95,7 @@ class RunEnd:
 def _end(field:str, doc:str) -> property:   # `learn.stop_reason` etc. read and write `learn.end`
     return property(lambda self: getattr(self.end, field), lambda self, v: setattr(self.end, field, v), doc=doc)
 
-class Learner:
+class Learner(CallbackHost):
     "Train `model` on `train_dl`, validate on `valid_dl`, with callbacks `cbs` around a small loop."
     stop_reason, interrupted = _end('reason', "Why the run stopped early"), _end('signal', "The signal that stopped it")
     error = _end('error', "A failure a callback found")
@@ -105,16 +117,6 @@ class Learner:
         from lepton_nb.resilience import InterruptCB   # Ctrl-C and SIGTERM end a run at a batch boundary (notebook 08)
         self.cbs = []
         for cb in (*cbs, *([] if any(isinstance(c, InterruptCB) for c in cbs) else [InterruptCB()])): self.add_cb(cb)
-
-    def add_cb(self, cb:Callback):
-        cb.learn = self; self.cbs.append(cb); self.cbs.sort(key=lambda c: c.order); self._build_hooks(); return cb
-    def remove_cb(self, cb:Callback): self.cbs.remove(cb); self._build_hooks(); return cb
-    def cb(self, cls): return next((c for c in self.cbs if isinstance(c, cls)), None)   # the first of class `cls`
-    def _build_hooks(self):
-        self._hooks = {e: [getattr(c, e) for c in self.cbs if hasattr(c, e)] for e in EVENTS}
-        self._stepper = next((c for c in self.cbs if hasattr(c, 'train_step')), self)   # who does the training step
-    def __call__(self, event:str):
-        for f in self._hooks[event]: f()
 
     def elapsed(self) -> float:
         "Seconds spent in training batches so far, this run and earlier (resumed) runs."
