@@ -488,7 +488,7 @@ def _onnx_bytes(module:nn.Module, x:torch.Tensor, meta:dict) -> bytes:
         raise LeptonError(f"ONNX export needs torch 2.5 or later (this is {torch.__version__}): pip install -U torch")
     try: import onnx, onnxscript  # noqa: F401  (the exporter's own dependencies)
     except ImportError: raise LeptonError("ONNX export needs the onnx and onnxscript packages: "
-                                          "pip install onnx onnxscript") from None
+                                          'pip install "lepton_nb[onnx]" (or: pip install onnx onnxscript)') from None
     import warnings
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():   # (its progress lines are not output)
         warnings.simplefilter('ignore')

@@ -9,7 +9,7 @@ What other tests already prove is not repeated here; this file adds to it:
 - the notebooks' inline tests: 05_data (IDX bad magic, a link from a class folder back to the root), 08_resilience
   (2 epochs straight == 1 + checkpoint + resume + 1, bitwise; foreign checkpoints refused; Ctrl-C and SIGTERM stop
   between two steps), 12a_gan_run (a GAN paused and resumed equals two epochs straight, bitwise), 10_cnn (a pickle as
-  model.safetensors, tampered weights, unknown config keys, an absurd size, a wrong type, another architecture).
+  model.safetensors, tampered weights, an absurd size, a wrong type, another architecture).
 
 Training runs here are small (a few hundred exported Fashion-MNIST images, width 8) and, but for the same-seed test
 that also checks the default thread count, single-threaded (OMP_NUM_THREADS=1): on a shared 2-core machine two threads
