@@ -223,5 +223,7 @@ def transfer_setup(model:str, # The model to train (a recipe name: resnet18, fas
     fitted = fit_state(probe, sd, keep, where)
     def init(net:nn.Module):
         net.load_state_dict(fitted, strict=False)   # every tensor but a new head's (fit_state checked each one)
+        if not keep:   # a new head starts at zero: equal odds for every class, whatever the size of the features
+            for t in net.get_submodule(head_name(net)).parameters(): nn.init.zeros_(t)
     return dict(init=init, cbs=[FreezeCB(freeze_epochs)], param_groups=partial(discriminative_groups, div=div),
                 **extra)

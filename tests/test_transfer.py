@@ -68,6 +68,7 @@ def test_from_run_takes_all_but_a_new_head(rgb, tmp_path, cache):
     assert isinstance(kw['cbs'][0], FreezeCB)
     net = build_model(model_config('resnet18', new)); kw['init'](net)
     assert torch.equal(net.layer3[0].conv1.weight, old.layer3[0].conv1.weight) and net.fc.out_features == 3
+    assert not net.fc.weight.any() and not net.fc.bias.any()   # a new head starts at zero: equal odds
     groups = kw['param_groups'](net, 1e-3)
     assert [g['lr'] for g in groups] == [1e-4, 1e-3] and list(groups[1]['params']) == list(net.fc.parameters())
     same = transfer_setup('resnet18', None, tmp_path/'run', rgb)   # the same classes: the head is kept
