@@ -4,6 +4,8 @@
 #   make docs   build the documentation site into _docs/
 #   make lab    start JupyterLab on the notebooks
 #   make fuzz   the parsers fuzzed with LEPTON_FUZZ_CASES generated inputs per target (the quick lane is in make test)
+#   make mutation  the mutation score of the formula modules (mutmut), written to benchmarks/mutation.md
+#   make load   lepton predict over 50,000 images: peak memory and images per second (benchmarks/load.md)
 #   make lint   ruff on the package, the notebooks, the tests and the scripts (part of make test)
 PY ?= python3
 VENV ?= .venv
@@ -11,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: install system-deps demo test check-sync nbtest pytest slow fuzz lint docs lab readme clean
+.PHONY: install system-deps demo test check-sync nbtest pytest slow fuzz fuzz-hypothesis mutation load lint docs lab readme clean
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,12 +50,28 @@ pytest: install
 slow: install
 	$(BIN)/nbdev_test --flags slow --timing
 
-# The long fuzz lane: the quick lane's tests (tests/test_fuzz.py) with LEPTON_FUZZ_CASES cases per target, fresh random
-# draws each run (hours on 2 CPU cores at 100,000).
+# The long fuzz lane: the targets of tests/test_fuzz.py fed LEPTON_FUZZ_CASES generated inputs each by a fast driver
+# (scripts/fuzz_long.py: no Hypothesis overhead, a time limit per case, a memory bound per worker), fresh random draws
+# each run; a failing case is saved under build/fuzz-failures with its traceback (replay: --replay FILE).
+# FUZZ_ARGS adds options (for example FUZZ_ARGS="--jobs 4 --only image,cli --seed 3").
 LEPTON_FUZZ_CASES ?= 100000
+FUZZ_ARGS ?=
 fuzz: install
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python scripts/fuzz_long.py --cases $(LEPTON_FUZZ_CASES) $(FUZZ_ARGS)
+
+# The quick lane's Hypothesis tests with LEPTON_FUZZ_CASES cases per target (hours on 2 CPU cores at 100,000).
+fuzz-hypothesis: install
 	LEPTON_FUZZ_CASES=$(LEPTON_FUZZ_CASES) OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_fuzz.py -q \
 		--hypothesis-show-statistics
+
+# Mutation testing of the formula modules (activations, conv, svm, gan_losses, metrics) with mutmut, in a scratch copy
+# (build/mutation); the score per module and every surviving mutant go to benchmarks/mutation.md. Long: not in CI.
+mutation: install
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python scripts/mutation.py
+
+# Load: lepton predict over a folder of 50,000 images (peak resident memory, images per second).
+load: install
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python scripts/load_predict.py --images 50000
 
 # Lint: ruff (its settings in ruff.toml) on the exported package, the notebooks, the tests and the scripts.
 lint: install

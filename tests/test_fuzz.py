@@ -483,3 +483,48 @@ def test_cli_argv_any_text(monkeypatch, stub_parser, argv): check_argv(monkeypat
 @given(argv=st.lists(st.sampled_from(WORDS) | st.text(max_size=12), max_size=6))
 @example(argv=['data', 'a\nb'])
 def test_cli_argv_line_breaks(monkeypatch, stub_parser, argv): check_argv(monkeypatch, stub_parser, argv)
+
+
+# ------------------------------------------------------------------------------------------ found by the long lane
+# (scripts/fuzz_long.py, `make fuzz`): kept here as regression cases. The fixes belong to lepton_nb/data.py (05_data),
+# hence the xfail marks, which go when it is fixed.
+
+@pytest.mark.xfail(reason='05_data read_idx: a header with a 0 dimension and huge others passes the length check '
+                          '(0 bytes) and NumPy then refuses the shape with a ValueError', raises=AssertionError)
+@pytest.mark.parametrize('raw', [b'\0\0\x0b\x04\xe9\xc7\xc8e{\xb9\xbd1\0\0\0\x02\0\0\0\0',
+                                 b'\0\0\x0b\x04\0\0\0\0\x0e\xf4\xfb*\x1b\xe8\xd7PM\xcf\x9d\xbb'])
+def test_idx_empty_with_huge_dims(work, raw):
+    p = work/'empty_huge.idx'; p.write_bytes(raw)
+    try: check_idx(p, raw)
+    except ValueError as e: raise AssertionError(f'ValueError: {e}') from None
+
+
+def load_image_with_memory_bound(path:Path, headroom:int=1 << 30) -> str:
+    "load_image in a forked child whose address space may grow by `headroom`: 'ok', 'refused' or the exception's name."
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            vm = int(next(ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmSize:'))) * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (vm + headroom, resource.getrlimit(resource.RLIMIT_AS)[1]))
+            try: load_image(path, size=(20, 30), channels=3); out = 'ok'
+            except LeptonError: out = 'refused'
+            except BaseException as e: out = type(e).__name__
+        except BaseException as e: out = f'setup: {type(e).__name__}'
+        os.write(w, out.encode()); os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f: out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
+@pytest.mark.skipif(not Path('/proc/self/status').exists(), reason='reads VmSize from /proc')
+@pytest.mark.xfail(reason="05_data _decode_image: a PNG whose chunk length was flipped to ~2**31 makes PIL's load_end "
+                          "allocate that much; under a memory bound that is a MemoryError, not a LeptonError",
+                   raises=AssertionError)
+def test_image_chunk_length_under_a_memory_bound(work):
+    m = ('flip', 556188, [(141553, 7), (978183, 2), (584106, 0), (161198, 0), (873351, 7), (618095, 0), (777002, 7),
+                          (642756, 5)], b'')
+    p = work/'chunk.png'; p.write_bytes(mutate(IMAGES['deep16.png'], *m))
+    assert load_image_with_memory_bound(p) in ('ok', 'refused')

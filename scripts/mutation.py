@@ -1,0 +1,128 @@
+"""`make mutation`: the mutation score of the formula modules (activations, conv, svm, gan_losses, metrics) with mutmut.
+
+In a scratch copy of the project (build/mutation), mutmut changes one operator, constant or call at a time in those
+modules and runs the tests that reach the changed function: the notebooks' test cells against the imported module
+(tests/test_mutation_nb.py, the cells over 2 s dropped by its `plan`), tests/test_formulas1.py, test_formulas2.py
+and test_mutation_kills.py. A mutant is killed when a test fails. The figures go to benchmarks/mutation.md, with
+every surviving mutant's diff.
+
+    python scripts/mutation.py              # everything (tens of minutes on 2 cores)
+    python scripts/mutation.py --report     # rewrite benchmarks/mutation.md from the last run
+"""
+import argparse, json, os, platform, shutil, subprocess, sys, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = ROOT/'build'/'mutation'
+MODULES = ['activations', 'conv', 'svm', 'gan_losses', 'metrics']
+NOTEBOOKS = ['01_activations', '02_convolution', '03_svm', '04_gan_losses', '06_metrics']
+TESTS = ['tests/test_mutation_nb.py', 'tests/test_formulas1.py', 'tests/test_formulas2.py',
+         'tests/test_mutation_kills.py']
+OUT = ROOT/'benchmarks'/'mutation.md'
+MUTMUT = str(Path(sys.executable).parent/'mutmut')
+EQUIVALENT = ROOT/'benchmarks'/'mutation_equivalent.json'   # {mutant name: why it is equivalent}
+
+
+def env() -> dict:
+    e = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}   # the tests must import mutmut's copy
+    e.update(OMP_NUM_THREADS='1', MPLBACKEND='Agg', LEPTON_NB_CELLS='1', LEPTON_NB_PLAN=str(SCRATCH/'nb_plan.json'))
+    return e
+
+
+def prepare():
+    "The scratch copy, the notebook plan and mutmut's settings."
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    for p in SCRATCH.iterdir():                          # mutmut's own folder stays: it reuses what has not changed
+        if p.name != 'mutants': shutil.rmtree(p) if p.is_dir() else p.unlink()
+    ignore = shutil.ignore_patterns('__pycache__', '*.pyc')
+    shutil.copytree(ROOT/'lepton_nb', SCRATCH/'lepton_nb', ignore=ignore)
+    shutil.copytree(ROOT/'tests', SCRATCH/'tests', ignore=ignore)
+    (SCRATCH/'nbs').mkdir()
+    for nb in NOTEBOOKS: shutil.copy(ROOT/'nbs'/f'{nb}.ipynb', SCRATCH/'nbs')
+    shutil.copy(ROOT/'settings.ini', SCRATCH)
+    tests = [t for t in TESTS if (ROOT/t).exists()]
+    toml = ['[tool.mutmut]', 'source_paths = ["lepton_nb"]',
+            'only_mutate = [' + ', '.join(f'"lepton_nb/{m}.py"' for m in MODULES) + ']',
+            'pytest_add_cli_args_test_selection = [' + ', '.join(f'"{t}"' for t in tests) + ']',
+            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-W", "ignore"]',
+            'also_copy = ["nbs", "settings.ini"]', 'use_git_change_detection = false']
+    (SCRATCH/'pyproject.toml').write_text('\n'.join(toml) + '\n')
+    code = ('import json, sys; sys.path.insert(0, "tests"); import torch; torch.set_num_threads(1)\n'
+            'import test_mutation_nb as t\n'
+            f'json.dump({{nb: t.plan(nb) for nb in {NOTEBOOKS!r}}}, open("nb_plan.json", "w"), indent=1)')
+    subprocess.run([sys.executable, '-c', code], cwd=SCRATCH, env={**env(), 'PYTHONPATH': str(SCRATCH)}, check=True)
+
+
+def results() -> dict:
+    "module -> {mutant name: status}, read from mutmut's files."
+    sys.path.insert(0, str(SCRATCH))
+    from mutmut.stats import status_by_exit_code
+    out = {}
+    for m in MODULES:
+        meta = json.loads((SCRATCH/'mutants'/'lepton_nb'/f'{m}.py.meta').read_text())
+        out[m] = {k: status_by_exit_code[v] for k, v in meta['exit_code_by_key'].items()}
+    return out
+
+
+def diff(name:str) -> str:
+    r = subprocess.run([MUTMUT, 'show', name], cwd=SCRATCH, env=env(), capture_output=True, text=True)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(('+', '-')) and not ln.startswith(('+++', '---'))]
+    return ' / '.join(ln.strip() for ln in lines)[:300]
+
+
+def report(seconds:float|None=None):
+    res = results()
+    equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+    plan = json.loads((SCRATCH/'nb_plan.json').read_text())
+    cpu = platform.processor() or platform.machine()
+    lines = ['# Mutation score of the formula modules', '',
+             'Written by `make mutation` (scripts/mutation.py, mutmut). A mutant is one change in the module (an '
+             'operator, a constant, a call); it is killed when a test fails. Tests: the notebooks\' test cells against '
+             'the imported module (the cells over 2 s dropped, see below), ' + ', '.join(TESTS[1:]) + '.', '',
+             f'Run: {time.strftime("%Y-%m-%d")}, {os.cpu_count()} CPU cores ({cpu})'
+             + (f', {seconds / 60:.0f} minutes.' if seconds else '.'), '',
+             '| module | mutants | killed | timeout | survived | no tests | score (killed+timeout)/mutants | '
+             'score without the equivalent |', '|---|---:|---:|---:|---:|---:|---:|---:|']
+    for m, st in res.items():
+        n = len(st); k = sum(s == 'killed' for s in st.values()); t = sum(s == 'timeout' for s in st.values())
+        s = sum(s == 'survived' for s in st.values()); nt = sum(s == 'no tests' for s in st.values())
+        eq = sum(1 for name, s_ in st.items() if s_ != 'killed' and name in equivalent)
+        score = (k + t) / n if n else 0
+        lines.append(f'| {m} | {n} | {k} | {t} | {s} | {nt} | {score:.1%} | '
+                     f'{(k + t) / (n - eq) if n - eq else 0:.1%} |')
+    lines += ['', '## Surviving mutants', '']
+    for m, st in res.items():
+        left = [name for name, s in st.items() if s not in ('killed', 'timeout')]
+        lines.append(f'### {m} ({len(left)})')
+        lines.append('')
+        for name in left:
+            why = equivalent.get(name, '**not equivalent: a test gap**')
+            lines.append(f'- `{name}` ({st[name]}): `{diff(name)}` — {why}')
+        lines.append('')
+    lines += ['## Notebook cells dropped from the mutation run (over 2 s, or needing a dropped cell)', '']
+    for nb, p in plan.items():
+        lines.append(f'- {nb}: {len(p["keep"])} of {p["cells"]} test cells run ({p["seconds"]} s); dropped: '
+                     + (', '.join(f'{i} ({why.split(":")[0]})' for i, why in p['dropped'].items()) or 'none'))
+    OUT.write_text('\n'.join(lines) + '\n')
+    print(OUT.read_text())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--report', action='store_true', help='only rewrite the report from the last run')
+    p.add_argument('--jobs', type=int, default=2)
+    p.add_argument('--modules', default='gan_losses,activations,metrics,svm,conv')
+    a = p.parse_args(argv)
+    t0 = time.time()
+    if not a.report:
+        prepare()
+        for m in a.modules.split(','):                   # one module at a time: each one's figures are kept as it ends
+            r = subprocess.run([MUTMUT, 'run', '--max-children', str(a.jobs), f'lepton_nb.{m}.*'], cwd=SCRATCH,
+                               env=env())
+            if r.returncode: print(f'mutmut ended with status {r.returncode} on {m}', file=sys.stderr)
+    report(None if a.report else time.time() - t0)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
