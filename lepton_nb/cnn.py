@@ -417,41 +417,52 @@ def write_artifacts(learn:Learner, cfg:dict, metrics:dict, data:ImageData, out:s
     savefig(plot_predictions(data.x_valid, learn.final_probs, data.classes, data.y_valid.cpu()), 'predictions.png')
 
 # %% ../nbs/10_cnn.ipynb #45543d07
+def _decoded_batches(files:list, cfg:dict, bs:int, bad:list, strict:bool):
+    "Batches of `files` decoded as the training data was: (uint8 N x C x H x W, names); unreadable ones go to `bad`."
+    xs, names = [], []
+    for p in files:
+        try: xs.append(load_image(p, cfg['size'], cfg['channels'])); names.append(str(p))
+        except LeptonError as e:
+            why = str(e).removeprefix(f"{p}: ")
+            if strict: raise LeptonError(f"{p}: {why}") from None   # say which file
+            bad.append((str(p), why))
+        if len(xs) == bs: yield torch.stack(xs), names; xs, names = [], []
+    if xs: yield torch.stack(xs), names
+
 def predict(model_dir:str|Path, # A folder written by `save_model` / `lepton train`
             images:list, # Image files (any size or mode PIL reads), or a uint8 tensor N x C x H x W
             top_k:int=3, # How many labels to return per image
             device=None, # Where to run (None: `get_device()`)
             tta:bool|None=None, # Average with the mirrored image (None: as the training run evaluated, `eval_settings`)
             skipped:list|None=None, # If a list: unreadable files are left out and added to it as (file, reason)
+            keep_images:int|None=None, # How many of the first results carry their 'image' (None: all)
+            bs:int=256, # Images decoded and run at a time: a folder of any length never sits in memory at once
            ) -> list[dict]:
     "Top-k labels and probabilities for each image, converted exactly as the model's training data was."
     model, cfg = load_model(model_dir, device, CLASSIFIER)
     if tta is None: tta = eval_settings(cfg)['tta']
-    dev = next(model.parameters()).device
-    if isinstance(images, torch.Tensor): x, names = images, [f'image {i}' for i in range(len(images))]
-    else:
-        if not images: raise LeptonError("no images given")
-        xs, names, bad = [], [], []
-        for p in images:
-            try: xs.append(load_image(p, cfg['size'], cfg['channels'])); names.append(str(p))
-            except LeptonError as e:
-                why = str(e).removeprefix(f"{p}: ")
-                if skipped is None: raise LeptonError(f"{p}: {why}") from None   # say which file
-                bad.append((str(p), why))
-        if skipped is not None: skipped.extend(bad)
-        if not xs:
-            raise LeptonError(f"none of the {len(images)} files is an image it can read: {bad[0][0]}: {bad[0][1]}")
-        x = torch.stack(xs)
+    dev, bad, out = next(model.parameters()).device, [], []
+    if not isinstance(bs, int) or bs < 1: raise LeptonError(f"bs must be a positive integer, got {bs!r}")
+    if isinstance(images, torch.Tensor):
+        if not len(images): raise LeptonError("no images given")
+        batches = ((images[i:i + bs], [f'image {j}' for j in range(i, min(i + bs, len(images)))])
+                   for i in range(0, len(images), bs))
+    elif not images: raise LeptonError("no images given")
+    else: batches = _decoded_batches(images, cfg, bs, bad, strict=skipped is None)
     mean = torch.tensor(cfg['mean']).view(1, -1, 1, 1); std = torch.tensor(cfg['std']).view(1, -1, 1, 1)
-    def run(xb):   # a batch at a time: a folder of large images need not fit in memory as floats at once
-        xf = ((xb.float() / 255 - mean) / std).to(dev)
-        return (flip_tta(model, xf) if tta else model(xf)).float().softmax(1).cpu()
-    with torch.no_grad(): probs = torch.cat([run(x[i:i + 256]) for i in range(0, len(x), 256)])
     k = max(1, min(top_k, cfg['n_classes']))
-    p, i = probs.topk(k, 1)
-    return [{'file': n, 'label': cfg['classes'][int(ii[0])], 'probability': round(float(pp[0]), 6),
-             'top_k': [{'label': cfg['classes'][int(c)], 'probability': round(float(q), 6)} for q, c in zip(pp, ii)],
-             'image': x[j]} for j, (n, pp, ii) in enumerate(zip(names, p, i))]
+    for xb, names in batches:
+        with torch.no_grad():
+            xf = ((xb.float() / 255 - mean) / std).to(dev)
+            p, i = (flip_tta(model, xf) if tta else model(xf)).float().softmax(1).cpu().topk(k, 1)
+        for j, (n, pp, ii) in enumerate(zip(names, p, i)):
+            out.append({'file': n, 'label': cfg['classes'][int(ii[0])], 'probability': round(float(pp[0]), 6),
+                        'top_k': [{'label': cfg['classes'][int(c)], 'probability': round(float(q), 6)}
+                                  for q, c in zip(pp, ii)]})
+            if keep_images is None or len(out) <= keep_images: out[-1]['image'] = xb[j].clone()
+    if skipped is not None: skipped.extend(bad)
+    if not out: raise LeptonError(f"none of the {len(images)} files is an image it can read: {bad[0][0]}: {bad[0][1]}")
+    return out
 
 def plot_prediction(result:dict, ax_img=None, ax_bar=None):
     "The article's picture: the image with its predicted label, and beside it a bar chart of the top-k probabilities."
