@@ -178,9 +178,9 @@ def channel_stats(x:torch.Tensor|ImageStore, # uint8 images, N x C x H x W
         raise LeptonError(f"need a non-empty N x C x H x W tensor, got shape {tuple(x.shape)}")
     chunk = chunk or max(1, min(8192, 2**23 // max(1, x.shape[1] * x.shape[2] * x.shape[3])))
     s = torch.zeros(x.shape[1], dtype=torch.float64); s2 = torch.zeros_like(s)
-    for i in range(0, len(x), chunk):
-        c = x[i:i+chunk].to('cpu', torch.float64) / 255
-        s += c.sum((0, 2, 3)); s2 += (c*c).sum((0, 2, 3))
+    for i in range(0, len(x), chunk):   # (in place: one float64 copy of the chunk at a time)
+        c = x[i:i+chunk].to('cpu', torch.float64); c /= 255
+        s += c.sum((0, 2, 3)); s2 += c.mul_(c).sum((0, 2, 3))
     n = len(x) * x.shape[2] * x.shape[3]; mean, std = s / n, (s2 / n - (s / n)**2).clamp_min(1e-12).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())
 
