@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .core import LeptonError, atomic_path, get_device, load_json, save_json
+from .loaders import hash_tensor
 
 # %% auto #0
 __all__ = ['MODEL_KINDS', 'RUN_FILES', 'RUN_OPTIONS', 'FIXED_ON_RESUME', 'SAVED_TYPES', 'EXPORT_FORMATS', 'file_sha256',
@@ -377,7 +378,7 @@ def merge_resume_args(args, # The command line's options (None: not given); fill
 def data_digest(data) -> str:
     "SHA-256 of the decoded images and labels: the same data gives the same digest wherever its folder is."
     h = hashlib.sha256()
-    for t in (data.x_train, data.y_train, data.x_valid, data.y_valid): h.update(t.contiguous().numpy().tobytes())
+    for t in (data.x_train, data.y_train, data.x_valid, data.y_valid): hash_tensor(h, t)   # a chunk at a time: on disk too
     return h.hexdigest()
 
 def run_facts(data) -> dict:

@@ -14,6 +14,7 @@ from torch import nn
 from .core import (LeptonError, LeptonWarning, atomic_path, get_device, load_json, run_card, save_json,
                             seed_everything)
 from .data import ImageData, TensorLoader, cache_dir
+from .loaders import hash_tensor
 from .learner import Learner, bf16_supported
 from .resilience import CheckpointCB, check_finite, load_checkpoint
 from .artifacts import load_model, save_model
@@ -87,7 +88,7 @@ def data_key(data:ImageData) -> str:
     "A hash of the training images, labels and class names: names the cached classifier of exactly this data."
     h = hashlib.sha256()
     for t in (data.x_train, data.y_train):
-        h.update(str((tuple(t.shape), t.dtype)).encode()); h.update(t.contiguous().cpu().numpy().tobytes())
+        h.update(str((tuple(t.shape), t.dtype)).encode()); hash_tensor(h, t)
     h.update('\0'.join(data.classes).encode())
     return h.hexdigest()[:16]
 

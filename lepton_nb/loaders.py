@@ -14,7 +14,7 @@ import torch
 from .core import LeptonError, atomic_path, get_device
 
 # %% auto #0
-__all__ = ['GB', 'total_memory', 'memory_budget_bytes', 'streams', 'ImageStore', 'store_tensors', 'load_stored',
+__all__ = ['GB', 'total_memory', 'memory_budget_bytes', 'streams', 'ImageStore', 'hash_tensor', 'store_tensors', 'load_stored',
            'safetensors_layout', 'save_streamed', 'TensorLoader']
 
 # %% ../nbs/05b_loaders.ipynb #e0c83b98
@@ -116,6 +116,16 @@ class ImageStore:
         for a, b in zip(np.r_[0, cut], np.r_[cut, len(pos)]):
             if b > a: self.file.read_into(out[a:b], self.offset + int(pos[a]) * self.item)
         return torch.from_numpy(out).view(len(pos), *self.full[1:])
+
+# %% ../nbs/05b_loaders.ipynb #hb000002
+def hash_tensor(h, # A hashlib object, updated in place
+                t, # A tensor or an `ImageStore`
+                chunk_bytes:int=2**24):
+    "Feed the bytes of `t` (C order) to `h` a chunk of rows at a time, so a store on disk is never read whole."
+    row = max(1, t[:1].numel() * t[:1].element_size()) if len(t) else 1
+    step = max(1, chunk_bytes // row)
+    for i in range(0, len(t), step): h.update(t[i:i + step].contiguous().cpu().numpy().tobytes())
+    return h
 
 # %% ../nbs/05b_loaders.ipynb #c48109e2
 def store_tensors(path:str|Path, # The cache file to write
