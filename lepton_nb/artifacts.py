@@ -378,7 +378,7 @@ def merge_resume_args(args, # The command line's options (None: not given); fill
 def data_digest(data) -> str:
     "SHA-256 of the decoded images and labels: the same data gives the same digest wherever its folder is."
     h = hashlib.sha256()
-    for t in (data.x_train, data.y_train, data.x_valid, data.y_valid): hash_tensor(h, t)   # a chunk at a time: on disk too
+    for t in (data.x_train, data.y_train, data.x_valid, data.y_valid): hash_tensor(h, t)   # on disk too
     return h.hexdigest()
 
 def run_facts(data) -> dict:
