@@ -81,22 +81,23 @@ def report(seconds:float|None=None):
              'the imported module (the cells over 2 s dropped, see below), ' + ', '.join(TESTS[1:]) + '.', '',
              f'Run: {time.strftime("%Y-%m-%d")}, {os.cpu_count()} CPU cores ({cpu})'
              + (f', {seconds / 60:.0f} minutes.' if seconds else '.'), '',
-             '| module | mutants | killed | timeout | survived | no tests | score (killed+timeout)/mutants | '
-             'score without the equivalent |', '|---|---:|---:|---:|---:|---:|---:|---:|']
+             '| module | mutants | checked | killed | timeout | survived | no tests | score (killed+timeout)/checked | '
+             'score without the equivalent |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
     for m, st in res.items():
-        n = len(st); k = sum(s == 'killed' for s in st.values()); t = sum(s == 'timeout' for s in st.values())
+        n0 = len(st); n = sum(s != 'not checked' for s in st.values())
+        k = sum(s == 'killed' for s in st.values()); t = sum(s == 'timeout' for s in st.values())
         s = sum(s == 'survived' for s in st.values()); nt = sum(s == 'no tests' for s in st.values())
         eq = sum(1 for name, s_ in st.items() if s_ != 'killed' and name in equivalent)
         score = (k + t) / n if n else 0
-        lines.append(f'| {m} | {n} | {k} | {t} | {s} | {nt} | {score:.1%} | '
+        lines.append(f'| {m} | {n0} | {n} | {k} | {t} | {s} | {nt} | {score:.1%} | '
                      f'{(k + t) / (n - eq) if n - eq else 0:.1%} |')
     lines += ['', '## Surviving mutants', '']
     for m, st in res.items():
-        left = [name for name, s in st.items() if s not in ('killed', 'timeout')]
+        left = [name for name, s in st.items() if s not in ('killed', 'timeout', 'not checked')]
         lines.append(f'### {m} ({len(left)})')
         lines.append('')
         for name in left:
-            why = equivalent.get(name, '**not equivalent: a test gap**')
+            why = equivalent.get(name, '**not shown equivalent: a test gap**')
             lines.append(f'- `{name}` ({st[name]}): `{diff(name)}` — {why}')
         lines.append('')
     lines += ['## Notebook cells dropped from the mutation run (over 2 s, or needing a dropped cell)', '']
