@@ -9,7 +9,7 @@ every surviving mutant's diff.
     python scripts/mutation.py              # everything (tens of minutes on 2 cores)
     python scripts/mutation.py --report     # rewrite benchmarks/mutation.md from the last run
 """
-import argparse, json, os, platform, shutil, subprocess, sys, time
+import argparse, json, os, platform, re, shutil, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,15 +64,33 @@ def results() -> dict:
     return out
 
 
-def diff(name:str) -> str:
-    r = subprocess.run([MUTMUT, 'show', name], cwd=SCRATCH, env=env(), capture_output=True, text=True)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(('+', '-')) and not ln.startswith(('+++', '---'))]
-    return ' / '.join(ln.strip() for ln in lines)[:300]
+def diffs(names:list) -> dict:
+    "name -> the mutant's changed lines, from mutmut's files (in this process: one `mutmut show` each is slow)."
+    if not names: return {}
+    code = ('import json, sys\nfrom mutmut.__main__ import find_mutant, get_diff_for_mutant\nout = {}\n'
+            'for n in sys.argv[1:]:\n    try: out[n] = get_diff_for_mutant(n, path=find_mutant(n).path)\n'
+            '    except Exception as e: out[n] = repr(e)\nprint(json.dumps(out))')
+    r = subprocess.run([sys.executable, '-c', code, *names], cwd=SCRATCH, env=env(), capture_output=True, text=True)
+    if r.returncode: print(r.stderr[-2000:], file=sys.stderr)
+    got = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {}
+    keep = lambda ln: ln.startswith(('+', '-')) and not ln.startswith(('+++', '---'))
+    return {n: [ln for ln in got.get(n, '').splitlines() if keep(ln)] for n in names}
+
+
+def docstring_only(lines:list) -> bool:
+    "A mutant that changes only a function's one-line docstring: no behaviour can tell it apart."
+    body = [ln[1:].strip() for ln in lines]
+    return bool(body) and all(re.fullmatch(r'"[^"]*"', b) for b in body)
 
 
 def report(seconds:float|None=None):
     res = results()
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+    left = {m: [n for n, s in st.items() if s not in ('killed', 'timeout', 'not checked')] for m, st in res.items()}
+    changed = diffs([n for names in left.values() for n in names])
+    for n, lines in changed.items():
+        if n not in equivalent and docstring_only(lines):
+            equivalent[n] = 'equivalent: only the docstring changes (mutmut mutates one-line docstrings)'
     plan = json.loads((SCRATCH/'nb_plan.json').read_text())
     cpu = platform.processor() or platform.machine()
     lines = ['# Mutation score of the formula modules', '',
@@ -93,12 +111,12 @@ def report(seconds:float|None=None):
                      f'{(k + t) / (n - eq) if n - eq else 0:.1%} |')
     lines += ['', '## Surviving mutants', '']
     for m, st in res.items():
-        left = [name for name, s in st.items() if s not in ('killed', 'timeout', 'not checked')]
-        lines.append(f'### {m} ({len(left)})')
+        lines.append(f'### {m} ({len(left[m])})')
         lines.append('')
-        for name in left:
+        for name in left[m]:
             why = equivalent.get(name, '**not shown equivalent: a test gap**')
-            lines.append(f'- `{name}` ({st[name]}): `{diff(name)}` — {why}')
+            change = ' / '.join(ln.strip() for ln in changed.get(name, []))[:300].replace('`', "'")
+            lines.append(f'- `{name}` ({st[name]}): `{change}` — {why}')
         lines.append('')
     lines += ['## Notebook cells dropped from the mutation run (over 2 s, or needing a dropped cell)', '']
     for nb, p in plan.items():
