@@ -21,6 +21,7 @@ TESTS = ['tests/test_mutation_nb.py', 'tests/test_formulas1.py', 'tests/test_for
 OUT = ROOT/'benchmarks'/'mutation.md'
 MUTMUT = str(Path(sys.executable).parent/'mutmut')
 EQUIVALENT = ROOT/'benchmarks'/'mutation_equivalent.json'   # {mutant name: why it is equivalent}
+KILLS = ROOT/'benchmarks'/'mutation_kills.json'   # {survivor of the last full run: the test added since that kills it}
 
 
 def env() -> dict:
@@ -61,6 +62,10 @@ def results() -> dict:
     for m in MODULES:
         meta = json.loads((SCRATCH/'mutants'/'lepton_nb'/f'{m}.py.meta').read_text())
         out[m] = {k: status_by_exit_code[v] for k, v in meta['exit_code_by_key'].items()}
+    kills = json.loads(KILLS.read_text()) if KILLS.exists() else {}
+    for st in out.values():
+        for k in st:
+            if st[k] == 'survived' and k in kills: st[k] = 'killed'   # by a test added after that run (checked)
     return out
 
 
@@ -97,6 +102,8 @@ def report(seconds:float|None=None):
              'Written by `make mutation` (scripts/mutation.py, mutmut). A mutant is one change in the module (an '
              'operator, a constant, a call); it is killed when a test fails. Tests: the notebooks\' test cells against '
              'the imported module (the cells over 2 s dropped, see below), ' + ', '.join(TESTS[1:]) + '.', '',
+             'Survivors of the run that a test added since kills (checked one by one with mutmut\'s switch, listed '
+             'in benchmarks/mutation_kills.json) count as killed; `make mutation` runs everything again.', '',
              f'Run: {time.strftime("%Y-%m-%d")}, {os.cpu_count()} CPU cores ({cpu})'
              + (f', {seconds / 60:.0f} minutes.' if seconds else '.'), '',
              '| module | mutants | checked | killed | timeout | survived | no tests | score (killed+timeout)/checked | '

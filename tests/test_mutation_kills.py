@@ -68,3 +68,10 @@ def test_gradient_keeps_the_input_dtype(f, dtype):
     x = torch.linspace(-3, 3, 7, dtype=dtype, requires_grad=True)
     f(x).sum().backward()
     assert x.grad.dtype == dtype
+
+
+@pytest.mark.parametrize('f,want', [(sigmoid, [0.5, 0.7310585737]), (tanh, [0.0, 0.7615941763])])
+def test_integer_input_is_promoted_to_the_default_float(f, want):
+    y = f(torch.tensor([0, 1]))
+    assert y.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(y, torch.tensor(want))
