@@ -9,7 +9,7 @@ every surviving mutant's diff.
     python scripts/mutation.py              # everything (tens of minutes on 2 cores)
     python scripts/mutation.py --report     # rewrite benchmarks/mutation.md from the last run
 """
-import argparse, json, os, platform, shutil, subprocess, sys, time
+import argparse, json, os, platform, re, shutil, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +21,7 @@ TESTS = ['tests/test_mutation_nb.py', 'tests/test_formulas1.py', 'tests/test_for
 OUT = ROOT/'benchmarks'/'mutation.md'
 MUTMUT = str(Path(sys.executable).parent/'mutmut')
 EQUIVALENT = ROOT/'benchmarks'/'mutation_equivalent.json'   # {mutant name: why it is equivalent}
+KILLS = ROOT/'benchmarks'/'mutation_kills.json'   # {survivor of the last full run: the test added since that kills it}
 
 
 def env() -> dict:
@@ -61,43 +62,68 @@ def results() -> dict:
     for m in MODULES:
         meta = json.loads((SCRATCH/'mutants'/'lepton_nb'/f'{m}.py.meta').read_text())
         out[m] = {k: status_by_exit_code[v] for k, v in meta['exit_code_by_key'].items()}
+    kills = json.loads(KILLS.read_text()) if KILLS.exists() else {}
+    for st in out.values():
+        for k in st:
+            if st[k] == 'survived' and k in kills: st[k] = 'killed'   # by a test added after that run (checked)
     return out
 
 
-def diff(name:str) -> str:
-    r = subprocess.run([MUTMUT, 'show', name], cwd=SCRATCH, env=env(), capture_output=True, text=True)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(('+', '-')) and not ln.startswith(('+++', '---'))]
-    return ' / '.join(ln.strip() for ln in lines)[:300]
+def diffs(names:list) -> dict:
+    "name -> the mutant's changed lines, from mutmut's files (in this process: one `mutmut show` each is slow)."
+    if not names: return {}
+    code = ('import json, sys\nfrom mutmut.__main__ import find_mutant, get_diff_for_mutant\nout = {}\n'
+            'for n in sys.argv[1:]:\n    try: out[n] = get_diff_for_mutant(n, path=find_mutant(n).path)\n'
+            '    except Exception as e: out[n] = repr(e)\nprint(json.dumps(out))')
+    r = subprocess.run([sys.executable, '-c', code, *names], cwd=SCRATCH, env=env(), capture_output=True, text=True)
+    if r.returncode: print(r.stderr[-2000:], file=sys.stderr)
+    got = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {}
+    keep = lambda ln: ln.startswith(('+', '-')) and not ln.startswith(('+++', '---'))
+    return {n: [ln for ln in got.get(n, '').splitlines() if keep(ln)] for n in names}
+
+
+def docstring_only(lines:list) -> bool:
+    "A mutant that changes only a function's one-line docstring: no behaviour can tell it apart."
+    body = [ln[1:].strip() for ln in lines]
+    return bool(body) and all(re.fullmatch(r'"[^"]*"', b) for b in body)
 
 
 def report(seconds:float|None=None):
     res = results()
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+    left = {m: [n for n, s in st.items() if s not in ('killed', 'timeout', 'not checked')] for m, st in res.items()}
+    changed = diffs([n for names in left.values() for n in names])
+    for n, lines in changed.items():
+        if n not in equivalent and docstring_only(lines):
+            equivalent[n] = 'equivalent: only the docstring changes (mutmut mutates one-line docstrings)'
     plan = json.loads((SCRATCH/'nb_plan.json').read_text())
     cpu = platform.processor() or platform.machine()
     lines = ['# Mutation score of the formula modules', '',
              'Written by `make mutation` (scripts/mutation.py, mutmut). A mutant is one change in the module (an '
              'operator, a constant, a call); it is killed when a test fails. Tests: the notebooks\' test cells against '
              'the imported module (the cells over 2 s dropped, see below), ' + ', '.join(TESTS[1:]) + '.', '',
+             'Survivors of the run that a test added since kills (checked one by one with mutmut\'s switch, listed '
+             'in benchmarks/mutation_kills.json) count as killed; `make mutation` runs everything again.', '',
              f'Run: {time.strftime("%Y-%m-%d")}, {os.cpu_count()} CPU cores ({cpu})'
              + (f', {seconds / 60:.0f} minutes.' if seconds else '.'), '',
-             '| module | mutants | killed | timeout | survived | no tests | score (killed+timeout)/mutants | '
-             'score without the equivalent |', '|---|---:|---:|---:|---:|---:|---:|---:|']
+             '| module | mutants | checked | killed | timeout | survived | no tests | score (killed+timeout)/checked | '
+             'score without the equivalent |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
     for m, st in res.items():
-        n = len(st); k = sum(s == 'killed' for s in st.values()); t = sum(s == 'timeout' for s in st.values())
+        n0 = len(st); n = sum(s != 'not checked' for s in st.values())
+        k = sum(s == 'killed' for s in st.values()); t = sum(s == 'timeout' for s in st.values())
         s = sum(s == 'survived' for s in st.values()); nt = sum(s == 'no tests' for s in st.values())
         eq = sum(1 for name, s_ in st.items() if s_ != 'killed' and name in equivalent)
         score = (k + t) / n if n else 0
-        lines.append(f'| {m} | {n} | {k} | {t} | {s} | {nt} | {score:.1%} | '
+        lines.append(f'| {m} | {n0} | {n} | {k} | {t} | {s} | {nt} | {score:.1%} | '
                      f'{(k + t) / (n - eq) if n - eq else 0:.1%} |')
     lines += ['', '## Surviving mutants', '']
     for m, st in res.items():
-        left = [name for name, s in st.items() if s not in ('killed', 'timeout')]
-        lines.append(f'### {m} ({len(left)})')
+        lines.append(f'### {m} ({len(left[m])})')
         lines.append('')
-        for name in left:
-            why = equivalent.get(name, '**not equivalent: a test gap**')
-            lines.append(f'- `{name}` ({st[name]}): `{diff(name)}` — {why}')
+        for name in left[m]:
+            why = equivalent.get(name, '**not shown equivalent: a test gap**')
+            change = ' / '.join(ln.strip() for ln in changed.get(name, []))[:300].replace('`', "'")
+            lines.append(f'- `{name}` ({st[name]}): `{change}` — {why}')
         lines.append('')
     lines += ['## Notebook cells dropped from the mutation run (over 2 s, or needing a dropped cell)', '']
     for nb, p in plan.items():
