@@ -14,6 +14,7 @@ from torch import nn
 
 from .core import LeptonError, atomic_path, get_device, run_card, save_json, seed_everything
 from .data import ImageData, TensorLoader, load_image
+from .augment import AUGMENTS, augmenter, flip_tta, parse_augment
 from .learner import (BatchTransformCB, CancelFitException, Callback, Learner, MetricsCB, MixedPrecisionCB,
                                OneCycleCB, ProgressCB, TensorBoardCB, plot_history)
 from .resilience import CheckpointCB, EarlyStoppingCB, NonFiniteGuardCB, TimeBudgetCB, load_checkpoint
@@ -23,8 +24,8 @@ from .artifacts import ModelKind, check_config, load_model, register_kind, requi
 
 # %% auto #0
 __all__ = ['ARCHS', 'RECIPES', 'CONFIG_FORMAT', 'CLASSIFIER', 'MONITOR_PCT', 'MONITORS', 'layers', 'seed_cnn', 'fast_cnn',
-           'random_flip', 'flip_tta', 'model_config', 'eval_settings', 'build_model', 'recipe_for', 'evaluate_model',
-           'holdout_split', 'train_classifier', 'plot_predictions', 'write_artifacts', 'predict', 'plot_prediction',
+           'arch_for', 'model_config', 'eval_settings', 'build_model', 'recipe_for', 'evaluate_model', 'holdout_split',
+           'train_classifier', 'plot_predictions', 'write_artifacts', 'predict', 'plot_prediction',
            'plot_predictions_grid', 'export_image_folder', 'EvalEveryCB', 'time_to_accuracy', 'cnn_features',
            'svm_on_features']
 
@@ -39,64 +40,84 @@ def layers(impl:str='torch') -> SimpleNamespace:
     raise LeptonError(f"unknown impl {impl!r}: use torch or scratch")
 
 # %% ../nbs/10_cnn.ipynb #5cbf0fb2
-def seed_cnn(n_classes:int=10, channels:int=1, size:int=28, impl:str='torch', **_) -> nn.Sequential:
+def _pool_flatten(grid:int, pool:int|None) -> tuple[nn.Module, int]:
+    "Flatten a `grid` x `grid` feature map, average-pooled to `pool` x `pool` first when larger; the side passed on."
+    if pool is None or grid <= pool: return nn.Flatten(), grid   # up to 28 px: exactly the plain flatten of old
+    return nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten()), pool   # no weights: the dense layer keeps its size
+
+def seed_cnn(n_classes:int=10, channels:int=1, size:int=28, impl:str='torch',
+             pool:int|None=13, # Pool larger maps to this side before the dense layer (None: flatten whatever size)
+             **_) -> nn.Sequential:
     "The source article's CNN: conv 32@3x3 + ReLU, max-pool 2, dense 128 + ReLU, dense n_classes (logits)."
-    L, s = layers(impl), (size - 2) // 2
+    L = layers(impl)
+    flat, s = _pool_flatten((size - 2) // 2, pool)
     return nn.Sequential(
-        L.Conv2d(channels, 32, 3), L.ReLU(),     # s x s -> (s-2) x (s-2), 32 channels
-        L.MaxPool2d(2),                          # -> (s-2)//2: 13 x 13 for s = 28
-        nn.Flatten(),                            # -> 32 * 13 * 13 = 5408
+        L.Conv2d(channels, 32, 3), L.ReLU(),     # size x size -> (size-2) x (size-2), 32 channels
+        L.MaxPool2d(2),                          # -> (size-2)//2: 13 x 13 for size 28
+        flat,                                    # (pooled to s x s = 13 x 13 if larger) -> 32 * 13 * 13 = 5408
         nn.Linear(32 * s * s, 128), L.ReLU(),
         nn.Linear(128, n_classes))               # logits; the softmax lives in the loss
+
 
 # %% ../nbs/10_cnn.ipynb #d53bc10c
 def _conv_bn_relu(L, ci, co):
     return nn.Sequential(L.Conv2d(ci, co, 3, padding=1, bias=False), nn.BatchNorm2d(co), L.ReLU())
 
 def fast_cnn(n_classes:int=10, channels:int=1, size:int=28, impl:str='torch', width:int=32, hidden:int=128,
+             pool:int|None=7, # Pool larger maps to this side before the dense layer (None: flatten whatever size)
              **_) -> nn.Sequential:
     "Two conv-batchnorm-ReLU blocks with max-pooling, then a dense layer: the `fast` recipe's network."
-    L, s = layers(impl), size // 4
+    L = layers(impl)
+    flat, s = _pool_flatten(size // 4, pool)
     return nn.Sequential(
-        _conv_bn_relu(L, channels, width), L.MaxPool2d(2),       # s -> s/2 (28 -> 14)
-        _conv_bn_relu(L, width, 2 * width), L.MaxPool2d(2),      # -> s/4 (14 -> 7)
-        nn.Flatten(),                                            # -> 2 * width * 7 * 7
+        _conv_bn_relu(L, channels, width), L.MaxPool2d(2),       # size -> size/2 (28 -> 14)
+        _conv_bn_relu(L, width, 2 * width), L.MaxPool2d(2),      # -> size/4 (14 -> 7)
+        flat,                                                    # (pooled to 7 x 7 if larger) -> 2 * width * 7 * 7
         nn.Linear(2 * width * s * s, hidden), L.ReLU(),
         nn.Linear(hidden, n_classes))
 
 ARCHS = {'seed': seed_cnn, 'fast': fast_cnn}
 
+
 # %% ../nbs/10_cnn.ipynb #c0b0ba33
 RECIPES = {
     'seed': dict(arch='seed', bs=32, lr=1e-3, opt='adam', weight_decay=0.0, schedule=None, epochs=10,
-                 label_smoothing=0.0, augment=False, tta=False, amp=False, channels_last=False),
+                 label_smoothing=0.0, augment=[], tta=False, amp=False, channels_last=False, pool=13),
     'fast': dict(arch='fast', bs=256, lr=1e-2, opt='adamw', weight_decay=5e-4, schedule='one-cycle', epochs=10,
-                 label_smoothing=0.1, augment=True, tta=True, amp=True, channels_last=True, width=32,
+                 label_smoothing=0.1, augment=['flip'], tta=True, amp=True, channels_last=True, width=32, pool=7,
                  short_budget=60, short=dict(width=16)),
 }
+_MORE_ARCHS = {'tried': False}   # whether lepton_nb.transfer (which registers more architectures) was imported
 
-def random_flip(x:torch.Tensor) -> torch.Tensor:
-    "Mirror each image of the batch left-right with probability 1/2 (draws from torch's global generator)."
-    flip = torch.rand(x.shape[0], device=x.device) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+def arch_for(name:str):
+    "The builder of architecture `name` in `ARCHS`; for a name not there, `lepton_nb.transfer` registers more, once."
+    if name not in ARCHS and not _MORE_ARCHS['tried']:
+        _MORE_ARCHS['tried'] = True
+        try: import lepton_nb.transfer  # noqa: F401  (registers its architectures into ARCHS and RECIPES)
+        except ModuleNotFoundError as e:
+            if e.name != 'lepton_nb.transfer': _MORE_ARCHS['error'] = f"{e.name} is not installed"
+        except ImportError as e: _MORE_ARCHS['error'] = str(e)
+    if name not in ARCHS or name not in RECIPES:
+        err = _MORE_ARCHS.get('error')
+        why = f" (the pretrained ones need lepton_nb.transfer: {err})" if err else ''
+        raise LeptonError(f"unknown model {name!r}: use {', '.join(a for a in ARCHS if a in RECIPES)}{why}")
+    return ARCHS[name]
 
-def flip_tta(model:nn.Module, x:torch.Tensor) -> torch.Tensor:
-    "Test-time augmentation: log of the mean of the probabilities for `x` and its mirror image."
-    p = model(x).float().softmax(1) + model(x.flip(3)).float().softmax(1)
-    return (p / 2).clamp_min(1e-12).log()
 
 # %% ../nbs/10_cnn.ipynb #749646d5
 CONFIG_FORMAT = 'lepton_nb.classifier'
 _CONFIG_SCHEMA = {'arch': str, 'impl': str, 'n_classes': int, 'classes': list, 'channels': int, 'size': int,
                   'mean': list, 'std': list, 'width': int, 'hidden': int}
-_CONFIG_OPTIONAL = {'tta': bool, 'amp': bool}   # how training evaluated the model; older configs: the recipe's
+_CONFIG_OPTIONAL = {'tta': bool, 'amp': bool,   # how training evaluated the model; older configs: the recipe's
+                    'augment': list, # the transforms it trained with; older configs: the recipe's
+                    'pool': int}     # the side the dense layer's input is pooled to; older configs: none (flattened)
 
 def _finite(v) -> bool:   # a JSON integer of any size is finite (math.isfinite would overflow on a huge one)
     return not isinstance(v, bool) and (isinstance(v, int) or (isinstance(v, float) and math.isfinite(v)))
 
 def _classifier_rules(cfg:dict):
     "A classifier config's limits: known architecture and layers, sizes a network can have, a sane normalisation."
-    require(cfg['arch'] in ARCHS, f"unknown arch {cfg['arch']!r} (known: {', '.join(ARCHS)})")
+    arch_for(cfg['arch'])   # a known architecture (the transfer module's included)
     require(cfg['impl'] in ('torch', 'scratch'), f"unknown impl {cfg['impl']!r}")
     require(2 <= cfg['n_classes'] <= 10_000, f"n_classes must be 2..10000, got {cfg['n_classes']}")
     names = cfg['classes']
@@ -111,14 +132,20 @@ def _classifier_rules(cfg:dict):
                 f"{k} must be {cfg['channels']} finite numbers")
     require(all(1e-3 <= s < 10 for s in cfg['std']) and all(abs(m) <= 10 for m in cfg['mean']),
             "std must be 0.001..10 and mean -10..10 (pixels are scaled to 0-1)")
+    if 'pool' in cfg: require(1 <= cfg['pool'] <= 64, f"pool must be 1..64, got {cfg['pool']}")
+    if 'augment' in cfg:
+        a = cfg['augment']
+        require(all(isinstance(t, str) for t in a) and parse_augment(a or 'none') == a,
+                f"augment must list names of {', '.join(AUGMENTS)} once each, in that order, got {a}")
 
 # %% ../nbs/10_cnn.ipynb #aaba5d61
 def model_config(arch:str, data:ImageData|None=None, impl:str='torch', width:int=32, hidden:int=128, **kw) -> dict:
     "The config of a classifier for `data` (classes, channels, size and normalisation are taken from it)."
     import lepton_nb
-    if arch not in ARCHS: raise LeptonError(f"unknown model {arch!r}: use {' or '.join(ARCHS)}")
+    arch_for(arch)
     cfg = {'format': CONFIG_FORMAT, 'format_version': 1, 'arch': arch, 'impl': impl, 'width': width, 'hidden': hidden,
            'weights_sha256': '0' * 64, 'lepton_nb_version': lepton_nb.__version__}
+    if RECIPES[arch].get('pool') is not None: cfg['pool'] = RECIPES[arch]['pool']   # the recipe's pooled head
     if data is not None:
         cfg.update(n_classes=len(data.classes), classes=list(data.classes), channels=data.channels, size=data.size[0],
                    mean=[float(m) for m in data.mean], std=[float(s) for s in data.std])
@@ -127,27 +154,31 @@ def model_config(arch:str, data:ImageData|None=None, impl:str='torch', width:int
 
 def eval_settings(cfg:dict) -> dict:
     "How a saved model is evaluated: flip averaging (`tta`) and bf16 (`amp`) as its training run evaluated it."
-    r = RECIPES[cfg['arch']]
-    return {'tta': cfg.get('tta', r['tta']), 'amp': cfg.get('amp', r['amp'])}
+    arch_for(cfg['arch']); r = RECIPES[cfg['arch']]
+    flips = 'flip' in cfg.get('augment', r['augment'])   # averaging over mirrors only if the run trained on mirrors
+    return {'tta': cfg.get('tta', r['tta']) and flips, 'amp': cfg.get('amp', r['amp'])}
 
 def build_model(cfg:dict) -> nn.Module:
-    "Build the network a config describes."
-    return ARCHS[cfg['arch']](n_classes=cfg['n_classes'], channels=cfg['channels'], size=cfg['size'], impl=cfg['impl'],
-                              width=cfg['width'], hidden=cfg['hidden'])
+    "Build the network a config describes (a config without `pool`, of an older run, flattens as its network did)."
+    return arch_for(cfg['arch'])(n_classes=cfg['n_classes'], channels=cfg['channels'], size=cfg['size'],
+                                 impl=cfg['impl'], width=cfg['width'], hidden=cfg['hidden'], pool=cfg.get('pool'))
 
 CLASSIFIER = register_kind(ModelKind(CONFIG_FORMAT, _CONFIG_SCHEMA, build=lambda cfg: {'model': build_model(cfg)},
                                      nets={'model': ('model.safetensors', 'weights_sha256')}, check=_classifier_rules,
                                      optional=_CONFIG_OPTIONAL, writer='lepton train'))
 
+
 # %% ../nbs/10_cnn.ipynb #dc978230
 def recipe_for(model:str, time_budget:float|None=None, device_type:str='cpu', **overrides) -> dict:
     "The recipe `model`; on the CPU, its short settings for a `time_budget` under its `short_budget`; then `overrides`."
-    if model not in RECIPES: raise LeptonError(f"unknown model {model!r}: use {' or '.join(RECIPES)}")
+    arch_for(model)
     r = dict(RECIPES[model])
     short = r.pop('short', None); limit = r.pop('short_budget', None)
     if short and time_budget and time_budget < limit and device_type == 'cpu':
         r.update(short)   # (on a GPU either width takes the same step time)
     r.update({k: v for k, v in overrides.items() if v is not None})
+    r['augment'] = parse_augment(r.get('augment') or 'none')
+    r['tta'] = bool(r.get('tta')) and 'flip' in r['augment']   # test-time flips only for a run trained on flips
     return r
 
 def evaluate_model(model:nn.Module, data_or_dl, n_classes:int, device=None, tta:bool=False, amp:bool=True,
@@ -215,21 +246,41 @@ def _classifier_loaders(data:ImageData, r:dict, dev, seed:int, patience, monitor
     va = te if watch is None else TensorLoader(*watch, 1024, device=dev, mean=data.mean, std=data.std, channels_last=cl)
     return tr, va, te, watch
 
-def _optimizer_and_loss(net:nn.Module, r:dict):
-    "The recipe's optimiser over `net`'s parameters, and its loss: cross-entropy, label-smoothed if the recipe says so."
-    opt = (torch.optim.AdamW if r['opt'] == 'adamw' else torch.optim.Adam)(net.parameters(), r['lr'],
+def _classifier_net(data:ImageData, r:dict, impl:str, dev, init) -> tuple[dict, nn.Module]:
+    "The run's config (checked as `save_model` will check it) and its network, `init` applied, on the device."
+    cfg = model_config(r['arch'], data, impl, width=r.get('width', 32), hidden=r.get('hidden', 128), tta=r['tta'],
+                       amp=r['amp'], augment=r['augment'], **({'pool': r['pool']} if r.get('pool') is not None else {}))
+    check_config(cfg, CLASSIFIER, 'model settings')   # the limits `save_model` enforces, checked before training
+    net = build_model(cfg)
+    if init is not None: init(net)   # e.g. pretrained weights, before the network moves to the device
+    net = net.to(dev)
+    return cfg, (net.to(memory_format=torch.channels_last) if r['channels_last'] else net)
+
+class _GroupOneCycleCB(OneCycleCB):
+    "The one-cycle schedule with each parameter group at its own share (`lr_scale`) of the rate: discriminative rates."
+    def before_batch(self):
+        super().before_batch()
+        if self.learn.training:
+            for g in self.learn.opt.param_groups: g['lr'] = self.lr * g.get('lr_scale', 1.0)
+
+def _optimizer_and_loss(net:nn.Module, r:dict, param_groups=None):
+    "The recipe's optimiser over `net`'s parameters (or `param_groups(net, lr)`); its loss, label-smoothed if asked."
+    params = net.parameters() if param_groups is None else param_groups(net, r['lr'])
+    opt = (torch.optim.AdamW if r['opt'] == 'adamw' else torch.optim.Adam)(params, r['lr'],
                                                                          weight_decay=r['weight_decay'])
+    for g in opt.param_groups: g.setdefault('lr_scale', g['lr'] / r['lr'])   # the share of the rate a schedule keeps
     ls = r['label_smoothing']
     return opt, ((lambda p, y: F.cross_entropy(p, y, label_smoothing=ls)) if ls else F.cross_entropy)
 
 def _classifier_callbacks(r:dict, n_classes:int, progress:bool, time_budget, patience, monitor:str, out,
-                          checkpoint_every:float, tensorboard:bool, cbs) -> list:
+                          checkpoint_every:float, tensorboard:bool, cbs, groups:bool=False) -> list:
     "The callbacks a recipe needs, in the order `train_classifier` has always added them."
     cbs = [MetricsCB(n_classes), NonFiniteGuardCB(), *cbs]
     if progress: cbs.append(ProgressCB())
-    if r['schedule'] == 'one-cycle': cbs.append(OneCycleCB(r['lr'], time_budget=time_budget))
+    if r['schedule'] == 'one-cycle': cbs.append((_GroupOneCycleCB if groups else OneCycleCB)(r['lr'],
+                                                                                          time_budget=time_budget))
     if r['amp']: cbs.append(MixedPrecisionCB())
-    if r['augment']: cbs.append(BatchTransformCB(random_flip))
+    if r['augment']: cbs.append(BatchTransformCB(augmenter(r['augment'])))
     if time_budget: cbs.append(TimeBudgetCB(time_budget))
     if patience: cbs.append(EarlyStoppingCB(monitor, patience, mode=MONITORS[monitor]))
     if out is not None: cbs.append(CheckpointCB(out/'checkpoint.pt', checkpoint_every))
@@ -267,7 +318,7 @@ def _classifier_metrics(learn:Learner, m:dict, data:ImageData, r:dict, run:dict,
     return metrics
 
 def train_classifier(data:ImageData, # From `get_data`
-                     model:str='fast', # Recipe and architecture: 'seed' (the article's) or 'fast'
+                     model:str='fast', # Recipe and architecture: 'seed' (the article's), 'fast' or one `arch_for` finds
                      impl:str='torch', # Layers from torch.nn ('torch') or from lepton_nb ('scratch')
                      epochs:int|None=None, # Epochs (default: the recipe's, or unlimited with a time budget)
                      time_budget:float|None=None, # Stop training after this many seconds
@@ -282,31 +333,30 @@ def train_classifier(data:ImageData, # From `get_data`
                      monitor:str='valid_loss', # With `patience`: 'valid_loss', 'accuracy' or 'f1_macro'
                      monitor_pct:float=MONITOR_PCT, # With `patience`: the share of each class held out for it
                      tensorboard:bool=False, # Log to `out`/tensorboard
+                     augment:list|str|None=None, # Names of `AUGMENTS`, or 'none' (None: the recipe's)
+                     init=None, # init(net): called on the freshly built network (e.g. loads pretrained weights)
                      cbs:list=(), # Extra callbacks
-                     **recipe_overrides, # Any other recipe key (width, label_smoothing, augment, amp, ...)
+                     param_groups=None, # param_groups(net, lr) -> the optimiser's groups (e.g. a lower rate for a body)
+                     **recipe_overrides, # Any other recipe key (width, label_smoothing, amp, ...)
                     ) -> tuple[Learner, dict]:
     "Train a classifier on `data` with a recipe; returns the learner and the final metrics."
     if len(data.classes) < 2:
         raise LeptonError(f"a classifier needs at least 2 classes, the data has {len(data.classes)}")
     dev = get_device(device)
-    r = recipe_for(model, time_budget, dev.type, bs=bs, lr=lr, **recipe_overrides)
+    r = recipe_for(model, time_budget, dev.type, bs=bs, lr=lr, augment=augment, **recipe_overrides)
     if epochs is None: epochs = 10_000 if time_budget else r['epochs']
     _check_recipe(epochs, r)
     out = Path(out) if out is not None else None
     if resume and (out is None or not (out/'checkpoint.pt').is_file()):
         raise LeptonError(f"nothing to resume: no checkpoint.pt in {out}")
     seed_everything(seed)
-    cfg = model_config(r['arch'], data, impl, width=r.get('width', 32), hidden=r.get('hidden', 128), tta=r['tta'],
-                       amp=r['amp'])
-    check_config(cfg, CLASSIFIER, 'model settings')   # the limits `save_model` enforces, checked before training
-    net = build_model(cfg).to(dev)
-    if r['channels_last']: net = net.to(memory_format=torch.channels_last)
+    cfg, net = _classifier_net(data, r, impl, dev, init)
     if monitor not in MONITORS:
         raise LeptonError(f"early stopping watches {' or '.join(map(repr, MONITORS))}, not {monitor!r}")
     tr, va, te, watch = _classifier_loaders(data, r, dev, seed, patience, monitor_pct)
-    opt, loss = _optimizer_and_loss(net, r)
+    opt, loss = _optimizer_and_loss(net, r, param_groups)
     cbs = _classifier_callbacks(r, len(data.classes), progress, time_budget, patience, monitor, out, checkpoint_every,
-                                tensorboard, cbs)
+                                tensorboard, cbs, param_groups is not None)
     learn = Learner(net, tr, va, loss_func=loss, opt=opt, cbs=cbs, device=dev)
     if resume: load_checkpoint(learn, out/'checkpoint.pt')
     t0 = time.perf_counter()
