@@ -16,11 +16,11 @@ from torch import nn
 from .core import LeptonError, atomic_path, get_device, load_json, save_json
 
 # %% auto #0
-__all__ = ['MODEL_KINDS', 'RUN_FILES', 'RUN_OPTIONS', 'FIXED_ON_RESUME', 'SAVED_TYPES', 'file_sha256', 'ModelKind',
-           'register_kind', 'require', 'check_config', 'model_kind', 'save_model', 'load_weights_strict',
+__all__ = ['MODEL_KINDS', 'RUN_FILES', 'RUN_OPTIONS', 'FIXED_ON_RESUME', 'SAVED_TYPES', 'EXPORT_FORMATS', 'file_sha256',
+           'ModelKind', 'register_kind', 'require', 'check_config', 'model_kind', 'save_model', 'load_weights_strict',
            'check_model_folder', 'load_model', 'data_name', 'finished', 'run_kind', 'check_kind', 'run_dir',
            'claim_run_dir', 'unstarted_removed', 'saved_args', 'saved_options', 'merge_resume_args', 'data_digest',
-           'run_facts', 'check_resumed_data', 'start_run', 'run_folder']
+           'run_facts', 'check_resumed_data', 'start_run', 'run_folder', 'RawPixels', 'export_model']
 
 # %% ../nbs/09_artifacts.ipynb #a9000006
 def file_sha256(path:str|Path) -> str:
@@ -68,11 +68,9 @@ def check_config(cfg:dict, # A config, as read from config.json
                  kind:ModelKind, # What it must be
                  where:str='config.json', # Names the file in messages
                 ) -> dict:
-    "`cfg` if it has `kind`'s keys and types, format and version, digests and value rules; else a one-line error."
+    "`cfg` if `kind`'s keys have their types, format and version, digests and value rules; else a one-line error."
     if not isinstance(cfg, dict): raise LeptonError(f"{where}: expected a JSON object")
-    keys = kind.keys()
-    unknown = sorted(set(cfg) - set(keys) - set(kind.optional))
-    if unknown: raise LeptonError(f"{where}: unknown keys {unknown}")
+    keys = kind.keys()   # (keys of other tools pass untouched: nothing builds anything from them)
     missing = sorted(set(keys) - set(cfg))
     if missing: raise LeptonError(f"{where}: missing keys {missing}")
     for k, t in [*keys.items(), *((k, t) for k, t in kind.optional.items() if k in cfg)]:
@@ -440,3 +438,96 @@ def run_folder(args, # The command line's options (None: not given); filled in p
         if not quiet: print(f"note: {out} stopped before its first checkpoint: it starts again from the beginning, "
                             "with its saved settings", file=sys.stderr)
     return out, pick
+
+# %% ../nbs/09_artifacts.ipynb #809e154f
+EXPORT_FORMATS = {'onnx': '.onnx', 'pt2': '.pt2'}   # format -> the file name's ending
+
+class RawPixels(nn.Module):
+    "A classifier that takes raw pixels: x/255, (x - mean)/std per channel, the network (or `tta` of it), softmax."
+    def __init__(self, net:nn.Module, # The trained network
+                 mean:list, std:list, # The run's normalisation, one number per channel (config.json)
+                 tta:Callable|None=None, # tta(net, x) -> log-probabilities (cnn's `flip_tta`), as the run evaluates
+                ):
+        super().__init__()
+        self.net, self.tta = net, tta
+        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+    def forward(self, x):
+        x = (x.float() / 255 - self.mean) / self.std     # the line `predict` runs before the network
+        return (self.tta(self.net, x) if self.tta else self.net(x)).float().softmax(1)
+
+def _export_source(run) -> Path:
+    "A finished classifier run (or a folder of `save_model`) to export; else a one-line error."
+    from lepton_nb.cnn import CLASSIFIER
+    run = Path(run)
+    if not run.exists(): raise LeptonError(f"{run}: no such run folder")
+    check_kind(run, 'train', 'the folder to export')
+    if ((run/'checkpoint.pt').is_file() or (run/'train_args.json').is_file()) and not finished(run):
+        raise LeptonError(f"{run}: the run has not finished (no final metrics.json): finish it with lepton train "
+                          f"--resume --out {run}, then export it")
+    return check_model_folder(run, CLASSIFIER)
+
+def _export_target(run:Path, fmt, out) -> Path:
+    "The file to write: `out`, or RUN/model.<fmt>; refused before any work if it cannot be one."
+    if fmt not in EXPORT_FORMATS: raise LeptonError(f"unknown export format {fmt!r}: use {' or '.join(EXPORT_FORMATS)}")
+    ext = EXPORT_FORMATS[fmt]
+    out = Path(out).expanduser() if out is not None else run/f'model{ext}'
+    if out.suffix.lower() != ext: raise LeptonError(f"{out}: a {fmt} file's name ends in {ext}")
+    if out.is_dir(): raise LeptonError(f"{out}: is a folder (name the file to write)")
+    up = out.parent
+    while not up.exists() and up != up.parent: up = up.parent   # the nearest folder there is: it must take new files
+    if not up.is_dir() or not os.access(up, os.W_OK | os.X_OK):
+        raise LeptonError(f"{out}: cannot write there ({up} is {'not a folder' if not up.is_dir() else 'read-only'})")
+    return out
+
+# %% ../nbs/09_artifacts.ipynb #238880bc
+def _onnx_bytes(module:nn.Module, x:torch.Tensor, meta:dict) -> bytes:
+    "`module` as an ONNX model (batch dimension dynamic), `meta` in its metadata_props."
+    import inspect
+    if 'dynamo' not in inspect.signature(torch.onnx.export).parameters:
+        raise LeptonError(f"ONNX export needs torch 2.5 or later (this is {torch.__version__}): pip install -U torch")
+    try: import onnx, onnxscript  # noqa: F401  (the exporter's own dependencies)
+    except ImportError: raise LeptonError("ONNX export needs the onnx and onnxscript packages: "
+                                          "pip install onnx onnxscript") from None
+    import warnings
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():   # (its progress lines are not output)
+        warnings.simplefilter('ignore')
+        prog = torch.onnx.export(module, (x,), dynamo=True, input_names=['pixels'], output_names=['probabilities'],
+                                 dynamic_shapes=({0: torch.export.Dim('batch', min=1)},), verbose=False)
+    proto = prog.model_proto
+    for k, v in meta.items(): proto.metadata_props.add(key=k, value=v)
+    return proto.SerializeToString()
+
+def _pt2_bytes(module:nn.Module, x:torch.Tensor, meta:dict) -> bytes:
+    "`module` as a `torch.export` program (batch dimension dynamic), `meta` as its extra files."
+    import io
+    prog = torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim('batch', min=1)},))
+    buf = io.BytesIO(); torch.export.save(prog, buf, extra_files=meta)
+    return buf.getvalue()
+
+def export_model(run:str|Path, # A finished `lepton train` run, or any folder `save_model` wrote for a classifier
+                 fmt:str='onnx', # 'onnx' or 'pt2'
+                 out:str|Path|None=None, # The file (default: RUN/model.onnx or RUN/model.pt2)
+                 dtype:str='uint8', # The input's type: 'uint8', or 'float32' (pixels 0-255 either way)
+                ) -> dict:
+    "Write a classifier as a graph from raw pixels to class probabilities, normalisation and test-time flips inside."
+    import json
+    from lepton_nb.cnn import CLASSIFIER, eval_settings, flip_tta
+    run = _export_source(run)
+    out = _export_target(run, fmt, out)
+    if dtype not in ('uint8', 'float32'): raise LeptonError(f"unknown input type {dtype!r}: use uint8 or float32")
+    net, cfg = load_model(run, 'cpu', CLASSIFIER)
+    tta = eval_settings(cfg)['tta']
+    module = RawPixels(net, cfg['mean'], cfg['std'], flip_tta if tta else None).eval()
+    c, s = cfg['channels'], cfg['size']
+    x = torch.randint(0, 256, (2, c, s, s), dtype=torch.uint8).to(getattr(torch, dtype))   # batch 2: not taken as fixed
+    inputs = [{'name': 'pixels', 'dtype': dtype, 'shape': ['batch', c, s, s], 'range': [0, 255]}]
+    meta = {'classes': json.dumps(cfg['classes']), 'inputs': json.dumps(inputs), 'tta': json.dumps(tta),
+            'output': 'probabilities: batch x classes, each row sums to 1', 'weights_sha256': cfg['weights_sha256'],
+            'lepton_nb_version': cfg['lepton_nb_version']}
+    with torch.no_grad(): data = (_onnx_bytes if fmt == 'onnx' else _pt2_bytes)(module, x, meta)
+    try:
+        with atomic_path(out) as tmp: tmp.write_bytes(data)
+    except OSError as e: raise LeptonError(f"{out}: cannot write the file ({e.strerror or e})") from None
+    return {'path': str(out), 'format': fmt, 'classes': list(cfg['classes']), 'size': s, 'channels': c,
+            'inputs': inputs, 'tta': tta, 'bytes': len(data)}

@@ -18,8 +18,8 @@ from .metrics import Confusion
 
 # %% auto #0
 __all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'RunEnd', 'Learner',
-           'MetricsCB', 'progress_bar', 'ProgressCB', 'one_cycle', 'OneCycleCB', 'bf16_supported', 'MixedPrecisionCB',
-           'BatchTransformCB', 'TensorBoardCB', 'plot_history']
+           'MetricsCB', 'progress_bar', 'ProgressCB', 'one_cycle', 'OneCycleCB', 'bf16_supported', 'amp_precision',
+           'MixedPrecisionCB', 'BatchTransformCB', 'TensorBoardCB', 'plot_history']
 
 # %% ../nbs/07_learner.ipynb #62e5d2ea
 class CancelFitException(Exception): "Stop training; `after_fit` still runs."
@@ -299,23 +299,56 @@ class OneCycleCB(Callback):
 
 # %% ../nbs/07_learner.ipynb #497f0e19
 def bf16_supported(device) -> bool:
-    "Whether bfloat16 autocast is fast on `device` (CUDA with bf16, or a CPU with AVX-512 BF16 / AMX)."
+    "Whether bfloat16 runs natively on `device` (CUDA compute capability 8.0+, or a CPU with AVX-512 BF16 / AMX)."
     device = get_device(device)
-    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
+    if device.type == 'cuda':   # emulated bf16 (T4, V100) counts as no: it is slower than float32 there
+        try: return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError: return torch.cuda.get_device_capability(device) >= (8, 0)   # (torch before 2.4)
     if device.type == 'cpu':
         try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         except (AttributeError, RuntimeError): return False
     return False
 
+def amp_precision(device_type:str, # 'cuda', 'cpu', ...
+                  native_bf16:bool, # `bf16_supported` of the device
+                  own_step:bool=True, # Whether the Learner's own step runs (a callback's own step has no scaler)
+                 ) -> str:
+    "Mixed precision's choice: 'bf16' where native; on CUDA without it 'fp16' with a gradient scaler; else 'fp32'."
+    if native_bf16: return 'bf16'
+    return 'fp16' if device_type == 'cuda' and own_step else 'fp32'
+
 class MixedPrecisionCB(Callback):
-    "Run forward passes under bf16 autocast where the device supports it."
+    "Autocast forward passes as `amp_precision` chooses, recorded in `learn.precision`: 'bf16', 'fp16' or 'fp32'."
     order = -20
-    def __init__(self, dtype=torch.bfloat16, force:bool=False): self.dtype, self.force = dtype, force
+    def __init__(self, dtype=torch.bfloat16, # The dtype `force` uses
+                 force:bool=False, # Use `dtype` whatever the device (float16 gets the gradient scaler)
+                ): self.dtype, self.force, self.scaler, self._pending = dtype, force, None, None
     def before_fit(self):
-        dev = self.learn.device
-        self.enabled = self.force or bf16_supported(dev)
-        if self.enabled: self.learn.autocast = partial(torch.autocast, device_type=dev.type, dtype=self.dtype)
+        l = self.learn; dev = l.device; own = l._stepper in (l, self)
+        self.precision = ({torch.float16: 'fp16'}.get(self.dtype, 'bf16') if self.force
+                          else amp_precision(dev.type, bf16_supported(dev), own))
+        self.enabled = self.precision != 'fp32'; l.precision = self.precision
+        dtype = torch.float16 if self.precision == 'fp16' else torch.bfloat16
+        if self.enabled: l.autocast = partial(torch.autocast, device_type=dev.type, dtype=dtype)
+        self.__dict__.pop('train_step', None)
+        if self.precision == 'fp16' and own:   # float16's small gradients underflow: scale the loss, unscale the step
+            self.scaler = self.scaler or torch.amp.GradScaler(dev.type)
+            if self._pending: self.scaler.load_state_dict(self._pending); self._pending = None
+            self.train_step = self._scaled_step
+        l._build_hooks()
+    def _scaled_step(self):
+        "The Learner's step, its loss scaled for the backward pass; a step whose gradients overflow is skipped."
+        l, s = self.learn, self.scaler
+        with l.autocast(): l.preds = l.model(l.xb); l.loss = l.loss_func(l.preds, l.yb)
+        l('after_loss')
+        s.scale(l.loss).backward()
+        s.step(l.opt); s.update(); l.opt.zero_grad(set_to_none=True)
+    def state_dict(self) -> dict: return {'scaler': self.scaler.state_dict()} if self.scaler else {}
+    def load_state_dict(self, d:dict):   # (a checkpoint's: before or after `before_fit` made the scaler)
+        if self.scaler: self.scaler.load_state_dict(d['scaler'])
+        else: self._pending = d['scaler']
     def after_fit(self): pass   # autocast stays on for validate() and predict() after training
+
 
 # %% ../nbs/07_learner.ipynb #85a37d97
 class BatchTransformCB(Callback):
