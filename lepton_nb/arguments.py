@@ -8,7 +8,7 @@ import argparse
 # Nothing here imports torch, or any module of lepton_nb that does: `lepton --help` answers in a fraction of a second.
 
 # %% auto #0
-__all__ = ['EXIT_STATUS', 'lepton_parser']
+__all__ = ['EXIT_STATUS', 'TRAIN_MODELS', 'lepton_parser']
 
 # %% ../nbs/16_arguments.ipynb #3f676e04
 def _int_at_least(lo:int):
@@ -72,6 +72,10 @@ def _add_data_args(p, val:bool=True, resume:bool=False):
                    help="image folders: 1 (grey) or 3 (RGB); default: what most of the images are")
     p.add_argument('--valid-pct', type=_fraction, default=0.2,
                    help="image folders without --val: share of each class held out (default 0.2)")
+    p.add_argument('--memory-budget', type=_gigabytes, default=None, metavar='GB',
+                   help="gigabytes the decoded images may take in memory; a larger data set is streamed from a cache "
+                        "on disk (default: $LEPTON_MEMORY_GB, else a quarter of the memory up to 4); e.g. "
+                        "--memory-budget 2")
     if resume:
         for a in p._actions:
             if a.dest in ('data', 'size', 'valid_pct'): a.default = None
@@ -87,6 +91,15 @@ tables, notes, warnings, errors) goes to standard error: lepton evaluate RUN --j
 
 _SEED = dict(type=_int_between(0, 2**32 - 1), default=None, help="seed of every random generator (default: 0)")
 _DEVICE = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+# The architectures of lepton train, written out: cnn.ARCHS holds them once lepton_nb.transfer is imported, and
+# importing either imports torch (a test keeps the two equal)
+TRAIN_MODELS = ('fast', 'seed', 'resnet18', 'mobilenet_v3_small')
+
+def _gigabytes(s):
+    try: v = float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a number of gigabytes, got {s!r}") from None
+    if not 0 <= v < float('inf'): raise argparse.ArgumentTypeError(f"must be 0 or more gigabytes, got {s}")
+    return v
 
 def _command(sub, name:str, help:str, description:str) -> argparse.ArgumentParser:
     "A sub-command: `help` is its line in `lepton --help`, `description` (with examples) heads its own --help."
@@ -124,19 +137,27 @@ def _add_train_parser(sub):
                  "split, and write model.safetensors, config.json, metrics.json, run_card.json, curves.png,\n"
                  "confusion.png, predictions.png, and for --resume checkpoint.pt and train_args.json into\n"
                  "the run folder (runs/<data>-<model> unless --out says otherwise).\n\n"
-                 "recipes (--model):\n"
-                 "  fast  two conv+batchnorm blocks, one-cycle schedule, bf16 where fast, flips (default)\n"
-                 "  seed  the source article's model and recipe: conv 32, pool, dense 128; Adam, batch 32, "
-                 "10 epochs\n\n"
+                 "models and their recipes (--model):\n"
+                 "  fast                two conv+batchnorm blocks, one-cycle schedule, bf16 where fast, flips "
+                 "(default)\n"
+                 "  seed                the source article's model and recipe: conv 32, pool, dense 128; Adam, batch "
+                 "32, 10 epochs\n"
+                 "  resnet18            torchvision's ResNet-18 with a last layer for the data's classes; --weights\n"
+                 "                      imagenet fine-tunes ImageNet's weights instead of starting from random ones\n"
+                 "  mobilenet_v3_small  torchvision's MobileNetV3-Small: the same, smaller and faster\n\n"
                  "examples:\n  lepton train --time-budget 20\n  lepton train --model seed\n"
                  "  lepton train --data photos/train --val photos/val --out runs/photos\n"
                  "  lepton train --resume                  # continue the latest interrupted run in runs/\n"
                  "  lepton train --model seed --epochs 30 --patience 3   # stop when a held-out tenth stops "
                  "improving\n"
                  "  lepton train --epochs 30 --patience 3 --watch accuracy   # ... judged by its accuracy\n"
+                 "  lepton train --data photos --model resnet18 --weights imagenet --size 64   # fine-tune ImageNet's\n"
+                 "  lepton train --data more_photos --from runs/photos   # start from the weights of an earlier run\n"
+                 "  lepton train --augment flip,crop --memory-budget 2   # these augmentations; stream beyond 2 GB\n"
                  "  torchrun --nproc_per_node=2 -m lepton_nb.cli train --ddp --model seed   # 2 processes")
     _add_data_args(p, resume=True)
-    p.add_argument('--model', choices=('fast', 'seed'), default=None, help="recipe and architecture (default: fast)")
+    p.add_argument('--model', choices=TRAIN_MODELS, default=None,
+                   help="architecture and recipe, see above (default: fast); e.g. --model seed")
     p.add_argument('--impl', choices=('torch', 'scratch'), default=None,
                    help="layers from torch.nn, or lepton_nb's own from-scratch conv/pool/ReLU (default: torch)")
     p.add_argument('--epochs', type=_int_at_least(1), default=None,
@@ -150,6 +171,16 @@ def _add_train_parser(sub):
     p.add_argument('--width', type=_int_between(1, 512), default=None,
                    help="fast model: channels of the first convolution, 1 to 512 (default: 32; 16 on the CPU when "
                         "--time-budget is under 60)")
+    p.add_argument('--weights', default=None, metavar='imagenet|FILE|none',
+                   help="resnet18 and mobilenet_v3_small: start from ImageNet's weights (imagenet: downloaded once "
+                        "into torch's cache), from a .safetensors FILE of the same network, or from random weights "
+                        "(none, the default); e.g. --model resnet18 --weights imagenet")
+    p.add_argument('--from', default=None, metavar='RUN',
+                   help="fine-tune: start from the weights of the model an earlier lepton train wrote into RUN, on "
+                        "new data or classes (default: off); e.g. --data photos --from runs/fashion-mnist-fast")
+    p.add_argument('--augment', default=None, metavar='LIST',
+                   help="augmentations of the training images, comma-separated from flip, shift, crop, erase, or "
+                        "none (default: the recipe's); e.g. --augment flip,crop")
     _add_run_args(p, 'train', 'model')
     p.add_argument('--patience', type=_int_at_least(1), default=None,
                    help="early stopping: hold out a tenth of each class of the training images, stop after this many "
@@ -164,7 +195,7 @@ def _add_train_parser(sub):
                    "lepton_nb.cli train --ddp ... (--batch-size is the global batch; gloo on CPU, nccl on CUDA)")
 
 def _add_use_parsers(sub):
-    "`lepton evaluate` and `lepton predict`: a saved model at work."
+    "`lepton evaluate`, `lepton predict` and `lepton export`: a saved model at work."
     p = _command(sub, 'evaluate', "evaluate a saved model on Fashion-MNIST's test split or an image folder",
                  "Print accuracy, per-class precision/recall/F1 of a saved model.\n\nexamples:\n"
                  "  lepton evaluate runs/fashion-mnist-fast\n  lepton evaluate runs/photos --data photos/test\n"
@@ -187,6 +218,19 @@ def _add_use_parsers(sub):
     p.add_argument('--top-k', type=_int_at_least(1), default=None, help="labels shown per image (default: 3)")
     p.add_argument('--plot', default=None, metavar='FILE', help="also write a PNG: each image with its top-k bar chart")
     p.add_argument('--device', default='auto', help=_DEVICE)
+    p = _command(sub, 'export', "write a trained classifier as ONNX or a torch.export program, for other runtimes",
+                 "Write the model of a run folder as one file that runs without lepton_nb: ONNX (onnxruntime, in a\n"
+                 "browser, on a phone) or a torch.export program (.pt2: torch.export.load). It takes raw pixels\n"
+                 "(a batch N x channels x size x size, 0-255) and gives each class's probability: the conversion\n"
+                 "(normalisation, and test-time flips where the run used them) is inside.\n\n"
+                 "examples:\n  lepton export runs/fashion-mnist-fast     # writes runs/fashion-mnist-fast/model.onnx\n"
+                 "  lepton export runs/photos --format pt2 --out photos.pt2\n"
+                 "  lepton export runs/photos --json | jq .inputs")
+    p.add_argument('model_dir', metavar='MODEL_DIR', help="a folder written by lepton train")
+    p.add_argument('--format', choices=('onnx', 'pt2'), default='onnx',
+                   help="onnx, or pt2 (torch.export) (default: onnx); e.g. --format pt2")
+    p.add_argument('--out', default=None, metavar='FILE',
+                   help="the file to write (default: MODEL_DIR/model.onnx or MODEL_DIR/model.pt2); e.g. --out m.onnx")
 
 def _add_gan_parser(sub):
     p = _command(sub, 'gan', "train a class-conditional DCGAN (or draw samples: lepton gan sample MODEL_DIR)",
@@ -251,10 +295,9 @@ def _add_bench_parser(sub):
     # The parts are bench.BENCH_PARTS, written out: importing lepton_nb.bench imports torch (a test keeps them equal)
     p = _command(sub, 'bench', "benchmarks: our layers vs torch, loaders, Learner overhead, int8 and pruning, "
                                "time to 91%%",
-                       "Each figure is measured side by side in one process; ratios are ours / reference.\n\n"
-                       "parts: conv, loader, learner, optimize, train ('train' takes minutes; --quick leaves it "
-                       "out)\n\n"
-                       "examples:\n  lepton bench --quick\n  lepton bench --only learner --json")
+                 "Each figure is measured side by side in one process; ratios are ours / reference.\n\n"
+                 "parts: conv, loader, learner, optimize, train ('train' takes minutes; --quick leaves it out)\n\n"
+                 "examples:\n  lepton bench --quick\n  lepton bench --only learner --json")
     p.add_argument('--only', default=None, metavar='PART,...', help="comma-separated parts to run")
     p.add_argument('--quick', action='store_true', help="leave out the minutes-long 'train' part")
     p.add_argument('--device', default='auto', help=_DEVICE)

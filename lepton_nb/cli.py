@@ -10,8 +10,8 @@ from .arguments import lepton_parser
 # Nothing here imports torch: `lepton --help` answers in a fraction of a second. Each command imports what it uses.
 
 # %% auto #0
-__all__ = ['PLOT_MAX', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan', 'cmd_gan_sample',
-           'build_parser', 'main']
+__all__ = ['PLOT_MAX', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_export', 'cmd_bench', 'cmd_gan',
+           'cmd_gan_sample', 'build_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #8a6c7602
 def _leak_line(report:dict) -> str:
@@ -52,12 +52,16 @@ def _print_data_summary(data, out=None):
     else: p("  skipped: none")
     return s
 
+def _load_data(args, progress:bool):
+    "The data the options describe, loaded by `get_data`: `lepton data`, `train` and `gan` alike."
+    from lepton_nb.data import get_data
+    return get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
+                    seed=args.seed, progress=progress,
+                    **({} if args.memory_budget is None else {'memory_budget': args.memory_budget}))
+
 def cmd_data(args) -> dict:
     "Load a data set and print its summary."
-    from lepton_nb.data import get_data
-    data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
-                    seed=args.seed, progress=not args.json)
-    return _print_data_summary(data)
+    return _print_data_summary(_load_data(args, progress=not args.json))
 
 # %% ../nbs/16_cli.ipynb #384f4095
 def _look(data) -> str: return f"{data.size[0]}x{data.size[1]} {'grey' if data.channels == 1 else 'RGB'}"   # start line
@@ -73,8 +77,8 @@ def _unused_options(args) -> list[str]:
     "Options given on the command line that this run will not use, each as a line to print (nothing is refused)."
     from lepton_nb.artifacts import data_name
     out, fm = [], data_name(args.data) == 'fashion-mnist' and not args.resume
-    if getattr(args, 'model', None) == 'seed' and args.width is not None:
-        out.append("--width is the fast model's; the seed model has the article's sizes")
+    if getattr(args, 'model', None) not in (None, 'fast') and args.width is not None:
+        out.append(f"--width is the fast model's; the {args.model} model has its own sizes")
     if args.val is not None and args.valid_pct is not None:
         out.append("--valid-pct is not used: --val gives the validation images")
     if getattr(args, 'watch', None) is not None and getattr(args, 'patience', None) is None and not args.resume:
@@ -82,6 +86,21 @@ def _unused_options(args) -> list[str]:
     if fm and (args.size not in (None, 28) or args.channels not in (None, 1)):
         out.append("--size and --channels are for image folders: Fashion-MNIST stays 28x28 grey")
     return out
+
+def _canonical_options(args):
+    "--augment as the run records it (`parse_augment`'s names and order), and --weights and --from as absolute paths."
+    from lepton_nb.cnn import parse_augment
+    if args.augment is not None: args.augment = ','.join(parse_augment(args.augment)) or 'none'
+    if args.weights == 'none': args.weights = None
+    for k in ('weights', 'from'):      # a file or folder is saved by its absolute path: --resume works from anywhere
+        v = getattr(args, k)
+        if v is not None and (k, v) != ('weights', 'imagenet'): setattr(args, k, str(Path(v).expanduser().resolve()))
+
+def _transfer_kwargs(args, data) -> dict:
+    "What `transfer_setup` gives `train_classifier` for a pretrained network (init, cbs, param_groups); {} for none."
+    if args.model in ('seed', 'fast') and args.weights is None and getattr(args, 'from') is None: return {}
+    from lepton_nb.transfer import transfer_setup
+    return transfer_setup(args.model, args.weights, getattr(args, 'from'), data)
 
 def _fix_width(args, out:Path, dev):
     "The fast recipe's width depends on the budget: fixed by the run's first one (a resume keeps it)."
@@ -96,7 +115,9 @@ def _train_start_line(args, data, out:Path, ddp) -> str:
     if args.patience:                  # the images early stopping watches come out of the training split
         from lepton_nb.cnn import MONITOR_PCT, holdout_split
         n_watch = len(holdout_split(data.y_train, MONITOR_PCT, args.seed)[1])   # the split train_classifier makes
-    return (f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train) - n_watch} train"
+    start = (f" from {'ImageNet' if args.weights == 'imagenet' else args.weights}'s weights" if args.weights else
+             f" from the weights of {getattr(args, 'from')}" if getattr(args, 'from') else '')
+    return (f"training '{args.model}' ({args.impl} layers){start} on {data.source}: {len(data.y_train) - n_watch} train"
             + (f" (+{n_watch} held out for early stopping)" if n_watch else '')
             + f" / {len(data.y_valid)} held-out images, {len(data.classes)} classes, {_look(data)} -> {out}"
             + (f" on {ddp.world_size} processes ({ddp.backend})" if ddp else ''))
@@ -120,12 +141,12 @@ def cmd_train(args) -> dict:
     "Train a classifier and write the model, metrics and plots."
     from lepton_nb.artifacts import RUN_OPTIONS, claim_run_dir, run_folder, start_run, unstarted_removed
     from lepton_nb.core import LeptonError, get_device
-    from lepton_nb.data import get_data
-    from lepton_nb.cnn import train_classifier
+    from lepton_nb.cnn import parse_augment, train_classifier
     ddp = None
     if args.ddp:                       # under torchrun: join the process group; rank 0 alone writes and prints
         from lepton_nb.distributed import agree, finish_ddp, init_ddp, train_kwargs
         ddp = init_ddp(args.device or RUN_OPTIONS['train']['device'])
+    _canonical_options(args)           # before a resume compares them with the saved ones
     unused = _unused_options(args)     # what the command line gave, before saved settings and defaults fill the rest
     quiet = bool(ddp and ddp.rank)
     out, pick = run_folder(args, 'train', quiet)
@@ -133,10 +154,10 @@ def cmd_train(args) -> dict:
     dev = get_device(args.device)      # an unavailable device fails here, before any data is loaded
     if args.tensorboard and importlib.util.find_spec('tensorboard') is None:   # and a missing package
         raise LeptonError("--tensorboard needs the tensorboard package: pip install 'lepton_nb[tensorboard]'")
-    data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
-                    seed=args.seed, progress=not (args.json or quiet))
+    data = _load_data(args, progress=not (args.json or quiet))
     if len(data.classes) < 2:
         raise LeptonError(f"a classifier needs at least 2 classes, {data.source} has {len(data.classes)}")
+    more = _transfer_kwargs(args, data)   # --weights, --from: a bad file fails here, before the folder is claimed
     _note_skipped(data, args, quiet)
     if not quiet and (data.report or {}).get('held_out_copies_of_training_images'):
         print(f"note: {_leak_line(data.report)}", file=sys.stderr)
@@ -147,6 +168,7 @@ def cmd_train(args) -> dict:
     start_run(out, args, data, 'train', quiet)   # (only the rank that writes saves the options)
     extra = {'width': args.width} if args.width else {}
     run = train_kwargs(ddp, out, args.resume) if ddp else dict(out=out, resume=args.resume)
+    run = {**run, **more, 'cbs': [*run.get('cbs', ()), *more.get('cbs', ())]}
     if not quiet: print(_train_start_line(args, data, out, ddp), file=sys.stderr)
     with unstarted_removed(out, created, 'train_args.json'):
         learn, metrics = train_classifier(data, args.model, impl=args.impl, epochs=args.epochs,
@@ -154,7 +176,7 @@ def cmd_train(args) -> dict:
                                           device=ddp.device if ddp else args.device, seed=args.seed,
                                           progress=not (args.json or quiet), checkpoint_every=args.checkpoint_every,
                                           patience=args.patience, monitor=args.watch, tensorboard=args.tensorboard,
-                                          **run, **extra)
+                                          augment=parse_augment(args.augment) if args.augment else None, **run, **extra)
     if ddp: metrics = finish_ddp(learn, metrics, out, ddp)
     if learn.interrupted:
         how = 'torchrun ... -m lepton_nb.cli train --ddp' if ddp else 'lepton train'
@@ -256,6 +278,15 @@ def cmd_predict(args) -> dict:
     return {'predictions': [{k: v for k, v in r.items() if k != 'image'} for r in results],
             'skipped': [{'file': f, 'reason': why} for f, why in skipped or []]}
 
+# %% ../nbs/16_cli.ipynb #0848f319
+def cmd_export(args) -> dict:
+    "Write a run's classifier as ONNX or a torch.export program (`export_model`) and say what it takes and gives."
+    from lepton_nb.artifacts import export_model
+    r = export_model(args.model_dir, args.format, args.out)
+    takes = '; '.join(f"{i['name']}: {i['dtype']} {' x '.join(map(str, i['shape']))}" for i in r['inputs'])
+    print(f"wrote {r['path']} ({r['format']}): takes {takes}; gives the probabilities of {len(r['classes'])} classes")
+    return r
+
 # %% ../nbs/16_cli.ipynb #096251e8
 def cmd_bench(args) -> dict:
     "Run the benchmarks of notebook 15 and print each figure; `--json` prints them as one object."
@@ -273,15 +304,13 @@ def cmd_gan(args) -> dict:
     import matplotlib; matplotlib.use('Agg')
     from lepton_nb.artifacts import claim_run_dir, data_name, run_folder, start_run, unstarted_removed
     from lepton_nb.core import LeptonError, get_device
-    from lepton_nb.data import get_data
     from lepton_nb.gan import train_gan
     unused = _unused_options(args)     # what the command line gave, before saved settings and defaults fill the rest
     out, pick = run_folder(args, 'gan')
     if data_name(args.data) != 'fashion-mnist' and (args.size % 4 or not 8 <= args.size <= 64):
         raise LeptonError(f"the DCGAN needs --size from 8 to 64, a multiple of 4, got {args.size}")
     get_device(args.device)            # an unavailable device fails here, before any data is loaded
-    data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
-                    seed=args.seed, progress=not args.json)
+    data = _load_data(args, progress=not args.json)
     metric = len(data.classes) >= 2
     if not metric and not args.unconditional:
         raise LeptonError(f"lepton gan measures its samples with a classifier of the data, which needs at least 2 "
@@ -352,7 +381,7 @@ def cmd_gan_sample(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     "The `lepton` argument parser (notebook 16_arguments), each sub-command bound to the function that runs it."
     return lepton_parser(dict(data=cmd_data, train=cmd_train, evaluate=cmd_evaluate, predict=cmd_predict, gan=cmd_gan,
-                              bench=cmd_bench))
+                              bench=cmd_bench, export=cmd_export))
 
 def _one_line_warnings(name:str, show):
     "A `warnings.showwarning` that prints a `LeptonWarning` as `lepton NAME: warning: ...` and passes others to `show`."
