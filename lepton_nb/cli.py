@@ -31,6 +31,9 @@ def _print_data_summary(data, out=None):
     p(f"  per class, train: {s['train_counts']}")
     p(f"  per class, valid: {s['valid_counts']}")
     p(f"  mean: {s['mean']}   std: {s['std']}   (train split, pixel values scaled to 0-1)")
+    st = s.get('storage')              # a folder: in memory, or read from disk when over the memory budget
+    if st: p(f"  storage: {st['decoded_gb']:.3g} GB decoded, " + ('in memory' if st['mode'] == 'memory' else
+             f"read from {st['file']} a batch at a time") + f" (memory budget {st['budget_gb']:.3g} GB)")
     r = s.get('report', {})
     if r:
         p(f"  folder check: {r['files']} files, {r['decoded']} decoded, {len(s['skipped'])} skipped; "
@@ -56,8 +59,7 @@ def _load_data(args, progress:bool):
     "The data the options describe, loaded by `get_data`: `lepton data`, `train` and `gan` alike."
     from lepton_nb.data import get_data
     return get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
-                    seed=args.seed, progress=progress,
-                    **({} if args.memory_budget is None else {'memory_budget': args.memory_budget}))
+                    seed=args.seed, memory_budget=args.memory_budget, progress=progress)
 
 def cmd_data(args) -> dict:
     "Load a data set and print its summary."
@@ -88,19 +90,29 @@ def _unused_options(args) -> list[str]:
     return out
 
 def _canonical_options(args):
-    "--augment as the run records it (`parse_augment`'s names and order), and --weights and --from as absolute paths."
+    "--augment as the run records it (`parse_augment`'s order), --weights and --from as absolute paths; --from's model."
     from lepton_nb.cnn import parse_augment
     if args.augment is not None: args.augment = ','.join(parse_augment(args.augment)) or 'none'
     if args.weights == 'none': args.weights = None
+    if getattr(args, 'from') is not None and args.model is None and not args.resume:   # --from: that run's network
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            args.model = json.loads((Path(getattr(args, 'from')).expanduser()/'config.json').read_text()).get('arch')
     for k in ('weights', 'from'):      # a file or folder is saved by its absolute path: --resume works from anywhere
         v = getattr(args, k)
         if v is not None and (k, v) != ('weights', 'imagenet'): setattr(args, k, str(Path(v).expanduser().resolve()))
 
 def _transfer_kwargs(args, data) -> dict:
-    "What `transfer_setup` gives `train_classifier` for a pretrained network (init, cbs, param_groups); {} for none."
-    if args.model in ('seed', 'fast') and args.weights is None and getattr(args, 'from') is None: return {}
+    "What `transfer_setup` gives `train_classifier` to start from trained weights (init, cbs, param_groups); or {}."
+    if args.weights is None and getattr(args, 'from') is None: return {}
+    from lepton_nb.core import LeptonError
     from lepton_nb.transfer import transfer_setup
-    return transfer_setup(args.model, args.weights, getattr(args, 'from'), data)
+    more = transfer_setup(args.model, args.weights, getattr(args, 'from'), data)
+    width = more.pop('width', None)    # --from: the earlier run's network, as it was trained
+    if width is not None and args.width not in (None, width):
+        raise LeptonError(f"--width {args.width}: the network of {getattr(args, 'from')} has width {width} "
+                          "(--from keeps its sizes)")
+    if width is not None: args.width = width
+    return more
 
 def _fix_width(args, out:Path, dev):
     "The fast recipe's width depends on the budget: fixed by the run's first one (a resume keeps it)."
