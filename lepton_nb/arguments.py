@@ -131,6 +131,21 @@ def _add_data_parser(sub):
     p.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=0,
                    help="seed of the train/valid split of a single folder")
 
+def _add_start_args(p):
+    "Where `lepton train` starts: trained weights (ImageNet's, a file's, an earlier run's) and its augmentations."
+    p.add_argument('--weights', default=None, metavar='imagenet|FILE|none',
+                   help="start from ImageNet's weights (imagenet, for resnet18 and mobilenet_v3_small: downloaded "
+                        "once into torch's cache), from a FILE of the same network's weights (.safetensors, or a .pth "
+                        "of tensors only), or from random weights (none, the default); e.g. --model resnet18 "
+                        "--weights imagenet")
+    p.add_argument('--from', default=None, metavar='RUN',
+                   help="fine-tune: start from the weights of the model an earlier lepton train wrote into RUN "
+                        "(its --model unless given; a new last layer where the classes differ) (default: off); e.g. "
+                        "--data photos --from runs/fashion-mnist-fast")
+    p.add_argument('--augment', default=None, metavar='LIST',
+                   help="augmentations of the training images, comma-separated from flip, shift, crop, erase, or "
+                        "none (default: the recipe's); e.g. --augment flip,crop")
+
 def _add_train_parser(sub):
     p = _command(sub, 'train', "train a classifier (the main job) and write model, metrics and plots",
                  "Train a CNN on Fashion-MNIST or on a folder DIR/<class>/<image>, evaluate it on the held-out\n"
@@ -171,16 +186,7 @@ def _add_train_parser(sub):
     p.add_argument('--width', type=_int_between(1, 512), default=None,
                    help="fast model: channels of the first convolution, 1 to 512 (default: 32; 16 on the CPU when "
                         "--time-budget is under 60)")
-    p.add_argument('--weights', default=None, metavar='imagenet|FILE|none',
-                   help="resnet18 and mobilenet_v3_small: start from ImageNet's weights (imagenet: downloaded once "
-                        "into torch's cache), from a .safetensors FILE of the same network, or from random weights "
-                        "(none, the default); e.g. --model resnet18 --weights imagenet")
-    p.add_argument('--from', default=None, metavar='RUN',
-                   help="fine-tune: start from the weights of the model an earlier lepton train wrote into RUN, on "
-                        "new data or classes (default: off); e.g. --data photos --from runs/fashion-mnist-fast")
-    p.add_argument('--augment', default=None, metavar='LIST',
-                   help="augmentations of the training images, comma-separated from flip, shift, crop, erase, or "
-                        "none (default: the recipe's); e.g. --augment flip,crop")
+    _add_start_args(p)
     _add_run_args(p, 'train', 'model')
     p.add_argument('--patience', type=_int_at_least(1), default=None,
                    help="early stopping: hold out a tenth of each class of the training images, stop after this many "

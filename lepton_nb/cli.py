@@ -80,7 +80,8 @@ def _unused_options(args) -> list[str]:
     from lepton_nb.artifacts import data_name
     out, fm = [], data_name(args.data) == 'fashion-mnist' and not args.resume
     if getattr(args, 'model', None) not in (None, 'fast') and args.width is not None:
-        out.append(f"--width is the fast model's; the {args.model} model has its own sizes")
+        own = "the article's sizes" if args.model == 'seed' else 'its own sizes'
+        out.append(f"--width is the fast model's; the {args.model} model has {own}")
     if args.val is not None and args.valid_pct is not None:
         out.append("--valid-pct is not used: --val gives the validation images")
     if getattr(args, 'watch', None) is not None and getattr(args, 'patience', None) is None and not args.resume:
