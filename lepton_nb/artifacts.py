@@ -305,18 +305,20 @@ def unstarted_removed(out:Path, created:bool, args_file:str):
 RUN_OPTIONS = {   # the options each command saves in its run folder, with their defaults
     'train': dict(data='fashion-mnist', val=None, size=28, channels=None, valid_pct=0.2, model='fast', impl='torch',
                   epochs=None, time_budget=None, batch_size=None, lr=None, device='auto', seed=0, patience=None,
-                  watch='valid_loss', checkpoint_every=60.0, width=None, tensorboard=False),
+                  watch='valid_loss', checkpoint_every=60.0, width=None, tensorboard=False, weights=None,
+                  augment=None, memory_budget=None, **{'from': None}),   # (--from RUN: `from` is a Python keyword)
     'gan': dict(data='fashion-mnist', val=None, size=28, channels=None, valid_pct=0.2, epochs=None, time_budget=None,
                 batch_size=64, lr=2e-3, width=32, device='auto', seed=0, n_eval=10_000, checkpoint_every=60.0,
-                unconditional=False, loss='ns', threads='auto')}
+                unconditional=False, loss='ns', threads='auto', memory_budget=None)}
 
 # What a resumed run cannot change: its data and everything that shapes the model or the sequence of steps.
 FIXED_ON_RESUME = ('data', 'val', 'size', 'channels', 'valid_pct', 'model', 'impl', 'width', 'seed', 'batch_size', 'lr',
-                   'watch', 'unconditional', 'loss', 'n_eval')
+                   'watch', 'unconditional', 'loss', 'n_eval', 'weights', 'from', 'augment')
 
-SAVED_TYPES = {**{k: (str,) for k in ('data', 'val', 'model', 'impl', 'device', 'loss', 'watch', 'data_hash')},
+SAVED_TYPES = {**{k: (str,) for k in ('data', 'val', 'model', 'impl', 'device', 'loss', 'watch', 'data_hash', 'weights',
+                                       'from', 'augment')},
                'classes': (list,), **{k: (bool,) for k in ('tensorboard', 'unconditional')},
-               **{k: (int, float) for k in ('valid_pct', 'time_budget', 'lr', 'checkpoint_every')},
+               **{k: (int, float) for k in ('valid_pct', 'time_budget', 'lr', 'checkpoint_every', 'memory_budget')},
                **{k: (int,) for k in ('size', 'channels', 'epochs', 'batch_size', 'seed', 'patience', 'width',
                                       'n_eval')}}
 

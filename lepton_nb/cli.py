@@ -6,59 +6,12 @@
 from __future__ import annotations
 import argparse, contextlib, importlib.util, json, math, os, sys, tempfile, warnings
 from pathlib import Path
+from .arguments import lepton_parser
 # Nothing here imports torch: `lepton --help` answers in a fraction of a second. Each command imports what it uses.
 
 # %% auto #0
-__all__ = ['PLOT_MAX', 'EXIT_STATUS', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_bench', 'cmd_gan',
+__all__ = ['PLOT_MAX', 'cmd_data', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_export', 'cmd_bench', 'cmd_gan',
            'cmd_gan_sample', 'build_parser', 'main']
-
-# %% ../nbs/16_cli.ipynb #3f676e04
-def _int_at_least(lo:int):
-    def f(s):
-        try: v = int(s)
-        except ValueError: raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-        if v < lo: raise argparse.ArgumentTypeError(f"must be at least {lo}, got {v}")
-        return v
-    f.__name__ = f'int>={lo}'
-    return f
-
-def _int_between(lo:int, hi:int):
-    def f(s):
-        v = _int_at_least(lo)(s)
-        if v > hi: raise argparse.ArgumentTypeError(f"must be at most {hi}, got {v}")
-        return v
-    f.__name__ = f'int in {lo}..{hi}'
-    return f
-
-def _fraction(s):
-    try: v = float(s)
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not 0 < v < 1: raise argparse.ArgumentTypeError(f"must be between 0 and 1 (a share such as 0.2), got {s}")
-    return v
-
-def _threads(s):
-    if s == 'auto': return s
-    try: return _int_between(1, 1024)(s)
-    except argparse.ArgumentTypeError as e: raise argparse.ArgumentTypeError(f"{e} (or auto)") from None
-
-def _positive_float(s):
-    try: v = float(s)
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v > 0 or v != v or v == float('inf'): raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
-    return v
-
-class _Parser(argparse.ArgumentParser):
-    "An argument parser whose errors are one line, with a pointer to --help."
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    "Keeps the examples' line breaks; shows a default only where it says something and the help does not already."
-    def _get_help_string(self, action):
-        h = action.help or ''
-        if '(default' in h or action.default is None or action.default is False or action.default == argparse.SUPPRESS \
-           or not action.option_strings: return h
-        return h + ' (default: %(default)s)'
 
 # %% ../nbs/16_cli.ipynb #8a6c7602
 def _leak_line(report:dict) -> str:
@@ -78,6 +31,9 @@ def _print_data_summary(data, out=None):
     p(f"  per class, train: {s['train_counts']}")
     p(f"  per class, valid: {s['valid_counts']}")
     p(f"  mean: {s['mean']}   std: {s['std']}   (train split, pixel values scaled to 0-1)")
+    st = s.get('storage')              # a folder: in memory, or read from disk when over the memory budget
+    if st: p(f"  storage: {st['decoded_gb']:.3g} GB decoded, " + ('in memory' if st['mode'] == 'memory' else
+             f"read from {st['file']} a batch at a time") + f" (memory budget {st['budget_gb']:.3g} GB)")
     r = s.get('report', {})
     if r:
         p(f"  folder check: {r['files']} files, {r['decoded']} decoded, {len(s['skipped'])} skipped; "
@@ -99,25 +55,15 @@ def _print_data_summary(data, out=None):
     else: p("  skipped: none")
     return s
 
+def _load_data(args, progress:bool):
+    "The data the options describe, loaded by `get_data`: `lepton data`, `train` and `gan` alike."
+    from lepton_nb.data import get_data
+    return get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
+                    seed=args.seed, memory_budget=args.memory_budget, progress=progress)
+
 def cmd_data(args) -> dict:
     "Load a data set and print its summary."
-    from lepton_nb.data import get_data
-    data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
-                    seed=args.seed, progress=not args.json)
-    return _print_data_summary(data)
-
-def _add_data_args(p, val=True):
-    p.add_argument('--data', default='fashion-mnist', metavar='fashion-mnist|DIR',
-                   help="'fashion-mnist', or a folder of images laid out as DIR/<class>/<image>")
-    if val: p.add_argument('--val', default=None, metavar='DIR',
-                           help="a separate validation folder with the same classes (default: hold out --valid-pct "
-                                "of --data)")
-    p.add_argument('--size', type=_int_between(8, 512), default=28,
-                   help="image folders: images are resized to SIZE x SIZE, 8 to 512 (default 28)")
-    p.add_argument('--channels', type=int, choices=(1, 3), default=None,
-                   help="image folders: 1 (grey) or 3 (RGB); default: what most of the images are")
-    p.add_argument('--valid-pct', type=_fraction, default=0.2,
-                   help="image folders without --val: share of each class held out (default 0.2)")
+    return _print_data_summary(_load_data(args, progress=not args.json))
 
 # %% ../nbs/16_cli.ipynb #384f4095
 def _look(data) -> str: return f"{data.size[0]}x{data.size[1]} {'grey' if data.channels == 1 else 'RGB'}"   # start line
@@ -133,8 +79,9 @@ def _unused_options(args) -> list[str]:
     "Options given on the command line that this run will not use, each as a line to print (nothing is refused)."
     from lepton_nb.artifacts import data_name
     out, fm = [], data_name(args.data) == 'fashion-mnist' and not args.resume
-    if getattr(args, 'model', None) == 'seed' and args.width is not None:
-        out.append("--width is the fast model's; the seed model has the article's sizes")
+    if getattr(args, 'model', None) not in (None, 'fast') and args.width is not None:
+        own = "the article's sizes" if args.model == 'seed' else 'its own sizes'
+        out.append(f"--width is the fast model's; the {args.model} model has {own}")
     if args.val is not None and args.valid_pct is not None:
         out.append("--valid-pct is not used: --val gives the validation images")
     if getattr(args, 'watch', None) is not None and getattr(args, 'patience', None) is None and not args.resume:
@@ -142,6 +89,31 @@ def _unused_options(args) -> list[str]:
     if fm and (args.size not in (None, 28) or args.channels not in (None, 1)):
         out.append("--size and --channels are for image folders: Fashion-MNIST stays 28x28 grey")
     return out
+
+def _canonical_options(args):
+    "--augment as the run records it (`parse_augment`'s order), --weights and --from as absolute paths; --from's model."
+    from lepton_nb.cnn import parse_augment
+    if args.augment is not None: args.augment = ','.join(parse_augment(args.augment)) or 'none'
+    if args.weights == 'none': args.weights = None
+    if getattr(args, 'from') is not None and args.model is None and not args.resume:   # --from: that run's network
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            args.model = json.loads((Path(getattr(args, 'from')).expanduser()/'config.json').read_text()).get('arch')
+    for k in ('weights', 'from'):      # a file or folder is saved by its absolute path: --resume works from anywhere
+        v = getattr(args, k)
+        if v is not None and (k, v) != ('weights', 'imagenet'): setattr(args, k, str(Path(v).expanduser().resolve()))
+
+def _transfer_kwargs(args, data) -> dict:
+    "What `transfer_setup` gives `train_classifier` to start from trained weights (init, cbs, param_groups); or {}."
+    if args.weights is None and getattr(args, 'from') is None: return {}
+    from lepton_nb.core import LeptonError
+    from lepton_nb.transfer import transfer_setup
+    more = transfer_setup(args.model, args.weights, getattr(args, 'from'), data)
+    width = more.pop('width', None)    # --from: the earlier run's network, as it was trained
+    if width is not None and args.width not in (None, width):
+        raise LeptonError(f"--width {args.width}: the network of {getattr(args, 'from')} has width {width} "
+                          "(--from keeps its sizes)")
+    if width is not None: args.width = width
+    return more
 
 def _fix_width(args, out:Path, dev):
     "The fast recipe's width depends on the budget: fixed by the run's first one (a resume keeps it)."
@@ -156,7 +128,9 @@ def _train_start_line(args, data, out:Path, ddp) -> str:
     if args.patience:                  # the images early stopping watches come out of the training split
         from lepton_nb.cnn import MONITOR_PCT, holdout_split
         n_watch = len(holdout_split(data.y_train, MONITOR_PCT, args.seed)[1])   # the split train_classifier makes
-    return (f"training '{args.model}' ({args.impl} layers) on {data.source}: {len(data.y_train) - n_watch} train"
+    start = (f" from {'ImageNet' if args.weights == 'imagenet' else args.weights}'s weights" if args.weights else
+             f" from the weights of {getattr(args, 'from')}" if getattr(args, 'from') else '')
+    return (f"training '{args.model}' ({args.impl} layers){start} on {data.source}: {len(data.y_train) - n_watch} train"
             + (f" (+{n_watch} held out for early stopping)" if n_watch else '')
             + f" / {len(data.y_valid)} held-out images, {len(data.classes)} classes, {_look(data)} -> {out}"
             + (f" on {ddp.world_size} processes ({ddp.backend})" if ddp else ''))
@@ -180,12 +154,12 @@ def cmd_train(args) -> dict:
     "Train a classifier and write the model, metrics and plots."
     from lepton_nb.artifacts import RUN_OPTIONS, claim_run_dir, run_folder, start_run, unstarted_removed
     from lepton_nb.core import LeptonError, get_device
-    from lepton_nb.data import get_data
-    from lepton_nb.cnn import train_classifier
+    from lepton_nb.cnn import parse_augment, train_classifier
     ddp = None
     if args.ddp:                       # under torchrun: join the process group; rank 0 alone writes and prints
         from lepton_nb.distributed import agree, finish_ddp, init_ddp, train_kwargs
         ddp = init_ddp(args.device or RUN_OPTIONS['train']['device'])
+    _canonical_options(args)           # before a resume compares them with the saved ones
     unused = _unused_options(args)     # what the command line gave, before saved settings and defaults fill the rest
     quiet = bool(ddp and ddp.rank)
     out, pick = run_folder(args, 'train', quiet)
@@ -193,10 +167,10 @@ def cmd_train(args) -> dict:
     dev = get_device(args.device)      # an unavailable device fails here, before any data is loaded
     if args.tensorboard and importlib.util.find_spec('tensorboard') is None:   # and a missing package
         raise LeptonError("--tensorboard needs the tensorboard package: pip install 'lepton_nb[tensorboard]'")
-    data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
-                    seed=args.seed, progress=not (args.json or quiet))
+    data = _load_data(args, progress=not (args.json or quiet))
     if len(data.classes) < 2:
         raise LeptonError(f"a classifier needs at least 2 classes, {data.source} has {len(data.classes)}")
+    more = _transfer_kwargs(args, data)   # --weights, --from: a bad file fails here, before the folder is claimed
     _note_skipped(data, args, quiet)
     if not quiet and (data.report or {}).get('held_out_copies_of_training_images'):
         print(f"note: {_leak_line(data.report)}", file=sys.stderr)
@@ -207,6 +181,7 @@ def cmd_train(args) -> dict:
     start_run(out, args, data, 'train', quiet)   # (only the rank that writes saves the options)
     extra = {'width': args.width} if args.width else {}
     run = train_kwargs(ddp, out, args.resume) if ddp else dict(out=out, resume=args.resume)
+    run = {**run, **more, 'cbs': [*run.get('cbs', ()), *more.get('cbs', ())]}
     if not quiet: print(_train_start_line(args, data, out, ddp), file=sys.stderr)
     with unstarted_removed(out, created, 'train_args.json'):
         learn, metrics = train_classifier(data, args.model, impl=args.impl, epochs=args.epochs,
@@ -214,7 +189,7 @@ def cmd_train(args) -> dict:
                                           device=ddp.device if ddp else args.device, seed=args.seed,
                                           progress=not (args.json or quiet), checkpoint_every=args.checkpoint_every,
                                           patience=args.patience, monitor=args.watch, tensorboard=args.tensorboard,
-                                          **run, **extra)
+                                          augment=parse_augment(args.augment) if args.augment else None, **run, **extra)
     if ddp: metrics = finish_ddp(learn, metrics, out, ddp)
     if learn.interrupted:
         how = 'torchrun ... -m lepton_nb.cli train --ddp' if ddp else 'lepton train'
@@ -316,6 +291,15 @@ def cmd_predict(args) -> dict:
     return {'predictions': [{k: v for k, v in r.items() if k != 'image'} for r in results],
             'skipped': [{'file': f, 'reason': why} for f, why in skipped or []]}
 
+# %% ../nbs/16_cli.ipynb #0848f319
+def cmd_export(args) -> dict:
+    "Write a run's classifier as ONNX or a torch.export program (`export_model`) and say what it takes and gives."
+    from lepton_nb.artifacts import export_model
+    r = export_model(args.model_dir, args.format, args.out)
+    takes = '; '.join(f"{i['name']}: {i['dtype']} {' x '.join(map(str, i['shape']))}" for i in r['inputs'])
+    print(f"wrote {r['path']} ({r['format']}): takes {takes}; gives the probabilities of {len(r['classes'])} classes")
+    return r
+
 # %% ../nbs/16_cli.ipynb #096251e8
 def cmd_bench(args) -> dict:
     "Run the benchmarks of notebook 15 and print each figure; `--json` prints them as one object."
@@ -333,15 +317,13 @@ def cmd_gan(args) -> dict:
     import matplotlib; matplotlib.use('Agg')
     from lepton_nb.artifacts import claim_run_dir, data_name, run_folder, start_run, unstarted_removed
     from lepton_nb.core import LeptonError, get_device
-    from lepton_nb.data import get_data
     from lepton_nb.gan import train_gan
     unused = _unused_options(args)     # what the command line gave, before saved settings and defaults fill the rest
     out, pick = run_folder(args, 'gan')
     if data_name(args.data) != 'fashion-mnist' and (args.size % 4 or not 8 <= args.size <= 64):
         raise LeptonError(f"the DCGAN needs --size from 8 to 64, a multiple of 4, got {args.size}")
     get_device(args.device)            # an unavailable device fails here, before any data is loaded
-    data = get_data(args.data, val=args.val, size=args.size, channels=args.channels, valid_pct=args.valid_pct,
-                    seed=args.seed, progress=not args.json)
+    data = _load_data(args, progress=not args.json)
     metric = len(data.classes) >= 2
     if not metric and not args.unconditional:
         raise LeptonError(f"lepton gan measures its samples with a classifier of the data, which needs at least 2 "
@@ -408,220 +390,12 @@ def cmd_gan_sample(args) -> dict:
     return {'out': str(out), 'n': n, 'ncols': ncols, 'width': w, 'height': h, 'seed': args.seed,
             'labels': [cfg['classes'][int(i)] for i in labels] if labels is not None else None}
 
-# %% ../nbs/16_cli.ipynb #ddaeac5c
-EXIT_STATUS = """exit status:
-  0    done
-  1    an unexpected failure (a bug: Python prints its traceback)
-  2    bad input: an option, data, a file or folder, or a device that is not there (one line on standard error)
-  130  interrupted by Ctrl-C or SIGTERM (train and gan save a checkpoint first: --resume continues)
-
-with --json, standard output holds the result as one JSON document and nothing else; every other line (progress,
-tables, notes, warnings, errors) goes to standard error: lepton evaluate RUN --json | jq .test_accuracy"""
-
-_SEED = dict(type=_int_between(0, 2**32 - 1), default=None, help="seed of every random generator (default: 0)")
-_DEVICE = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
-
-def _add_run_args(p, kind:str, kept:str):
-    "The options `lepton train` and `lepton gan` share: device, seed, run folder, resume, checkpoints."
-    p.add_argument('--device', default=None, help=f"{_DEVICE} (default: auto)")
-    p.add_argument('--seed', **_SEED)
-    folder = 'runs/<data>-<model>' if kind == 'train' else 'runs/<data>-gan'
-    p.add_argument('--out', default=None, metavar='DIR',
-                   help=f"run folder (default: {folder}, or -2, -3... when taken)")
-    p.add_argument('--overwrite', action='store_true',
-                   help=f"let --out replace a finished run of lepton {kind} (refused otherwise)")
-    p.add_argument('--resume', action='store_true',
-                   help=f"continue from the run folder's checkpoint with its saved settings (the data and {kept} stay; "
-                        "--epochs, --time-budget, --device may change: a budget given again replaces the saved one, so "
-                        "--epochs alone lifts a saved --time-budget); a run stopped before its first checkpoint starts "
-                        "again from the beginning with its saved settings")
-    p.add_argument('--checkpoint-every', type=_positive_float, default=None, metavar='SECONDS',
-                   help="seconds of training between checkpoints within an epoch (default: 60)")
-
-def _add_data_parser(sub):
-    p = sub.add_parser('data', help="load a data set and print its sizes, classes, statistics and skipped files",
-                       formatter_class=_Formatter, description=
-                       "Load a data set the way `lepton train` does and print a summary.\n\n"
-                       "examples:\n  lepton data\n  lepton data --data photos/train --val photos/val\n"
-                       "  lepton data --data photos --json | jq .skipped")
-    _add_data_args(p)
-    p.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=0,
-                   help="seed of the train/valid split of a single folder")
-    p.set_defaults(func=cmd_data)
-
-def _add_train_parser(sub):
-    p = sub.add_parser('train', help="train a classifier (the main job) and write model, metrics and plots",
-                       formatter_class=_Formatter, description=
-                       "Train a CNN on Fashion-MNIST or on a folder DIR/<class>/<image>, evaluate it on the held-out\n"
-                       "split, and write model.safetensors, config.json, metrics.json, run_card.json, curves.png,\n"
-                       "confusion.png, predictions.png, and for --resume checkpoint.pt and train_args.json into\n"
-                       "the run folder (runs/<data>-<model> unless --out says otherwise).\n\n"
-                       "recipes (--model):\n"
-                       "  fast  two conv+batchnorm blocks, one-cycle schedule, bf16 where fast, flips (default)\n"
-                       "  seed  the source article's model and recipe: conv 32, pool, dense 128; Adam, batch 32, "
-                       "10 epochs\n\n"
-                       "examples:\n  lepton train --time-budget 20\n  lepton train --model seed\n"
-                       "  lepton train --data photos/train --val photos/val --out runs/photos\n"
-                       "  lepton train --resume                  # continue the latest interrupted run in runs/\n"
-                       "  lepton train --model seed --epochs 30 --patience 3   # stop when a held-out tenth stops "
-                       "improving\n"
-                       "  lepton train --epochs 30 --patience 3 --watch accuracy   # ... judged by its accuracy\n"
-                       "  torchrun --nproc_per_node=2 -m lepton_nb.cli train --ddp --model seed   # 2 processes")
-    _add_data_args(p)
-    for a in p._actions:   # on --resume, unset options come from the run's train_args.json
-        if a.dest in ('data', 'size', 'valid_pct'): a.default = None
-    p.add_argument('--model', choices=('fast', 'seed'), default=None, help="recipe and architecture (default: fast)")
-    p.add_argument('--impl', choices=('torch', 'scratch'), default=None,
-                   help="layers from torch.nn, or lepton_nb's own from-scratch conv/pool/ReLU (default: torch)")
-    p.add_argument('--epochs', type=_int_at_least(1), default=None,
-                   help="epochs (default: the recipe's 10, or unlimited with --time-budget)")
-    p.add_argument('--time-budget', type=_positive_float, default=None, metavar='SECONDS',
-                   help="stop training after this many seconds, then evaluate and save; the schedule fits itself to it")
-    p.add_argument('--batch-size', type=_int_at_least(1), default=None,
-                   help="batch size (default: the recipe's: 256 fast, 32 seed)")
-    p.add_argument('--lr', type=_positive_float, default=None,
-                   help="(peak) learning rate (default: the recipe's: 0.01 fast, 0.001 seed)")
-    p.add_argument('--width', type=_int_between(1, 512), default=None,
-                   help="fast model: channels of the first convolution, 1 to 512 (default: 32; 16 on the CPU when "
-                        "--time-budget is under 60)")
-    _add_run_args(p, 'train', 'model')
-    p.add_argument('--patience', type=_int_at_least(1), default=None,
-                   help="early stopping: hold out a tenth of each class of the training images, stop after this many "
-                        "epochs without a better --watch figure on them, and save the best epoch's weights "
-                        "(default: off)")
-    p.add_argument('--watch', choices=('valid_loss', 'accuracy', 'f1_macro'), default=None,
-                   help="what early stopping watches on the held-out tenth: its loss, accuracy or macro F1 "
-                        "(default: valid_loss)")
-    p.add_argument('--tensorboard', action='store_true', default=None,
-                   help="log to DIR/tensorboard (needs: pip install 'lepton_nb[tensorboard]')")
-    p.add_argument('--ddp', action='store_true', help="data-parallel under torchrun: torchrun --nproc_per_node=N -m "
-                   "lepton_nb.cli train --ddp ... (--batch-size is the global batch; gloo on CPU, nccl on CUDA)")
-    p.set_defaults(func=cmd_train)
-
-def _add_use_parsers(sub):
-    "`lepton evaluate` and `lepton predict`: a saved model at work."
-    p = sub.add_parser('evaluate', help="evaluate a saved model on Fashion-MNIST's test split or an image folder",
-                       formatter_class=_Formatter, description=
-                       "Print accuracy, per-class precision/recall/F1 of a saved model.\n\nexamples:\n"
-                       "  lepton evaluate runs/fashion-mnist-fast\n  lepton evaluate runs/photos --data photos/test\n"
-                       "  lepton evaluate runs/photos --data photos/test --json | jq .test_accuracy")
-    p.add_argument('model_dir', metavar='MODEL_DIR', help="a folder written by lepton train")
-    p.add_argument('--data', default='fashion-mnist', metavar='fashion-mnist|DIR',
-                   help="what to evaluate on (a folder: all its images)")
-    p.add_argument('--device', default='auto', help=_DEVICE)
-    p.add_argument('--tta', action=argparse.BooleanOptionalAction, default=None,
-                   help="test-time flip averaging on or off (default: as the training run evaluated the model)")
-    p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser('predict', help="label images with a saved model (top-k labels and probabilities)",
-                       formatter_class=_Formatter, description=
-                       "Label images of any size and mode: each is converted exactly as the model's training data\n"
-                       "(size, channels, normalisation come from MODEL_DIR/config.json).\n\nexamples:\n"
-                       "  lepton predict runs/fashion-mnist-fast shoe.jpg --plot shoe_pred.png\n"
-                       "  lepton predict runs/photos a.png b.jpg --top-k 5 --json\n"
-                       "  lepton predict runs/photos new_photos/        # every image in a folder; unreadable files "
-                       "are listed")
-    p.add_argument('model_dir', metavar='MODEL_DIR', help="a folder written by lepton train")
-    p.add_argument('images', metavar='IMAGE', nargs='+', help="image files, or folders of them")
-    p.add_argument('--top-k', type=_int_at_least(1), default=None, help="labels shown per image (default: 3)")
-    p.add_argument('--plot', default=None, metavar='FILE', help="also write a PNG: each image with its top-k bar chart")
-    p.add_argument('--device', default='auto', help=_DEVICE)
-    p.set_defaults(func=cmd_predict)
-
-def _add_gan_parser(sub):
-    p = sub.add_parser('gan', help="train a class-conditional DCGAN (or draw samples: lepton gan sample MODEL_DIR)",
-                       formatter_class=_Formatter, description=
-                       "Train a class-conditional DCGAN on Fashion-MNIST or a folder DIR/<class>/<image>, measure it\n"
-                       "(FID in the features of a classifier of the same data, beside the real floor; classifier\n"
-                       "score; class coverage) and write generator.safetensors, discriminator.safetensors,\n"
-                       "config.json, metrics.json, run_card.json, samples.png, losses.png, progress.png,\n"
-                       "coverage.png, and for --resume checkpoint.pt and gan_args.json into the run folder.\n\n"
-                       "examples:\n  lepton gan --time-budget 300\n"
-                       "  lepton gan --epochs 10 --device cuda --out runs/gan\n"
-                       "  lepton gan --resume                    # continue the latest interrupted run in runs/\n"
-                       "  lepton gan sample runs/fashion-mnist-gan --n 64 --out samples.png\n"
-                       "  lepton gan sample runs/fashion-mnist-gan --n 16 --class Bag --out bags.png")
-    _add_data_args(p)
-    for a in p._actions:   # on --resume, unset options come from the run's gan_args.json
-        if a.dest in ('data', 'size', 'valid_pct'): a.default = None
-    p.add_argument('--epochs', type=_int_at_least(1), default=None,
-                   help="epochs (default: 10, or unlimited with --time-budget)")
-    p.add_argument('--time-budget', type=_positive_float, default=None, metavar='SECONDS',
-                   help="stop training after this many seconds (the metric is not counted), then measure and save")
-    p.add_argument('--batch-size', type=_int_at_least(1), default=None, help="batch size (default: 64)")
-    p.add_argument('--lr', type=_positive_float, default=None,
-                   help="Adam learning rate of both networks (default: 0.002)")
-    p.add_argument('--width', type=_int_between(1, 512), default=None,
-                   help="channels of G's last hidden and D's first layer, 1 to 512 (default: 32)")
-    p.add_argument('--loss', choices=('ns', 'saturating', 'lsgan', 'hinge'), default=None,
-                   help="GAN loss of lepton_nb.gan_losses (default: ns, the non-saturating one)")
-    p.add_argument('--unconditional', action='store_const', const=True, default=None,
-                   help="a plain DCGAN without class labels")
-    p.add_argument('--threads', type=_threads, default=None, metavar='N',
-                   help="CPU threads: a number, or auto, which times 1 and all every 30 s and keeps the faster; a "
-                        "fixed number makes a run with the same --seed repeat exactly on the same machine "
-                        "(default: auto)")
-    p.add_argument('--n-eval', type=_int_at_least(2), default=None,
-                   help="images per side of the FID, at most the held-out split's size (default: 10000)")
-    _add_run_args(p, 'gan', 'networks')
-    p.set_defaults(func=cmd_gan, gan_command=None)
-    return p
-
-def _add_sample_parser(gan):
-    gsub = gan.add_subparsers(dest='gan_command', metavar='[sample MODEL_DIR]', parser_class=_Parser,
-                              title='drawing from a saved generator',
-                              description='lepton gan sample MODEL_DIR ... (see lepton gan sample --help)')
-    q = gsub.add_parser('sample', help="draw new images from a saved generator into one PNG grid",
-                        formatter_class=_Formatter,
-                        description="Draw --n new images from a generator saved by lepton gan, as one PNG grid.\n\n"
-                                    "examples:\n  lepton gan sample runs/fashion-mnist-gan --n 64 --out samples.png\n"
-                                    "  lepton gan sample runs/fashion-mnist-gan --n 8 --class Sneaker --seed 3 "
-                                    "--out s.png")
-    q.add_argument('model_dir', metavar='MODEL_DIR', help="a folder written by lepton gan")
-    q.add_argument('--n', type=_int_between(1, 100_000), default=None,
-                   help="how many images, 1 to 100000 (default: 8 of each class, one column per class; else 64)")
-    q.add_argument('--out', default=None, metavar='FILE.png',
-                   help="the PNG to write (default: MODEL_DIR/generated.png)")
-    q.add_argument('--class', dest='cls', default=None, metavar='NAME',
-                   help="class-conditional generator: only this class (its name, or its index when no class has "
-                        "that name)")
-    q.add_argument('--seed', type=_int_between(0, 2**32 - 1), default=0, help="seed of the noise")
-    q.add_argument('--ncols', type=_int_between(1, 1000), default=None,
-                   help="images per row, up to 1000 (default: one column per class, else 8)")
-    q.add_argument('--scale', type=_int_between(1, 32), default=2, help="enlarge every pixel this many times, 1 to 32")
-    q.add_argument('--device', default='auto', help=_DEVICE)
-    return q
-
-def _add_bench_parser(sub):
-    # The parts are bench.BENCH_PARTS, written out: importing lepton_nb.bench imports torch (a test keeps them equal)
-    p = sub.add_parser('bench', help="benchmarks: our layers vs torch, loaders, Learner overhead, int8 and pruning, "
-                                     "time to 91%%",
-                       formatter_class=_Formatter, description=
-                       "Each figure is measured side by side in one process; ratios are ours / reference.\n\n"
-                       "parts: conv, loader, learner, optimize, train ('train' takes minutes; --quick leaves it "
-                       "out)\n\n"
-                       "examples:\n  lepton bench --quick\n  lepton bench --only learner --json")
-    p.add_argument('--only', default=None, metavar='PART,...', help="comma-separated parts to run")
-    p.add_argument('--quick', action='store_true', help="leave out the minutes-long 'train' part")
-    p.add_argument('--device', default='auto', help=_DEVICE)
-    p.set_defaults(func=cmd_bench)
-
-def build_parser() -> argparse.ArgumentParser:
-    "The `lepton` argument parser with every sub-command (built without importing torch)."
-    import lepton_nb
-    parser = _Parser(prog='lepton', formatter_class=_Formatter, epilog=EXIT_STATUS,
-                     description="lepton_nb: deep learning from formulas to trained models.\n\n"
-                                 "Start with `lepton data` to check the data, then `lepton train`.\n"
-                                 "Fashion-MNIST is the default data set; any folder DIR/<class>/<image> works too.")
-    parser.add_argument('--version', action='version', version=f'lepton_nb {lepton_nb.__version__}')
-    sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
-    _add_data_parser(sub); _add_train_parser(sub); _add_use_parsers(sub)
-    sample = _add_sample_parser(_add_gan_parser(sub)); _add_bench_parser(sub)
-    for p in (*sub.choices.values(), sample):
-        p.add_argument('--json', action='store_true', help="print the result as one JSON document on standard "
-                       "output, and every other line on standard error")
-    return parser
-
 # %% ../nbs/16_cli.ipynb #fd109758
+def build_parser() -> argparse.ArgumentParser:
+    "The `lepton` argument parser (notebook 16_arguments), each sub-command bound to the function that runs it."
+    return lepton_parser(dict(data=cmd_data, train=cmd_train, evaluate=cmd_evaluate, predict=cmd_predict, gan=cmd_gan,
+                              bench=cmd_bench, export=cmd_export))
+
 def _one_line_warnings(name:str, show):
     "A `warnings.showwarning` that prints a `LeptonWarning` as `lepton NAME: warning: ...` and passes others to `show`."
     from lepton_nb.core import LeptonWarning

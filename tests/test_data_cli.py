@@ -271,3 +271,20 @@ def test_truncated_idx_is_a_clear_error(tmp_path):
     raw = D.gzip.decompress(Path(src).read_bytes())
     (tmp_path/'t10k-labels-idx1-ubyte').write_bytes(raw[:5000])
     with pytest.raises(LeptonError, match='truncated'): D.read_idx(tmp_path/'t10k-labels-idx1-ubyte')
+
+
+def test_memory_budget_decides_where_a_folder_is_kept(cache, tmp_path):
+    "--memory-budget: under it the images stay in memory; over it they are read from disk, with the same summary."
+    make_folder(tmp_path/'imgs')
+    runs = {}
+    for gb in ('1', '0'):
+        r = lepton_here('data', '--data', tmp_path/'imgs', '--memory-budget', gb, '--json')
+        assert r.returncode == 0, r.stderr
+        runs[gb] = json.loads(r.stdout)
+    assert runs['1']['storage']['mode'] == 'memory' and runs['1']['storage']['budget_gb'] == 1
+    assert runs['0']['storage']['mode'] == 'disk' and 'read from' in r.stderr and '--memory-budget' in r.stderr
+    same = lambda d: {k: v for k, v in d.items() if k != 'storage'}
+    assert same(runs['0']) == same(runs['1'])
+    r = lepton_here('data', '--data', tmp_path/'imgs', '--memory-budget', '0')   # the summary a person reads says so
+    assert r.returncode == 0 and '  storage: ' in r.stdout and 'a batch at a time (memory budget 0 GB)' in r.stdout
+    assert_one_line_error(lepton_here('data', '--memory-budget', '-1'), 'must be 0 or more gigabytes')

@@ -72,10 +72,10 @@ def test_gan_sample_png(run, env, tmp_path):
     assert r.returncode == 0, r.stderr
     # the same seed (and class, in any case): the same picture
     assert (tmp_path/'b.png').read_bytes() == (tmp_path/'c.png').read_bytes()
-    # the default: 8 of each class, a column each
-    r = lepton('gan', 'sample', out, '--out', tmp_path/'d.png', '--json', env=env)
+    # the default: 8 of each class, a column each; --json given before `sample` counts too: one document on stdout
+    r = lepton('gan', '--json', 'sample', out, '--out', tmp_path/'d.png', env=env)
     assert r.returncode == 0 and 'in 8 rows of 3' in r.stderr, r.stderr
-    assert last_json(r.stdout)['n'] == 24 and Image.open(tmp_path/'d.png').size == (2 * (3 * 30 + 2), 2 * (8 * 30 + 2))
+    assert json.loads(r.stdout)['n'] == 24 and Image.open(tmp_path/'d.png').size == (2 * (3 * 30 + 2), 2 * (8 * 30 + 2))
 
 @pytest.mark.parametrize('args, msg', [
     (['gan', '--epochs', '0'], 'must be at least 1'),

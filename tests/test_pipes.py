@@ -1,5 +1,6 @@
 "`lepton` in a pipeline: with --json standard output is one JSON document; --help without torch; exit statuses."
 import json, shutil, subprocess, sys
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,8 @@ def shapes(tmp_path_factory):
 def test_help_imports_no_torch():
     "Building the parser and printing any help leaves torch (seconds to import) out of the process."
     code = ("import contextlib, io, sys\nfrom lepton_nb.cli import build_parser, main\nbuild_parser()\n"
-            "for argv in (['--help'], ['train', '--help'], ['gan', 'sample', '--help'], ['bench', '--help']):\n"
+            "for argv in (['--help'], ['train', '--help'], ['gan', 'sample', '--help'], ['bench', '--help'],\n"
+            "             ['export', '--help'], ['train', '--model', 'nonsense']):\n"
             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit): main(argv)\n"
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
@@ -58,6 +60,7 @@ def test_every_command_prints_one_json_document(shapes, tmp_path):
         (['gan', '--data', data, *TINY, '--n-eval', '20', '--out', tmp_path/'gan'], lambda d: 'fid' in d),
         (['gan', 'sample', tmp_path/'gan', '--n', '6', '--out', tmp_path/'s.png'], lambda d: d['n'] == 6),
         (['bench', '--only', 'conv'], lambda d: any(k.startswith('conv') for k in d)),
+        (['export', tmp_path/'run'], lambda d: d['format'] == 'onnx' and Path(d['path']).stat().st_size > 1000),
     ]
     for args, check in cases:
         r = lepton(*args, '--json', env=env, cwd=tmp_path)
@@ -82,6 +85,8 @@ def test_every_command_prints_one_json_document(shapes, tmp_path):
     ['gan', '--data', '/no/such/folder', '--epochs', '1'],
     ['gan', 'sample', '/no/such/run'],
     ['bench', '--only', 'nothing'],
+    ['export', '/no/such/run'],
+    ['train', '--augment', 'nonsense'],
     ['train', '--resume', '--out', '/no/such/run'],
 ])
 def test_errors_with_json_are_one_line_and_no_output(args):
