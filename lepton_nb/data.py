@@ -47,7 +47,9 @@ def read_idx(path:str|Path, # An IDX file, gzip-compressed or not (detected from
     if found != expected:
         raise LeptonError(f"{path}: IDX data is {'truncated' if found < expected else 'too long'}: "
                           f"header says shape {tuple(shape)} ({expected} bytes), file holds {found} bytes")
-    arr = np.frombuffer(raw, dtype=dtype, offset=4 + 4*ndim).reshape(shape)
+    try: arr = np.frombuffer(raw, dtype=dtype, offset=4 + 4*ndim).reshape(shape)
+    except ValueError as e:   # e.g. a 0 dimension beside dimensions whose product numpy cannot hold
+        raise LeptonError(f"{path}: IDX shape {tuple(shape)} cannot be held ({e})") from None
     return torch.from_numpy(arr.astype(dtype.newbyteorder('=')) if dtype.byteorder == '>' else arr.copy())
 
 # %% ../nbs/05_data.ipynb #548e1e49
@@ -258,6 +260,7 @@ def _decode_image(path:Path, size, channels, background:int=0) -> torch.Tensor:
         except IsADirectoryError: raise LeptonError(f"{path}: is a folder, not an image") from None
         except UnidentifiedImageError: raise LeptonError("not an image file (unrecognised format)") from None
         except Image.DecompressionBombError as e: raise LeptonError(f"image too large ({e})") from None
+        except MemoryError: raise LeptonError("damaged image: it asks for more memory than there is") from None
         except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
             raise LeptonError(f"damaged or truncated image ({e})") from None
     t = torch.from_numpy(a.copy())

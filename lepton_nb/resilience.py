@@ -177,7 +177,7 @@ def load_checkpoint(learn, path:str|Path, # A file written by `save_checkpoint`
     try:
         learn.model.load_state_dict(st['model'])
         learn.opt.load_state_dict(st['opt'])
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
         first = str(e).splitlines()[0]
         raise LeptonError(f"{path}: the checkpoint does not fit this model or optimiser ({first})") from None
     learn.epoch, learn.iter, learn.step, learn.train_time = st['epoch'], st['iter'], st['step'], st['train_time']

@@ -486,11 +486,9 @@ def test_cli_argv_line_breaks(monkeypatch, stub_parser, argv): check_argv(monkey
 
 
 # ------------------------------------------------------------------------------------------ found by the long lane
-# (scripts/fuzz_long.py, `make fuzz`): kept here as regression cases. The fixes belong to lepton_nb/data.py (05_data),
-# hence the xfail marks, which go when it is fixed.
+# (scripts/fuzz_long.py, `make fuzz`): kept here as regression cases (fixed in 05_data's read_idx and decoder, and in
+# 08_resilience's load_checkpoint).
 
-@pytest.mark.xfail(reason='05_data read_idx: a header with a 0 dimension and huge others passes the length check '
-                          '(0 bytes) and NumPy then refuses the shape with a ValueError', raises=AssertionError)
 @pytest.mark.parametrize('raw', [b'\0\0\x0b\x04\xe9\xc7\xc8e{\xb9\xbd1\0\0\0\x02\0\0\0\0',
                                  b'\0\0\x0b\x04\0\0\0\0\x0e\xf4\xfb*\x1b\xe8\xd7PM\xcf\x9d\xbb'])
 def test_idx_empty_with_huge_dims(work, raw):
@@ -520,9 +518,6 @@ def load_image_with_memory_bound(path:Path, headroom:int=1 << 30) -> str:
 
 
 @pytest.mark.skipif(not Path('/proc/self/status').exists(), reason='reads VmSize from /proc')
-@pytest.mark.xfail(reason="05_data _decode_image: a PNG whose chunk length was flipped to ~2**31 makes PIL's load_end "
-                          "allocate that much; under a memory bound that is a MemoryError, not a LeptonError",
-                   raises=AssertionError)
 def test_image_chunk_length_under_a_memory_bound(work):
     m = ('flip', 556188, [(141553, 7), (978183, 2), (584106, 0), (161198, 0), (873351, 7), (618095, 0), (777002, 7),
                           (642756, 5)], b'')
@@ -531,9 +526,6 @@ def test_image_chunk_length_under_a_memory_bound(work):
 
 
 @pytest.mark.filterwarnings('ignore:Detected pickle protocol')
-@pytest.mark.xfail(reason="08_resilience load_checkpoint: a flipped bit that turns the optimiser's state into a list "
-                          "raises AttributeError in torch's Optimizer.load_state_dict, which is not caught",
-                   raises=AttributeError)
 def test_checkpoint_optimizer_state_a_list(work, rng_kept, checkpoint):
     "The long lane's case: a flipped bit in the pickle made `opt['state']` an empty list (rebuilt here field-wise)."
     p = work/'opt_list.pt'; p.write_bytes(checkpoint)

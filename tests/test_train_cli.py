@@ -592,8 +592,6 @@ def test_training_starts_from_an_earlier_run_or_a_weights_file(folders, cache, t
     assert json.loads((tmp_path/'third'/'config.json').read_text())['arch'] == 'mobilenet_v3_small'
 
 
-@pytest.mark.xfail(reason="artifacts.data_digest calls .contiguous() on the whole x_train, which a folder read from "
-                          "disk (data's ImageStore) lacks: it should hash it a slice at a time (09_artifacts)")
 def test_train_reads_a_folder_over_its_memory_budget_from_disk(folders, cache, tmp_path):
     "--memory-budget 0: the images are read from disk a batch at a time, with the same run as in memory."
     data = ['--data', folders/'train', '--val', folders/'val', '--epochs', '1', '--batch-size', '64', '--width', '4']
