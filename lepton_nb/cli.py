@@ -273,7 +273,8 @@ def cmd_predict(args) -> dict:
     if args.plot: _png_file(args.plot, '--plot')   # before any work
     files = _image_args(args.images)
     skipped = [] if len(files) > 1 else None      # of several files, one that cannot be read is listed, not fatal
-    results = predict(args.model_dir, files, top_k=args.top_k or 3, device=args.device, skipped=skipped)
+    results = predict(args.model_dir, files, top_k=args.top_k or 3, device=args.device, skipped=skipped,
+                      keep_images=PLOT_MAX if args.plot else 0)   # images only for the picture: memory stays bounded
     if results and args.top_k and args.top_k > len(results[0]['top_k']):
         print(f"note: the model knows {len(results[0]['top_k'])} classes, so --top-k {args.top_k} shows all of them",
               file=sys.stderr)

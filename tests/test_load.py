@@ -11,8 +11,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'scripts'))
 import load_predict as lp
 
-GROWTH_MIB = 32    # what the peak resident memory may grow by from SMALL to BIG images of 64x64x3
-SMALL, BIG = 300, 1500   # (1,200 more decoded images are 14 MiB as uint8, twice that if also stacked in one tensor)
+GROWTH_MIB = 8     # what the peak resident memory may grow by from SMALL to BIG images of 64x64x3
+SMALL, BIG = 300, 2000   # (1,700 more decoded images are 20 MiB as uint8, twice that if also stacked in one tensor)
+# glibc's malloc raises its mmap threshold as large blocks are freed, so a batch's buffers land on the heap, whose
+# peak then wanders by ~100 MiB with the number of batches whatever is kept (measured: 300 -> 1,500 images +103 MiB,
+# 1,500 -> 3,000 +2 MiB). A fixed threshold keeps large blocks in mmap (returned when freed), so the peak counts what
+# is kept (measured with it: 300 -> 4,000 images +9 MiB at 64x64x3, of which the model and result lines are a part).
+MALLOC = {'MALLOC_MMAP_THRESHOLD_': '131072'}
 
 
 @pytest.fixture(scope='module')
@@ -20,11 +25,9 @@ def model_run(tmp_path_factory):
     return lp.make_model(tmp_path_factory.mktemp('load')/'run', 64, 3)
 
 
-@pytest.mark.xfail(reason='10_cnn `predict` decodes every image and stacks them before the first batch runs, and each '
-                          'result keeps its image; 16_cli `cmd_predict` holds every result until the end: memory grows '
-                          'with the folder (see the report of issue 24 for the change)', strict=False)
-def test_predict_memory_does_not_grow_with_the_folder(model_run, tmp_path):
+def test_predict_memory_does_not_grow_with_the_folder(model_run, tmp_path, monkeypatch):
     "Peak RSS of `lepton predict RUN FOLDER` on BIG images is within GROWTH_MIB of that on SMALL images."
+    for k, v in MALLOC.items(): monkeypatch.setenv(k, v)
     peaks = {}
     for n in (SMALL, BIG):
         r = lp.run_predict(model_run, lp.make_folder(tmp_path/f'images{n}', n, 64, 3))
