@@ -318,7 +318,7 @@ def cmd_gan(args) -> dict:
     import matplotlib; matplotlib.use('Agg')
     from lepton_nb.artifacts import claim_run_dir, data_name, run_folder, start_run, unstarted_removed
     from lepton_nb.core import LeptonError, get_device
-    from lepton_nb.gan import train_gan
+    from lepton_nb.gan_run import train_gan
     unused = _unused_options(args)     # what the command line gave, before saved settings and defaults fill the rest
     out, pick = run_folder(args, 'gan')
     if data_name(args.data) != 'fashion-mnist' and (args.size % 4 or not 8 <= args.size <= 64):

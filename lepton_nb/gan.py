@@ -580,15 +580,3 @@ def plot_progress(grids:list, # uint8 sample batches, one per epoch (`GANCB.grid
     if len(idx) < len(grids): ax.set_title(f"{len(idx)} of {len(grids)} epochs, evenly spread", fontsize=9)
     fig.tight_layout()
     return fig
-
-# %% ../nbs/12_gan.ipynb #24b05f36
-_MOVED = ('FID_CLASSIFIER_FORMAT', 'FID_RECIPE', 'sqrtm_psd', 'trace_sqrt_product', 'frechet_distance', 'feature_stats',
-          'classifier_score', 'class_coverage', 'data_key', 'num_threads', 'fid_classifier', 'GANScorer',
-          'plot_coverage', 'train_gan', 'write_gan_artifacts')
-
-def __getattr__(name:str):
-    "The metric and `train_gan` live in `lepton_nb.gan_run` (notebook 12a); `lepton_nb.gan.train_gan` still finds them."
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module('lepton_nb.gan_run'), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

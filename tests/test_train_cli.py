@@ -344,12 +344,12 @@ def test_early_stopping_watches_held_out_training_images(folders, cache, tmp_pat
 def test_a_run_that_fails_before_it_starts_leaves_no_folder(folders, cache, tmp_path, monkeypatch, capsys):
     """An error found once the run folder and its settings are written (a missing package, say) removes what this
     command wrote: no run folder with settings and nothing else is left behind. A folder that was there is kept."""
-    import lepton_nb.cnn, lepton_nb.gan
+    import lepton_nb.cnn, lepton_nb.gan_run
     from lepton_nb.cli import main
     from lepton_nb.core import LeptonError
     def refuse(*a, **k): raise LeptonError('refused for the test')
     monkeypatch.setattr(lepton_nb.cnn, 'train_classifier', refuse)
-    monkeypatch.setattr(lepton_nb.gan, 'train_gan', refuse)
+    monkeypatch.setattr(lepton_nb.gan_run, 'train_gan', refuse)
     data = ['--data', str(folders/'train'), '--val', str(folders/'val')]
     for cmd in (['train'], ['gan']):
         assert main([*cmd, *data, '--out', str(tmp_path/'new')]) == 2
