@@ -14,6 +14,7 @@ from torch import nn
 
 from .core import LeptonError, atomic_path, get_device, run_card, save_json, seed_everything
 from .data import ImageData, TensorLoader, load_image
+from .loaders import eval_batch_size, take_rows
 from .augment import AUGMENTS, augmenter, flip_tta, parse_augment
 from .learner import (BatchTransformCB, CancelFitException, Callback, Learner, MetricsCB, MixedPrecisionCB,
                                OneCycleCB, ProgressCB, TensorBoardCB, plot_history)
@@ -238,12 +239,13 @@ def _classifier_loaders(data:ImageData, r:dict, dev, seed:int, patience, monitor
         keep, held = holdout_split(data.y_train, monitor_pct, seed)
         if not len(held): raise LeptonError("early stopping holds out some training images to watch, and no class has "
                                             "two: add images, or leave --patience out")
-        x_tr, y_tr, watch = data.x_train[keep], data.y_train[keep], (data.x_train[held], data.y_train[held])
-    bs, cl = min(r['bs'], len(y_tr)), r['channels_last']
+        x_tr, y_tr, watch = take_rows(data.x_train, keep), data.y_train[keep], (take_rows(data.x_train, held),
+                                                                                data.y_train[held])
+    bs, cl, eb = min(r['bs'], len(y_tr)), r['channels_last'], eval_batch_size(data.channels, *data.size)
     tr = TensorLoader(x_tr, y_tr, bs, shuffle=True, seed=seed, device=dev, mean=data.mean, std=data.std,
                       channels_last=cl, drop_last=len(y_tr) >= 2 * bs)
-    te = TensorLoader(data.x_valid, data.y_valid, 1024, device=dev, mean=data.mean, std=data.std, channels_last=cl)
-    va = te if watch is None else TensorLoader(*watch, 1024, device=dev, mean=data.mean, std=data.std, channels_last=cl)
+    te = TensorLoader(data.x_valid, data.y_valid, eb, device=dev, mean=data.mean, std=data.std, channels_last=cl)
+    va = te if watch is None else TensorLoader(*watch, eb, device=dev, mean=data.mean, std=data.std, channels_last=cl)
     return tr, va, te, watch
 
 def _classifier_net(data:ImageData, r:dict, impl:str, dev, init) -> tuple[dict, nn.Module]:

@@ -14,8 +14,8 @@ import torch
 from .core import LeptonError, atomic_path, get_device
 
 # %% auto #0
-__all__ = ['GB', 'total_memory', 'memory_budget_bytes', 'streams', 'ImageStore', 'hash_tensor', 'store_tensors', 'load_stored',
-           'safetensors_layout', 'save_streamed', 'TensorLoader']
+__all__ = ['GB', 'total_memory', 'memory_budget_bytes', 'streams', 'ImageStore', 'hash_tensor', 'take_rows', 'eval_batch_size',
+           'store_tensors', 'load_stored', 'safetensors_layout', 'save_streamed', 'TensorLoader']
 
 # %% ../nbs/05b_loaders.ipynb #e0c83b98
 GB = 10**9   # the budget is given in decimal gigabytes
@@ -126,6 +126,15 @@ def hash_tensor(h, # A hashlib object, updated in place
     step = max(1, chunk_bytes // row)
     for i in range(0, len(t), step): h.update(t[i:i + step].contiguous().cpu().numpy().tobytes())
     return h
+
+# %% ../nbs/05b_loaders.ipynb #hb000005
+def take_rows(x, idx:torch.Tensor):
+    "Rows `idx` of a tensor (a copy) or of an `ImageStore` (a view that reads nothing yet)."
+    return x.subset(idx) if isinstance(x, ImageStore) else x[idx]
+
+def eval_batch_size(channels:int, height:int, width:int, values:int=2**22, most:int=1024) -> int:
+    "Images per evaluation batch: at most `most`, and about `values` pixel values a batch for large images."
+    return max(1, min(most, values // max(1, channels * height * width)))
 
 # %% ../nbs/05b_loaders.ipynb #c48109e2
 def store_tensors(path:str|Path, # The cache file to write

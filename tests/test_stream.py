@@ -156,3 +156,20 @@ def test_peak_memory_is_bounded_when_streaming(cache, tmp_path):
         mode, base, peak = r.stdout.split(); out[mode] = int(peak) - int(base)
     decoded = 1500 * 3 * 224 * 224 // 2**20
     assert out['disk'] < decoded / 2 and out['memory'] > 2 * decoded, (out, decoded)
+
+
+def test_early_stopping_on_disk_trains_as_in_memory(cache, photos, monkeypatch):
+    "With --patience the held-out images are a view of the store (nothing read at once), and the run is the same."
+    from lepton_nb.cnn import train_classifier
+    read = []
+    orig = ImageStore.__getitem__
+    def counting(self, key):
+        out = orig(self, key); read.append(len(out)); return out
+    monkeypatch.setattr(ImageStore, '__getitem__', counting)
+    runs = {}
+    for budget in (1, 1e-6):
+        data = D.get_data(photos, size=32, progress=False, cache=False, memory_budget=budget)
+        learn, m = train_classifier(data, 'fast', epochs=2, bs=8, width=4, patience=1, progress=False, device='cpu')
+        runs[data.storage['mode']] = (m['test_accuracy'], [float(p.sum()) for p in learn.model.parameters()])
+    assert runs['disk'] == runs['memory']
+    assert read and 27 not in read   # the 27 kept images (3 held out) are read a batch at a time, never at once
