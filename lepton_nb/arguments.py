@@ -237,6 +237,8 @@ def _add_use_parsers(sub):
                    help="onnx, or pt2 (torch.export) (default: onnx); e.g. --format pt2")
     p.add_argument('--out', default=None, metavar='FILE',
                    help="the file to write (default: MODEL_DIR/model.onnx or MODEL_DIR/model.pt2); e.g. --out m.onnx")
+    p.add_argument('--dtype', choices=('uint8', 'float32'), default='uint8',
+                   help="the pixels' type the graph takes, 0-255 either way (default: uint8, what image decoders give)")
 
 def _add_gan_parser(sub):
     p = _command(sub, 'gan', "train a class-conditional DCGAN (or draw samples: lepton gan sample MODEL_DIR)",

@@ -296,7 +296,7 @@ def cmd_predict(args) -> dict:
 def cmd_export(args) -> dict:
     "Write a run's classifier as ONNX or a torch.export program (`export_model`) and say what it takes and gives."
     from lepton_nb.artifacts import export_model
-    r = export_model(args.model_dir, args.format, args.out)
+    r = export_model(args.model_dir, args.format, args.out, dtype=args.dtype)
     takes = '; '.join(f"{i['name']}: {i['dtype']} {' x '.join(map(str, i['shape']))}" for i in r['inputs'])
     print(f"wrote {r['path']} ({r['format']}): takes {takes}; gives the probabilities of {len(r['classes'])} classes")
     return r

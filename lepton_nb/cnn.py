@@ -404,7 +404,8 @@ def write_artifacts(learn:Learner, cfg:dict, metrics:dict, data:ImageData, out:s
     out = Path(out)
     save_model(learn.model, cfg, out)
     save_json(metrics, out/'metrics.json')
-    card = run_card(learn.device, metrics['seed'], data_hash=data.source_hash, data=data.source)
+    card = run_card(learn.device, metrics['seed'], data_hash=data.source_hash, data=data.source,
+                    precision=getattr(learn, 'precision', 'fp32'))   # bf16, fp16 or fp32: what training computed in
     save_json(card, out/'run_card.json')
     def savefig(fig, name):
         with atomic_path(out/name) as tmp: fig.savefig(tmp, format='png', dpi=110)

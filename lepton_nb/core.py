@@ -219,6 +219,7 @@ def run_card(device:str|torch.device|None=None, # The device the run used
             'device_name': (torch.cuda.get_device_name(dev) if dev.type == 'cuda'
                             else platform.processor() or platform.machine()),
             'cpu_threads': torch.get_num_threads(), 'seed': seed,
+            'cpu_capability': torch.backends.cpu.get_cpu_capability(),   # AVX2, AVX512...: kernels differ by it
             'deterministic_algorithms': torch.are_deterministic_algorithms_enabled(),
             'cudnn_benchmark': torch.backends.cudnn.benchmark,
             'command': ' '.join(sys.argv) if sys.argv else None}

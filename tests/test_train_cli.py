@@ -560,6 +560,9 @@ def test_export_writes_one_file_and_one_json_document(folders, cache, tmp_path):
     d = json.loads(r.stdout)
     assert (d['format'], d['path'], d['classes']) == ('pt2', str(tmp_path/'m.pt2'), sorted(CLASSES))
     assert (d['size'], d['channels']) == (28, 1) and (tmp_path/'m.pt2').is_file()
+    assert d['inputs'][0]['dtype'] == 'uint8'
+    r = lepton_here('export', out, '--format', 'pt2', '--dtype', 'float32', '--out', tmp_path/'f.pt2', '--json')
+    assert r.returncode == 0 and json.loads(r.stdout)['inputs'][0]['dtype'] == 'float32', r.stderr
     r = lepton_here('export', out)                               # without --json: one line a person reads
     assert r.returncode == 0 and r.stdout.count('\n') == 1 and r.stdout.startswith(f"wrote {out/'model.onnx'} (onnx)")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
