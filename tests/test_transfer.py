@@ -136,3 +136,33 @@ def test_wrong_runs_and_models_are_one_line(rgb, tmp_path, cache):
     refused(lambda: transfer_setup('resnet18', None, tmp_path/'empty', rgb), 'empty')
     refused(lambda: transfer_setup('resnet99', 'none', None, rgb), "unknown model 'resnet99'")
     refused(lambda: transfer_setup('resnet18', 'imagenet', tmp_path/'run', rgb), 'not both')
+
+
+def test_resnet18_run_from_the_command_line_predicts_and_exports(tmp_path, cache):
+    """Issue 23's first check, end to end: `lepton train --model resnet18 --weights none --size 64` on a folder of RGB
+    images, then `predict` on the folder and `export`, whose graph (run by onnxruntime) agrees on every image;
+    `--from` the run fine-tunes it."""
+    import json
+    ort = pytest.importorskip('onnxruntime'); pytest.importorskip('onnx')
+    from helpers import lepton_here
+    from lepton_nb.data import load_image
+    root = colour_folder(tmp_path/'rgb', {'red': (200, 40, 40), 'blue': (40, 40, 200), 'green': (40, 200, 40)})
+    run = tmp_path/'run'
+    r = lepton_here('train', '--data', root, '--model', 'resnet18', '--weights', 'none', '--size', '64',
+                    '--epochs', '1', '--batch-size', '8', '--out', run)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run/'config.json').read_text())['arch'] == 'resnet18'
+    r = lepton_here('predict', run, root, '--json')
+    assert r.returncode == 0, r.stderr
+    labels = {d['file']: d['label'] for d in json.loads(r.stdout)['predictions']}
+    assert len(labels) == 24
+    r = lepton_here('export', run, '--json')
+    assert r.returncode == 0, r.stderr
+    s = ort.InferenceSession(json.loads(r.stdout)['path'])
+    classes = json.loads(s.get_modelmeta().custom_metadata_map['classes'])
+    for f, label in labels.items():
+        x = load_image(f, (64, 64), 3).numpy()[None]
+        assert classes[int(s.run(None, {'pixels': x})[0].argmax())] == label, f
+    r = lepton_here('train', '--data', root, '--from', run, '--epochs', '1', '--batch-size', '8', '--out', tmp_path/'ft')
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path/'ft'/'config.json').read_text())['arch'] == 'resnet18'
