@@ -163,6 +163,7 @@ def test_resnet18_run_from_the_command_line_predicts_and_exports(tmp_path, cache
     for f, label in labels.items():
         x = load_image(f, (64, 64), 3).numpy()[None]
         assert classes[int(s.run(None, {'pixels': x})[0].argmax())] == label, f
-    r = lepton_here('train', '--data', root, '--from', run, '--epochs', '1', '--batch-size', '8', '--out', tmp_path/'ft')
+    r = lepton_here('train', '--data', root, '--from', run, '--epochs', '1', '--batch-size', '8',
+                    '--out', tmp_path/'ft')
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path/'ft'/'config.json').read_text())['arch'] == 'resnet18'
