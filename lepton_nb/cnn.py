@@ -64,15 +64,20 @@ def seed_cnn(n_classes:int=10, channels:int=1, size:int=28, impl:str='torch',
 def _conv_bn_relu(L, ci, co):
     return nn.Sequential(L.Conv2d(ci, co, 3, padding=1, bias=False), nn.BatchNorm2d(co), L.ReLU())
 
+def _conv_pool_bn_relu(L, ci, co):   # the same block with the pooling moved up: batch norm and ReLU on a quarter
+    return nn.Sequential(L.Conv2d(ci, co, 3, padding=1, bias=False), L.MaxPool2d(2), nn.BatchNorm2d(co), L.ReLU())
+
 def fast_cnn(n_classes:int=10, channels:int=1, size:int=28, impl:str='torch', width:int=32, hidden:int=128,
              pool:int|None=7, # Pool larger maps to this side before the dense layer (None: flatten whatever size)
+             pool_first:bool=True, # Max-pool right after each conv (False: after the ReLU, the order of older runs)
              **_) -> nn.Sequential:
-    "Two conv-batchnorm-ReLU blocks with max-pooling, then a dense layer: the `fast` recipe's network."
+    "Two blocks of conv, batch norm, ReLU and max-pooling, then a dense layer: the `fast` recipe's network."
     L = layers(impl)
     flat, s = _pool_flatten(size // 4, pool)
+    if pool_first: body = [_conv_pool_bn_relu(L, channels, width), _conv_pool_bn_relu(L, width, 2 * width)]
+    else: body = [_conv_bn_relu(L, channels, width), L.MaxPool2d(2), _conv_bn_relu(L, width, 2 * width), L.MaxPool2d(2)]
     return nn.Sequential(
-        _conv_bn_relu(L, channels, width), L.MaxPool2d(2),       # size -> size/2 (28 -> 14)
-        _conv_bn_relu(L, width, 2 * width), L.MaxPool2d(2),      # -> size/4 (14 -> 7)
+        *body,                                                   # size -> size/2 -> size/4 (28 -> 14 -> 7)
         flat,                                                    # (pooled to 7 x 7 if larger) -> 2 * width * 7 * 7
         nn.Linear(2 * width * s * s, hidden), L.ReLU(),
         nn.Linear(hidden, n_classes))
@@ -84,9 +89,9 @@ ARCHS = {'seed': seed_cnn, 'fast': fast_cnn}
 RECIPES = {
     'seed': dict(arch='seed', bs=32, lr=1e-3, opt='adam', weight_decay=0.0, schedule=None, epochs=10,
                  label_smoothing=0.0, augment=[], tta=False, amp=False, channels_last=False, pool=13),
-    'fast': dict(arch='fast', bs=256, lr=1e-2, opt='adamw', weight_decay=5e-4, schedule='one-cycle', epochs=10,
+    'fast': dict(arch='fast', bs=256, lr=2e-2, opt='adamw', weight_decay=5e-4, schedule='one-cycle', epochs=10,
                  label_smoothing=0.1, augment=['flip'], tta=True, amp=True, channels_last=True, width=32, pool=7,
-                 short_budget=60, short=dict(width=16)),
+                 pool_first=True, short_budget=300, short=dict(width=16)),
 }
 _MORE_ARCHS = {'tried': False}   # whether lepton_nb.transfer (which registers more architectures) was imported
 
@@ -111,7 +116,8 @@ _CONFIG_SCHEMA = {'arch': str, 'impl': str, 'n_classes': int, 'classes': list, '
                   'mean': list, 'std': list, 'width': int, 'hidden': int}
 _CONFIG_OPTIONAL = {'tta': bool, 'amp': bool,   # how training evaluated the model; older configs: the recipe's
                     'augment': list, # the transforms it trained with; older configs: the recipe's
-                    'pool': int}     # the side the dense layer's input is pooled to; older configs: none (flattened)
+                    'pool': int,     # the side the dense layer's input is pooled to; older configs: none (flattened)
+                    'pool_first': bool}   # fast: max-pooling right after each conv; older configs: after the ReLU
 
 def _finite(v) -> bool:   # a JSON integer of any size is finite (math.isfinite would overflow on a huge one)
     return not isinstance(v, bool) and (isinstance(v, int) or (isinstance(v, float) and math.isfinite(v)))
@@ -146,7 +152,8 @@ def model_config(arch:str, data:ImageData|None=None, impl:str='torch', width:int
     arch_for(arch)
     cfg = {'format': CONFIG_FORMAT, 'format_version': 1, 'arch': arch, 'impl': impl, 'width': width, 'hidden': hidden,
            'weights_sha256': '0' * 64, 'lepton_nb_version': lepton_nb.__version__}
-    if RECIPES[arch].get('pool') is not None: cfg['pool'] = RECIPES[arch]['pool']   # the recipe's pooled head
+    for k in ('pool', 'pool_first'):   # the recipe's pooled head and block order
+        if RECIPES[arch].get(k) is not None: cfg[k] = RECIPES[arch][k]
     if data is not None:
         cfg.update(n_classes=len(data.classes), classes=list(data.classes), channels=data.channels, size=data.size[0],
                    mean=[float(m) for m in data.mean], std=[float(s) for s in data.std])
@@ -160,9 +167,10 @@ def eval_settings(cfg:dict) -> dict:
     return {'tta': cfg.get('tta', r['tta']) and flips, 'amp': cfg.get('amp', r['amp'])}
 
 def build_model(cfg:dict) -> nn.Module:
-    "Build the network a config describes (a config without `pool`, of an older run, flattens as its network did)."
+    "Build the network a config describes (a config of an older run, without `pool` or `pool_first`, builds its own)."
     return arch_for(cfg['arch'])(n_classes=cfg['n_classes'], channels=cfg['channels'], size=cfg['size'],
-                                 impl=cfg['impl'], width=cfg['width'], hidden=cfg['hidden'], pool=cfg.get('pool'))
+                                 impl=cfg['impl'], width=cfg['width'], hidden=cfg['hidden'], pool=cfg.get('pool'),
+                                 pool_first=cfg.get('pool_first', False))
 
 CLASSIFIER = register_kind(ModelKind(CONFIG_FORMAT, _CONFIG_SCHEMA, build=lambda cfg: {'model': build_model(cfg)},
                                      nets={'model': ('model.safetensors', 'weights_sha256')}, check=_classifier_rules,
@@ -251,7 +259,7 @@ def _classifier_loaders(data:ImageData, r:dict, dev, seed:int, patience, monitor
 def _classifier_net(data:ImageData, r:dict, impl:str, dev, init) -> tuple[dict, nn.Module]:
     "The run's config (checked as `save_model` will check it) and its network, `init` applied, on the device."
     cfg = model_config(r['arch'], data, impl, width=r.get('width', 32), hidden=r.get('hidden', 128), tta=r['tta'],
-                       amp=r['amp'], augment=r['augment'], **({'pool': r['pool']} if r.get('pool') is not None else {}))
+                       amp=r['amp'], augment=r['augment'], **{k: r[k] for k in ('pool', 'pool_first') if r.get(k) is not None})
     check_config(cfg, CLASSIFIER, 'model settings')   # the limits `save_model` enforces, checked before training
     net = build_model(cfg)
     if init is not None: init(net)   # e.g. pretrained weights, before the network moves to the device

@@ -212,11 +212,12 @@ def transfer_setup(model:str, # The model to train (a recipe name: resnet18, fas
         sd, cfg = run_state(from_run, model, data)
         where, keep = f"{from_run}", list(cfg['classes']) == list(data.classes)
         extra = {k: cfg[k] for k in ('width', 'hidden', 'pool') if k in cfg}   # the run's network, as it was trained
+        if 'pool_first' in RECIPES[model]: extra['pool_first'] = cfg.get('pool_first', False)   # older runs: False
         if cfg['size'] != data.size[0]: where += f" (trained at size {cfg['size']}, the data is {data.size[0]})"
     elif weights in (None, 'none'): return {}
     elif weights == 'imagenet': sd, where = imagenet_state(arch), f"ImageNet weights of {arch}"
     else: sd, where = read_state_dict(weights), str(weights)
-    sizes = {k: RECIPES[model][k] for k in ('width', 'hidden', 'pool') if RECIPES[model].get(k) is not None}
+    sizes = {k: RECIPES[model][k] for k in ('width', 'hidden', 'pool', 'pool_first') if RECIPES[model].get(k) is not None}
     with torch.device('meta'):   # shapes only: bad weights are refused before any training starts
         probe = ARCHS[arch](n_classes=len(data.classes), channels=data.channels, size=data.size[0],
                             **{'width': 32, 'hidden': 128, **sizes, **extra})

@@ -42,7 +42,7 @@ def test_fast_recipe_trains_on_gpu_in_native_precision():
 
 @cuda
 def test_a_short_budget_keeps_the_full_width_on_the_gpu(tmp_path):
-    """The CPU's trade-off for budgets under 60 s (width 16: more epochs) is not made on CUDA, where a step costs about
+    """The CPU's trade-off for budgets under 300 s (width 16: more epochs) is not made on CUDA, where a step costs about
     the same at either width (notebook 10, "On a GPU"). CPU twin: test_train_cli.py (width 16) and 10's `_recipe`
     tests."""
     import json

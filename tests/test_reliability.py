@@ -549,6 +549,9 @@ def _st_edit(model_dir, f) -> bytes:
     sd = load_file(model_dir/'model.safetensors'); f(sd)
     return st_save(sd, metadata={'format': 'lepton_nb.classifier'})
 
+def _counter(sd:dict) -> str:   # the first batch norm's step counter (an integer tensor), wherever the layout puts it
+    return next(k for k in sd if k.endswith('num_batches_tracked'))
+
 def _raw_st(header:dict, data:bytes=b'') -> bytes:
     h = json.dumps(header).encode(); return struct.pack('<Q', len(h)) + h + data
 
@@ -557,7 +560,7 @@ WEIGHT_CASES = {
                     'has shape (8, 1, 5, 5)'),
     'wrong dtype': (lambda m: _st_edit(m, lambda sd: sd.update({'0.0.weight': sd['0.0.weight'].double()})),
                     'has dtype torch.float64'),
-    'float counter': (lambda m: _st_edit(m, lambda sd: sd.update({'0.1.num_batches_tracked': torch.zeros(())})),
+    'float counter': (lambda m: _st_edit(m, lambda sd: sd.update({_counter(sd): torch.zeros(())})),
                       'has dtype torch.float32'),
     'extra tensor': (lambda m: _st_edit(m, lambda sd: sd.update({'hook': torch.zeros(1)})), 'unexpected'),
     'absurd header length': (lambda m: struct.pack('<Q', 2**62) + b'{}', 'not a readable safetensors'),

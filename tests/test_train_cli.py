@@ -124,7 +124,7 @@ def test_run_folders_are_not_replaced_or_mixed(folders, cache, tmp_path):
                           "differs from the run's own (the default)")
     assert_one_line_error(lepton_here('train', '--resume', '--out', out, '--val', folders/'train'),
                           "differs from the run's own")
-    # the fast recipe's width depends on the budget (16 under 60 s on the CPU): the first fixes it
+    # the fast recipe's width depends on the budget (16 under 300 s on the CPU): the first fixes it
     short = tmp_path/'short'
     assert lepton_here('train', '--data', folders/'train', '--time-budget', '1', '--batch-size', '64', '--out',
                        short).returncode == 0
