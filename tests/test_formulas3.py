@@ -225,7 +225,8 @@ def test_plot_confusion_shows_row_shares_with_names_and_values():
     ax = fig.axes[0]
     np.testing.assert_allclose(shown(ax), [[.75, .25, 0], [0, .5, .5], [0, 0, 1]])
     assert ax.get_images()[0].get_clim() == (0, 1) and ax.get_images()[0].get_cmap().name == 'Blues'
-    assert [t.get_text() for t in ax.get_xticklabels()] == ['x', 'y', 'z'] == [t.get_text() for t in ax.get_yticklabels()]
+    names = [t.get_text() for t in ax.get_xticklabels()], [t.get_text() for t in ax.get_yticklabels()]
+    assert names == (['x', 'y', 'z'], ['x', 'y', 'z'])
     assert list(ax.get_xticks()) == [0, 1, 2] and list(ax.get_yticks()) == [0, 1, 2]
     assert ax.get_xticklabels()[0].get_rotation() == 45 and ax.get_xticklabels()[0].get_ha() == 'right'
     assert ax.get_xlabel() == 'predicted' and ax.get_ylabel() == 'true'

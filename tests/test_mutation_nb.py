@@ -9,8 +9,9 @@ the cells flagged `slow`, `gpu` or `notest`, IPython magics, and plots (matplotl
 A mutation run needs each test to take seconds, not minutes: `plan()` runs a notebook once, unmutated, stops every
 cell that takes longer than `budget` seconds of CPU time (the experiments on Fashion-MNIST, trainings, big plots), and
 drops it and every later cell that then fails (it needed the dropped cell's results). CPU time, not the clock: on a
-busy machine a cell waits for a core, and the plan (so the tests a mutant meets) would change with the load. `make mutation` writes the plan to a JSON
-file named by LEPTON_NB_PLAN; the test then runs only the cells the plan keeps.
+busy machine a cell waits for a core, and the plan (so the tests a mutant meets) would change with the load.
+`make mutation` writes the plan to a JSON file named by LEPTON_NB_PLAN; the test then runs only the cells the plan
+keeps.
 
 Skipped unless LEPTON_NB_CELLS=1 (`nbdev_test` already runs these notebooks in `make test`)."""
 import contextlib, importlib, io, json, os, re, signal, time
