@@ -43,7 +43,8 @@ def prepare():
     (SCRATCH/'nbs').mkdir()
     for nb in NOTEBOOKS: shutil.copy(ROOT/'nbs'/f'{nb}.ipynb', SCRATCH/'nbs')
     shutil.copy(ROOT/'settings.ini', SCRATCH)
-    tests = [t for t in TESTS if (ROOT/t).exists()]
+    tests = [t for t in TESTS if (ROOT/t).exists()]    # a change here is a change of mutmut's settings: it then
+                                                       # forgets every module's verdicts, not only the one run
     toml = ['[tool.mutmut]', 'source_paths = ["lepton_nb"]',
             'only_mutate = [' + ', '.join(f'"lepton_nb/{m}.py"' for m in MODULES) + ']',
             'pytest_add_cli_args_test_selection = [' + ', '.join(f'"{t}"' for t in tests) + ']',
@@ -102,6 +103,14 @@ def check_kills(tests:list) -> dict:
     return got
 
 
+def forget_kills(module:str):
+    "A module run again rescores all its mutants (and mutmut may number them anew): its entries in KILLS go."
+    if not KILLS.exists(): return
+    kills = json.loads(KILLS.read_text())
+    KILLS.write_text(json.dumps({k: v for k, v in kills.items() if not k.startswith(f'lepton_nb.{module}.')},
+                                indent=1, ensure_ascii=False) + '\n')
+
+
 def diffs(names:list) -> dict:
     "name -> the mutant's changed lines, from mutmut's files (in this process: one `mutmut show` each is slow)."
     if not names: return {}
@@ -146,10 +155,9 @@ def report(seconds:float|None=None):
         n0 = len(st); n = sum(s != 'not checked' for s in st.values())
         k = sum(s == 'killed' for s in st.values()); t = sum(s == 'timeout' for s in st.values())
         s = sum(s == 'survived' for s in st.values()); nt = sum(s == 'no tests' for s in st.values())
-        eq = sum(1 for name, s_ in st.items() if s_ != 'killed' and name in equivalent)
-        score = (k + t) / n if n else 0
-        lines.append(f'| {m} | {n0} | {n} | {k} | {t} | {s} | {nt} | {score:.1%} | '
-                     f'{(k + t) / (n - eq) if n - eq else 0:.1%} |')
+        eq = sum(1 for name in left[m] if name in equivalent)
+        pct = lambda a, b: f'{a / b:.1%}' if b else 'not run'     # none checked: not run in this scratch copy
+        lines.append(f'| {m} | {n0} | {n} | {k} | {t} | {s} | {nt} | {pct(k + t, n)} | {pct(k + t, n - eq)} |')
     lines += ['', '## Surviving mutants', '']
     for m, st in res.items():
         lines.append(f'### {m} ({len(left[m])})')
@@ -180,6 +188,7 @@ def main(argv=None) -> int:
     elif not a.report:
         prepare()
         for m in a.modules.split(','):                   # one module at a time: each one's figures are kept as it ends
+            forget_kills(m)
             r = subprocess.run([MUTMUT, 'run', '--max-children', str(a.jobs), f'lepton_nb.{m}.*'], cwd=SCRATCH,
                                env=env())
             if r.returncode: print(f'mutmut ended with status {r.returncode} on {m}', file=sys.stderr)
