@@ -259,7 +259,8 @@ def _classifier_loaders(data:ImageData, r:dict, dev, seed:int, patience, monitor
 def _classifier_net(data:ImageData, r:dict, impl:str, dev, init) -> tuple[dict, nn.Module]:
     "The run's config (checked as `save_model` will check it) and its network, `init` applied, on the device."
     cfg = model_config(r['arch'], data, impl, width=r.get('width', 32), hidden=r.get('hidden', 128), tta=r['tta'],
-                       amp=r['amp'], augment=r['augment'], **{k: r[k] for k in ('pool', 'pool_first') if r.get(k) is not None})
+                       amp=r['amp'], augment=r['augment'],
+                       **{k: r[k] for k in ('pool', 'pool_first') if r.get(k) is not None})
     check_config(cfg, CLASSIFIER, 'model settings')   # the limits `save_model` enforces, checked before training
     net = build_model(cfg)
     if init is not None: init(net)   # e.g. pretrained weights, before the network moves to the device

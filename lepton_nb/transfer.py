@@ -217,7 +217,8 @@ def transfer_setup(model:str, # The model to train (a recipe name: resnet18, fas
     elif weights in (None, 'none'): return {}
     elif weights == 'imagenet': sd, where = imagenet_state(arch), f"ImageNet weights of {arch}"
     else: sd, where = read_state_dict(weights), str(weights)
-    sizes = {k: RECIPES[model][k] for k in ('width', 'hidden', 'pool', 'pool_first') if RECIPES[model].get(k) is not None}
+    keys = ('width', 'hidden', 'pool', 'pool_first')
+    sizes = {k: RECIPES[model][k] for k in keys if RECIPES[model].get(k) is not None}
     with torch.device('meta'):   # shapes only: bad weights are refused before any training starts
         probe = ARCHS[arch](n_classes=len(data.classes), channels=data.channels, size=data.size[0],
                             **{'width': 32, 'hidden': 128, **sizes, **extra})
