@@ -17,7 +17,7 @@ from .data import ImageData, TensorLoader, load_image
 from .loaders import eval_batch_size, take_rows
 from .augment import AUGMENTS, augmenter, flip_tta, parse_augment
 from .learner import (BatchTransformCB, CancelFitException, Callback, Learner, MetricsCB, MixedPrecisionCB,
-                               OneCycleCB, ProgressCB, TensorBoardCB, plot_history)
+                               OneCycleCB, ProgressCB, TensorBoardCB, bf16_supported, plot_history)
 from .resilience import CheckpointCB, EarlyStoppingCB, NonFiniteGuardCB, TimeBudgetCB, load_checkpoint
 from .metrics import Confusion, macro_over_present, plot_confusion
 from .svm import LinearSVM
@@ -91,7 +91,7 @@ RECIPES = {
                  label_smoothing=0.0, augment=[], tta=False, amp=False, channels_last=False, pool=13),
     'fast': dict(arch='fast', bs=256, lr=2e-2, opt='adamw', weight_decay=5e-4, schedule='one-cycle', epochs=10,
                  label_smoothing=0.1, augment=['flip'], tta=True, amp=True, channels_last=True, width=32, pool=7,
-                 pool_first=True, short_budget=300, short=dict(width=16)),
+                 pool_first=True, short_budget=300, short_budget_bf16=50, short=dict(width=16)),
 }
 _MORE_ARCHS = {'tried': False}   # whether lepton_nb.transfer (which registers more architectures) was imported
 
@@ -178,13 +178,18 @@ CLASSIFIER = register_kind(ModelKind(CONFIG_FORMAT, _CONFIG_SCHEMA, build=lambda
 
 
 # %% ../nbs/10_cnn.ipynb #dc978230
-def recipe_for(model:str, time_budget:float|None=None, device_type:str='cpu', **overrides) -> dict:
-    "The recipe `model`; on the CPU, its short settings for a `time_budget` under its `short_budget`; then `overrides`."
+def recipe_for(model:str, time_budget:float|None=None, device_type:str='cpu',
+               bf16:bool|None=None, # Whether this CPU runs bf16 natively (None: ask it): there epochs cost half
+               **overrides) -> dict:
+    """The recipe `model`; on the CPU, its short settings for a `time_budget` under its `short_budget` (or, where the
+    recipe trains in bf16 natively, under its `short_budget_bf16`); then `overrides`."""
     arch_for(model)
     r = dict(RECIPES[model])
-    short = r.pop('short', None); limit = r.pop('short_budget', None)
-    if short and time_budget and time_budget < limit and device_type == 'cpu':
-        r.update(short)   # (on a GPU either width takes the same step time)
+    short, limit, limit_bf16 = r.pop('short', None), r.pop('short_budget', None), r.pop('short_budget_bf16', None)
+    if short and time_budget and device_type == 'cpu':      # (on a GPU either width takes the same step time)
+        amp = overrides.get('amp') if overrides.get('amp') is not None else r.get('amp')
+        if limit_bf16 and amp and (bf16_supported('cpu') if bf16 is None else bf16): limit = limit_bf16
+        if time_budget < limit: r.update(short)
     r.update({k: v for k, v in overrides.items() if v is not None})
     r['augment'] = parse_augment(r.get('augment') or 'none')
     r['tta'] = bool(r.get('tta')) and 'flip' in r['augment']   # test-time flips only for a run trained on flips
@@ -193,7 +198,6 @@ def recipe_for(model:str, time_budget:float|None=None, device_type:str='cpu', **
 def evaluate_model(model:nn.Module, data_or_dl, n_classes:int, device=None, tta:bool=False, amp:bool=True,
                    bs:int=1024) -> tuple[dict, torch.Tensor]:
     "Every metric of `model` on a loader (or on `data`'s valid split), and the predicted probabilities."
-    from lepton_nb.learner import bf16_supported
     dev = get_device(device)
     dl = data_or_dl if not isinstance(data_or_dl, ImageData) else TensorLoader(
         data_or_dl.x_valid, data_or_dl.y_valid, bs, device=dev, mean=data_or_dl.mean, std=data_or_dl.std)

@@ -25,9 +25,10 @@ from .artifacts import ModelKind, load_model, register_kind, require, save_model
 
 # %% auto #0
 __all__ = ['LOSSES', 'STAT_NAMES', 'GAN_CONFIG_FORMAT', 'GAN', 'check_arch', 'Generator', 'Discriminator', 'dcgan_init',
-           'build_gan', 'gan_step', 'lr_factor', 'to_uint8', 'GANModule', 'OptPair', 'GANCB', 'ThreadTuner',
-           'LinearDecayCB', 'PauseCB', 'gan_learner', 'gan_config', 'save_gan', 'load_gan', 'class_labels', 'generate',
-           'make_grid', 'save_png', 'slerp', 'interpolate', 'plot_gan_history', 'plot_samples', 'plot_progress']
+           'build_gan', 'r1_penalty', 'gan_step', 'lr_factor', 'to_uint8', 'GANModule', 'OptPair', 'GANCB',
+           'ThreadTuner', 'LinearDecayCB', 'PauseCB', 'gan_learner', 'gan_config', 'save_gan', 'load_gan',
+           'class_labels', 'generate', 'make_grid', 'save_png', 'slerp', 'interpolate', 'plot_gan_history',
+           'plot_samples', 'plot_progress']
 
 # %% ../nbs/12_gan.ipynb #476dde6d
 def check_arch(nz:int=100, width:int=32, channels:int=1, size:int=28, n_classes:int=0):
@@ -126,6 +127,12 @@ LOSSES = {'ns': (d_loss, g_loss), 'saturating': (d_loss, partial(g_loss, saturat
           'lsgan': (d_loss_lsgan, g_loss_lsgan), 'hinge': (d_loss_hinge, g_loss_hinge)}
 STAT_NAMES = ('d_loss', 'g_loss', 'd_real', 'd_fake')
 
+def r1_penalty(D:Discriminator, x:torch.Tensor, y:torch.Tensor|None=None) -> torch.Tensor:
+    "Mean of $\\lVert \\nabla_x D(x) \\rVert^2$ over real images `x` (eq. r1), differentiable in D's weights."
+    x = x.detach().requires_grad_(True)
+    g, = torch.autograd.grad(D(x, y).float().sum(), x, create_graph=True)   # the gradient of the sum of the logits
+    return g.float().pow(2).flatten(1).sum(1).mean()
+
 def gan_step(G:Generator, D:Discriminator, # The two networks
              opt_g, opt_d, # Their optimisers
              x:torch.Tensor, # A batch of real images in [-1, 1]
@@ -133,16 +140,18 @@ def gan_step(G:Generator, D:Discriminator, # The two networks
              z:torch.Tensor, # N x nz noise
              loss:str='ns', # 'ns' (non-saturating, default), 'saturating', 'lsgan' or 'hinge' (`lepton_nb.gan_losses`)
              autocast=contextlib.nullcontext, # () -> context manager, e.g. bf16 autocast
+             r1:float=0.0, # Weight of the R1 penalty on D in this step (eq. r1); 0: none
             ) -> torch.Tensor:
-    """One alternating update: D on x and G(z) (eq. loss-d), then G through the updated D (eq. loss-g-ns);
-    returns [L_D, L_G, D(x), D(G(z))]."""
+    """One alternating update: D on x and G(z) (eq. loss-d, plus eq. r1 if `r1`), then G through the updated D
+    (eq. loss-g-ns); returns [L_D, L_G, D(x), D(G(z))] (L_D without the penalty)."""
     ld_fn, lg_fn = LOSSES[loss]
     yc = y if G.n_classes > 0 else None   # fake images get the real batch's classes: the class mix follows the data
     with autocast():
         fake = G(z, yc)
         real_logits, fake_logits = D(x, yc), D(fake.detach(), yc)   # detach: the D step leaves G alone
         ld = ld_fn(real_logits.float(), fake_logits.float())
-    opt_d.zero_grad(set_to_none=True); ld.backward(); opt_d.step()
+    penalty = r1 / 2 * r1_penalty(D, x, yc) if r1 else 0.0      # in float32, outside autocast
+    opt_d.zero_grad(set_to_none=True); (ld + penalty).backward(); opt_d.step()
     D.requires_grad_(False)                    # the G step needs gradients through D, not for D's weights
     try:
         with autocast(): lg = lg_fn(D(fake, yc).float())
@@ -188,11 +197,17 @@ class GANCB(Callback):
                  ema:float|None=0.999, # Decay of the generator's weight average (eq. ema); None: no average
                  n_fixed:int=8, # Samples per class (conditional) or rows of 8 (unconditional) in the fixed grid
                  collapse_steps:int=500, # Stop when D(G(z)) stays below `collapse_at` this many steps in a row
-                 collapse_at:float=0.01):
+                 collapse_at:float=0.01,
+                 r1:float=0.0, # R1 penalty weight gamma (eq. r1); 0: none
+                 r1_every:int=16): # Steps between R1 penalties, each weighted by this many (lazy R1)
         if loss not in LOSSES: raise LeptonError(f"unknown GAN loss {loss!r}: use {', '.join(LOSSES)}")
         if ema is not None and not (isinstance(ema, float) and 0 < ema < 1):
             raise LeptonError(f"ema must be a number between 0 and 1 (or None), got {ema!r}")
-        self.loss, self.scorer, self.ema = loss, scorer, ema
+        if not (isinstance(r1, (int, float)) and math.isfinite(r1) and r1 >= 0):
+            raise LeptonError(f"r1 must be a number >= 0, got {r1!r}")
+        if not (isinstance(r1_every, int) and r1_every >= 1):
+            raise LeptonError(f"r1_every must be a positive integer, got {r1_every!r}")
+        self.loss, self.scorer, self.ema, self.r1, self.r1_every = loss, scorer, ema, r1, r1_every
         self.collapse_steps, self.collapse_at = collapse_steps, collapse_at
         self.G_ema = copy.deepcopy(G).requires_grad_(False).eval() if ema else None   # the averaged generator
         k, g = G.n_classes, torch.Generator().manual_seed(1234)   # the fixed latent batch: the same samples every epoch
@@ -215,7 +230,8 @@ class GANCB(Callback):
         "The Learner's training step, replaced: D's update, then G's (`gan_step`), then the average of G."
         l, m = self.learn, self.learn.model
         z = torch.randn(len(l.xb), m.G.nz, device=l.device)
-        self.stats = gan_step(m.G, m.D, l.opt.g, l.opt.d, l.xb, l.yb, z, self.loss, l.autocast)
+        r1 = self.r1 * self.r1_every if self.r1 and l.step % self.r1_every == 0 else 0.0   # lazy R1 (eq. r1)
+        self.stats = gan_step(m.G, m.D, l.opt.g, l.opt.d, l.xb, l.yb, z, self.loss, l.autocast, r1)
         l.loss = self.stats[0] + self.stats[1]    # what the non-finite guard and the progress bar watch: L_D + L_G
         l('after_loss')
         self.update_ema()
@@ -360,7 +376,7 @@ def gan_learner(G:Generator, D:Discriminator, # The networks (built by `build_ga
                 dl:TensorLoader, # Real images scaled to [-1, 1], and their classes
                 lr:float=2e-3, # Adam learning rate of both networks (DCGAN's 2e-4 is for many more epochs)
                 betas:tuple=(0.5, 0.999), # beta1 = 0.5 as in DCGAN: the default 0.9 oscillates
-                loss:str='ns', scorer=None, ema:float|None=0.999, # See `GANCB`
+                loss:str='ns', scorer=None, ema:float|None=0.999, r1:float=0.0, # See `GANCB`
                 amp:bool=True, # bf16 autocast where the device runs it fast
                 threads:int|str|None='auto', # CPU threads: a number, 'auto' (`ThreadTuner`) or None (torch's default)
                 time_budget:float|None=None, # Seconds of training (counted across resumes); the decay fits itself to it
@@ -376,7 +392,7 @@ def gan_learner(G:Generator, D:Discriminator, # The networks (built by `build_ga
     if dev.type in ('cpu', 'cuda'):               # channels-last convolutions: faster with oneDNN and cuDNN
         G, D = G.to(dev, memory_format=torch.channels_last), D.to(dev, memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(G.to(dev).parameters(), lr, betas=betas)
-    cbs = [ThreadTuner(threads), GANCB(G, loss, scorer, ema, collapse_steps=collapse_steps),
+    cbs = [ThreadTuner(threads), GANCB(G, loss, scorer, ema, collapse_steps=collapse_steps, r1=r1),
            LinearDecayCB(lr, time_budget=time_budget), NonFiniteGuardCB()]
     if amp: cbs.append(MixedPrecisionCB())
     if time_budget is not None: cbs.append(TimeBudgetCB(time_budget))

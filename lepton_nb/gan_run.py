@@ -260,6 +260,7 @@ def train_gan(data:ImageData, # From `get_data`
               threads:int|str|None='auto', # CPU threads: a number, 'auto' or None
               amp:bool=True, # bf16 autocast where fast
               ema:float|None=0.999, # Decay of the generator's weight average (None: none)
+              r1:float=0.1, # R1 penalty weight gamma on D, every 16 steps (eq. r1 of notebook 12); 0: none
               classifier=None, # (model, cfg, info) for the metric (default: `fid_classifier(data)`, cached)
               metric:bool=True, # Measure after every epoch (False: only the losses)
               max_steps:int|None=None, # Pause after this step (for demonstrations of resuming)
@@ -287,14 +288,14 @@ def train_gan(data:ImageData, # From `get_data`
     bs = min(bs, len(data.y_train))
     dl = TensorLoader(data.x_train, data.y_train, bs, shuffle=True, seed=seed, device=dev, mean=(0.5,) * c,
                       std=(0.5,) * c, channels_last=dev.type in ('cpu', 'cuda'), drop_last=len(data.y_train) >= 2 * bs)
-    learn = gan_learner(G, D, dl, lr, loss=loss, scorer=scorer, ema=ema, amp=amp, threads=threads,
+    learn = gan_learner(G, D, dl, lr, loss=loss, scorer=scorer, ema=ema, r1=r1, amp=amp, threads=threads,
                         time_budget=time_budget, checkpoint=out/'checkpoint.pt' if out is not None else None,
                         checkpoint_every=checkpoint_every, progress=progress, max_steps=max_steps)
     if resume: load_checkpoint(learn, out/'checkpoint.pt')
     learn.fit(epochs or 10**9)
     if learn.interrupted or (learn.stop_reason or '').startswith('paused'): return learn, {}
     settings = {'seed': seed, 'conditional': conditional, 'loss': loss, 'batch_size': bs, 'lr': lr, 'width': width,
-                'nz': nz, 'amp': bool(amp and bf16_supported(dev)), 'ema': ema,
+                'nz': nz, 'amp': bool(amp and bf16_supported(dev)), 'ema': ema, 'r1': r1,
                 'threads': threads if threads is not None else torch.get_num_threads()}
     metrics = _final_metrics(learn, data, scorer, settings, t0)
     if out is not None: write_gan_artifacts(learn, metrics, data, out)

@@ -3,8 +3,8 @@
 In a scratch copy of the project (build/mutation), mutmut changes one operator, constant or call at a time in those
 modules and runs the tests that reach the changed function: the notebooks' test cells against the imported module
 (tests/test_mutation_nb.py, the cells over 2 s of CPU time dropped by its `plan`), tests/test_formulas1.py,
-test_formulas2.py, test_formulas3.py, test_formulas4.py and test_mutation_kills.py. A mutant is killed when a test
-fails. The figures go to benchmarks/mutation.md, with every surviving mutant's diff.
+test_formulas2.py, test_formulas3.py, test_formulas4.py, test_formulas5.py and test_mutation_kills.py. A mutant is
+killed when a test fails. The figures go to benchmarks/mutation.md, with every surviving mutant's diff.
 
     python scripts/mutation.py              # everything (tens of minutes on 2 cores)
     python scripts/mutation.py --report     # rewrite benchmarks/mutation.md from the last run
@@ -19,7 +19,8 @@ SCRATCH = ROOT/'build'/'mutation'
 MODULES = ['activations', 'conv', 'svm', 'gan_losses', 'metrics']
 NOTEBOOKS = ['01_activations', '02_convolution', '03_svm', '04_gan_losses', '06_metrics']
 TESTS = ['tests/test_mutation_nb.py', 'tests/test_formulas1.py', 'tests/test_formulas2.py',
-         'tests/test_formulas3.py', 'tests/test_formulas4.py', 'tests/test_mutation_kills.py']
+         'tests/test_formulas3.py', 'tests/test_formulas4.py', 'tests/test_formulas5.py',
+         'tests/test_mutation_kills.py']
 OUT = ROOT/'benchmarks'/'mutation.md'
 MUTMUT = str(Path(sys.executable).parent/'mutmut')
 EQUIVALENT = ROOT/'benchmarks'/'mutation_equivalent.json'   # {mutant name: why it is equivalent}

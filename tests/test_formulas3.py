@@ -286,3 +286,17 @@ def test_plot_mistakes_shows_sixteen_eight_wide_by_default():
                         ['a', 'b'])
     assert len(fig.axes) == 16 and fig.axes[0].get_subplotspec().get_geometry()[:2] == (2, 8)
     assert fig.axes[0].get_title() == f'a ({many[19]:.2f})\ntrue: b'
+
+
+def test_report_macro_line_over_the_one_class_present():
+    "Only class 'a' has examples: the second macro line averages it alone, each column its own figure."
+    m = metrics_from_confusion(torch.tensor([[2, 1, 0], [0, 0, 0], [0, 0, 0]]))
+    line = next(ln for ln in classification_report(m, ['a', 'b', 'c']).splitlines() if ln.startswith('macro avg, 1'))
+    assert line.split()[4:] == ['1.0000', '0.6667', '0.8000', '3']   # precision 2/2, recall 2/3, F1 0.8, support
+
+
+def test_confusion_cell_text_white_over_half_a_row():
+    "Normalised, a cell's text is white above 0.5 of its row (dark blue), whatever the largest share is."
+    fig = plot_confusion(torch.tensor([[6, 4], [4, 6]]), ['a', 'b'])
+    colours = {t.get_text(): matplotlib.colors.to_hex(t.get_color()) for t in fig.axes[0].texts}
+    assert colours == {'0.60': '#ffffff', '0.40': '#000000'}

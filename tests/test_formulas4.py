@@ -178,3 +178,24 @@ def test_predict_signs_and_classes():
     three = LinearSVM(2, 3)
     with torch.no_grad(): three.linear.weight.copy_(torch.tensor([[1., 0.], [0., 1.], [-1., 0.]]))
     assert three.predict(torch.tensor([[2., 1.], [0., 3.], [-2., 1.]])).tolist() == [0, 1, 2]
+
+
+def test_fit_step_sizes_follow_one_cosine_over_all_epochs(monkeypatch):
+    """The step size of every step, read from SGD as it steps: lr (1 + cos(pi t / T)) / 2 for t = 0 .. T-1,
+    T = epochs x batches."""
+    seen, step = [], torch.optim.SGD.step
+    def spy(self, *a, **kw):
+        seen.append(self.param_groups[0]['lr'])
+        return step(self, *a, **kw)
+    monkeypatch.setattr(torch.optim.SGD, 'step', spy)
+    x, y = torch.randn(10, 3), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    LinearSVM(3, 3).fit(x, y, epochs=3, bs=4, lr=0.5, device='cpu')          # 3 batches an epoch: T = 9
+    assert seen == pytest.approx([0.5 * 0.5 * (1 + math.cos(math.pi * t / 9)) for t in range(9)])
+
+
+def test_one_vs_rest_loss_when_the_last_class_is_absent():
+    "The +1/-1 targets have one column per class of the model, whichever classes the batch holds."
+    m = LinearSVM(2, 3, kind='ovr')
+    s, y = torch.tensor([[0.5, -2., 0.3], [-1., 0.2, 2.]]), torch.tensor([0, 1])
+    y_pm = torch.tensor([[1., -1., -1.], [-1., 1., -1.]])
+    torch.testing.assert_close(m.loss(s, y), (1 - y_pm * s).clamp_min(0).sum(1).mean())

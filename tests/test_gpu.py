@@ -60,6 +60,11 @@ def test_scratch_layers_match_torch_on_gpu():
     w = torch.randn(5, 3, 3, 3, device='cuda', dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(conv.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1))
     torch.testing.assert_close(conv.max_pool2d(x, 2), F.max_pool2d(x, 2))
+    y = conv.max_pool2d(x, 3, 2, 1)                        # the general path (overlapping, padded windows)
+    torch.testing.assert_close(y, F.max_pool2d(x, 3, 2, 1))
+    gy = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, x, gy)[0],
+                               torch.autograd.grad(F.max_pool2d(x, 3, 2, 1), x, gy)[0])
     torch.testing.assert_close(activations.sigmoid(x), torch.sigmoid(x))
 
 @cuda
