@@ -19,7 +19,7 @@ its own run:
   ('translation', the border filled with the background, -1) and/or has a square of half its side blanked
   ('cutout'); G is trained through the same augmentation.
 """
-import argparse, contextlib, copy, json, time
+import argparse, copy, json, time
 import torch
 import torch.nn.functional as F
 import lepton_nb.gan as gan
@@ -79,25 +79,12 @@ def augment(x):
     return x
 
 
-def step(G, D, opt_g, opt_d, x, y, z, loss='ns', autocast=contextlib.nullcontext, r1=0.0):
-    "`gan_step` with D seeing augmented images (`--diffaug`), real and fake, in both updates."
-    ld_fn, lg_fn = gan.LOSSES[loss]
-    yc = y if G.n_classes > 0 else None
-    with autocast():
-        fake = G(z, yc)
-        real_logits, fake_logits = D(augment(x), yc), D(augment(fake.detach()), yc)
-        ld = ld_fn(real_logits.float(), fake_logits.float())
-    penalty = r1 / 2 * gan.r1_penalty(D, augment(x), yc) if r1 else 0.0
-    opt_d.zero_grad(set_to_none=True); (ld + penalty).backward(); opt_d.step()
-    D.requires_grad_(False)
-    try:
-        with autocast(): lg = lg_fn(D(augment(fake), yc).float())
-        opt_g.zero_grad(set_to_none=True); lg.backward(); opt_g.step()
-    finally: D.requires_grad_(True)
-    with torch.no_grad():
-        return torch.stack([ld.detach(), lg.detach(), real_logits.float().sigmoid().mean(),
-                            fake_logits.float().sigmoid().mean()])
-if augs: gan.gan_step = step
+forward = gan.Discriminator.forward
+
+def forward_on_augmented(self, x, y=None):
+    "D's forward on augmented images (`--diffaug`): whatever D sees, real or fake, in both updates of `gan_step`."
+    return forward(self, augment(x), y)
+if augs: gan.Discriminator.forward = forward_on_augmented
 
 
 @torch.no_grad()
