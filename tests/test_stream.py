@@ -152,11 +152,11 @@ def test_peak_memory_is_bounded_when_streaming(cache, tmp_path):
     157 MB: decoding threads, statistics chunks, a batch ahead); in memory by over twice that (measured 567 MB)."""
     root = photo_folder(tmp_path/'big', n_per_class=500, size=40)
     out = {}
-    for budget in ('0', '8'):
+    for budget in ('0', '8', '0', '8'):   # each mode twice, the lower peak kept: the allocator's arenas sometimes
         r = subprocess.run([sys.executable, '-c', PROBE, str(root), budget], capture_output=True, text=True,
-                           timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+                           timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})   # hold ~50 MB more (seen once)
         assert r.returncode == 0, r.stderr
-        mode, base, peak = r.stdout.split(); out[mode] = int(peak) - int(base)
+        mode, base, peak = r.stdout.split(); out[mode] = min(out.get(mode, 1 << 40), int(peak) - int(base))
     decoded = 1500 * 3 * 224 * 224 // 2**20
     assert out['disk'] < 0.8 * decoded and out['memory'] > 2 * decoded, (out, decoded)
     assert 3 * out['disk'] < out['memory'], out
